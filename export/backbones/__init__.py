@@ -1,0 +1,1 @@
+"""PyTorch backbone definitions whose checkpoints facematch can export."""

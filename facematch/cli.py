@@ -1,0 +1,231 @@
+"""The ``facematch`` command line: verify, detect, embed, models, demo (+ gallery, eval, calibrate, serve, export).
+
+Exit status 0 when the command ran; otherwise non-zero with a one-line message on stderr.
+Heavy modules are imported inside commands, so ``facematch --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from .errors import FacematchError
+
+app = typer.Typer(
+    name="facematch",
+    help="Face matching on hyperspherical embeddings (ArcFace family): detect, align, embed, verify, identify.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Model cards and the installed model pack.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print a one-line error and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _matcher(detector: str | None, embedder: str | None, det_size: int | None = None, **kw: Any) -> Any:
+    from .matcher import FaceMatcher
+
+    return FaceMatcher(detector=detector, embedder=embedder, det_size=det_size, **kw)
+
+
+DetectorOpt = Annotated[str | None, typer.Option(help="Detector card id, card JSON, or model file with a card.")]
+EmbedderOpt = Annotated[str | None, typer.Option(help="Embedder card id, card JSON, or model file with a card.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def verify(
+    image1: Annotated[Path, typer.Argument(help="First image.")],
+    image2: Annotated[Path, typer.Argument(help="Second image.")],
+    threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
+    far: Annotated[float | None, typer.Option(help="Target false-match rate (threshold from the model card).")] = None,
+    aligned: Annotated[bool, typer.Option(help="Inputs are aligned 112x112 crops: skip detection.")] = False,
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Are the faces in two images the same person? (largest face of each)"""
+    res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, far=far, aligned=aligned)
+    if as_json:
+        _echo_json(res.to_dict())
+    else:
+        verdict = "MATCH" if res.is_match else "NO MATCH"
+        typer.echo(f"{verdict}  similarity={res.similarity:.4f}  threshold={res.threshold:.4f}")
+
+
+@app.command()
+def detect(
+    image: Annotated[Path, typer.Argument(help="Image to search for faces.")],
+    draw: Annotated[Path | None, typer.Option(help="Write a copy of the image with boxes and landmarks.")] = None,
+    det_size: Annotated[int | None, typer.Option(help="Detector input long side (default: from the image).")] = None,
+    detector: DetectorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find every face: box, score and 5 landmarks in original image coordinates."""
+    m = _matcher(detector, None, det_size=det_size)
+    dets = m.detect(image)
+    if draw is not None:
+        _draw(m.load(image).pixels, dets, m.load(image).scale, draw)
+    if as_json:
+        _echo_json({"faces": dets.to_list(), "count": len(dets)})
+    else:
+        typer.echo(f"{len(dets)} face(s)")
+        for i, f in enumerate(dets):
+            x1, y1, x2, y2 = (round(float(v)) for v in f.box)
+            typer.echo(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}")
+
+
+def _draw(pixels: Any, dets: Any, scale: tuple[float, float], out: Path) -> None:
+    import cv2
+    import numpy as np
+
+    img = pixels.copy()
+    s = np.array(scale, np.float32)
+    for f in dets:
+        b = (f.box / np.tile(s, 2)).astype(int)
+        cv2.rectangle(img, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), (0, 255, 0), 2)
+        for x, y in (f.landmarks / s).astype(int):
+            cv2.circle(img, (int(x), int(y)), 2, (0, 0, 255), -1)
+    if not cv2.imwrite(str(out), img):
+        fail(f"cannot write {out} (unknown extension or unwritable path)")
+
+
+@app.command()
+def embed(
+    image: Annotated[Path, typer.Argument(help="Image holding a face (or an aligned crop with --aligned).")],
+    out: Annotated[Path | None, typer.Option(help="Write the embeddings as a .npy array (N x dim).")] = None,
+    all_faces: Annotated[bool, typer.Option("--all-faces", help="Embed every face, largest first.")] = False,
+    aligned: Annotated[bool, typer.Option(help="Input is an aligned crop: skip detection.")] = False,
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+) -> None:
+    """Embed faces onto the unit hypersphere. Embeddings are biometric data: they are only written to --out."""
+    import numpy as np
+
+    embs = _matcher(detector, embedder).embed(image, aligned=aligned, faces="all" if all_faces else "largest")
+    if out is not None:
+        np.save(out, np.stack([e.vector for e in embs]))
+    summary = {"count": len(embs), "faces": [e.to_dict() for e in embs], "out": str(out) if out else None}
+    _echo_json(summary)
+    if out is None:
+        typer.echo("(embeddings not printed: pass --out FILE.npy to save them)", err=True)
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """List the known model cards and whether their files are installed and intact."""
+    from .cards import list_cards
+
+    rows = []
+    for card in list_cards():
+        rows.append({"id": card.id, "task": card.task, **_file_status(card)})
+    if as_json:
+        _echo_json(rows)
+    else:
+        for r in rows:
+            typer.echo(f"{r['id']:<20} {r['task']:<10} {r['status']:<10} {r.get('path', '')}")
+
+
+def _file_status(card: Any) -> dict[str, Any]:
+    from .cards import resolve_model_path, verify_file
+
+    try:
+        path = resolve_model_path(card)
+        verify_file(card, path)
+        return {"status": "ok", "path": str(path)}
+    except FacematchError as exc:
+        return {"status": "missing" if exc.code == "model_not_found" else "corrupt", "error": exc.message}
+
+
+@models_app.command("check")
+def models_check(
+    model: Annotated[list[str] | None, typer.Argument(help="Card ids or paths (default: the default pack).")] = None,
+) -> None:
+    """Verify that model files exist and match their cards' sha256."""
+    from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS, load_card
+
+    bad = 0
+    for ref in model or [DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS]:
+        card = load_card(ref)
+        st = _file_status(card)
+        typer.echo(f"{card.id}: {st['status']} {st.get('path') or st.get('error')}")
+        bad += st["status"] != "ok"
+    if bad:
+        fail(f"{bad} model(s) missing or corrupt")
+
+
+@app.command()
+def demo(as_json: JsonOpt = False) -> None:
+    """Run the default pack end to end on the photos shipped with it: find Yao Ming among the players."""
+    from .cards import DEFAULT_EMBEDDER, load_card, resolve_model_path
+
+    pack = resolve_model_path(load_card(DEFAULT_EMBEDDER)).parent
+    probe, group = pack / "yaoming.jpg", pack / "players.jpg"
+    m = _matcher(None, None)
+    probe_emb = m.embed(probe)[0]
+    faces = m.embed(group, faces="all")
+    sims = [float(probe_emb.vector @ f.vector) for f in faces]
+    thr = m.threshold_for()
+    best = max(range(len(sims)), key=sims.__getitem__)
+    matches = [i for i, s in enumerate(sims) if s >= thr]
+    result = {
+        "probe": str(probe),
+        "group": str(group),
+        "faces_in_group": len(faces),
+        "threshold": round(thr, 6),
+        "best_face": faces[best].face.to_dict() if faces[best].face else None,
+        "best_similarity": round(sims[best], 6),
+        "matching_faces": len(matches),
+    }
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(
+            f"{len(faces)} faces in {group.name}; {len(matches)} match {probe.name} "
+            f"(best similarity {sims[best]:.3f}, threshold {thr:.3f})"
+        )
+    if len(matches) != 1:
+        fail(f"expected exactly one matching face, found {len(matches)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning facematch errors into one-line messages."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except FacematchError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors from click (typer may vendor it), aborts, bugs
+        if type(exc).__name__ == "Abort":
+            sys.exit(130)
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()
+            sys.exit(exc.exit_code)
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,174 @@
+"""The facematch error tree.
+
+Every public call that can fail on user input raises a :class:`FacematchError`
+subclass. Each subclass carries a stable ``code`` and the HTTP status the server
+maps it to, so the server never has to guess.
+"""
+
+from __future__ import annotations
+
+
+class FacematchError(Exception):
+    """Base class of every error facematch raises on bad input or state."""
+
+    code: str = "facematch_error"
+    http_status: int = 400
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidImageError(FacematchError):
+    """The input is not a decodable image (empty, text, truncated, unsupported)."""
+
+    code = "invalid_image"
+    http_status = 422
+
+
+class UnsupportedMediaError(InvalidImageError):
+    """The bytes are an image format facematch does not accept (e.g. animated GIF)."""
+
+    code = "unsupported_media"
+    http_status = 415
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The image declares more pixels than the configured budget (decompression bomb guard)."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
+class ImageTooSmallError(InvalidImageError):
+    """The image is too small to hold a face."""
+
+    code = "image_too_small"
+    http_status = 422
+
+
+class NoFaceError(FacematchError):
+    """No face was found where one was required."""
+
+    code = "no_face"
+    http_status = 422
+
+
+class MultipleFacesError(FacematchError):
+    """Several faces were found where the policy requires exactly one."""
+
+    code = "multiple_faces"
+    http_status = 422
+
+
+class ModelError(FacematchError):
+    """A model file or card is missing, corrupt, or inconsistent."""
+
+    code = "model_error"
+    http_status = 500
+
+
+class ModelNotFoundError(ModelError):
+    """A model file or its card cannot be found locally (facematch never downloads)."""
+
+    code = "model_not_found"
+
+
+class ChecksumMismatchError(ModelError):
+    """A model file's sha256 does not match its card."""
+
+    code = "checksum_mismatch"
+
+
+class CalibrationMissingError(ModelError):
+    """A threshold was requested from a card that has no calibration for it."""
+
+    code = "calibration_missing"
+    http_status = 422
+
+
+class InvalidArgumentError(FacematchError, ValueError):
+    """An argument is out of range or the combination of arguments is invalid."""
+
+    code = "invalid_argument"
+    http_status = 422
+
+
+class GalleryError(FacematchError):
+    """Base class of gallery errors."""
+
+    code = "gallery_error"
+    http_status = 409
+
+
+class IdentityNotFoundError(GalleryError):
+    """The identity (or template) id does not exist in the gallery."""
+
+    code = "identity_not_found"
+    http_status = 404
+
+
+class TemplateNotFoundError(IdentityNotFoundError):
+    """The face template id does not exist in the gallery."""
+
+    code = "template_not_found"
+
+
+class DuplicateIdentityError(GalleryError):
+    """The identity already exists."""
+
+    code = "duplicate_identity"
+    http_status = 409
+
+
+class ModelMismatchError(GalleryError):
+    """Embeddings or a model do not match the model the gallery was built with."""
+
+    code = "model_mismatch"
+    http_status = 409
+
+
+class GalleryLockedError(GalleryError):
+    """Another process holds the gallery open for writing."""
+
+    code = "gallery_locked"
+    http_status = 423
+
+
+class GalleryCorruptError(GalleryError):
+    """The gallery files are inconsistent beyond automatic repair."""
+
+    code = "gallery_corrupt"
+    http_status = 500
+
+
+class BackendUnavailableError(FacematchError):
+    """An optional backend (FAISS-GPU, Milvus, TensorRT, torch) is not installed or usable."""
+
+    code = "backend_unavailable"
+    http_status = 501
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "CalibrationMissingError",
+    "ChecksumMismatchError",
+    "DuplicateIdentityError",
+    "FacematchError",
+    "GalleryCorruptError",
+    "GalleryError",
+    "GalleryLockedError",
+    "IdentityNotFoundError",
+    "ImageTooLargeError",
+    "ImageTooSmallError",
+    "InvalidArgumentError",
+    "InvalidImageError",
+    "ModelError",
+    "ModelMismatchError",
+    "ModelNotFoundError",
+    "MultipleFacesError",
+    "NoFaceError",
+    "TemplateNotFoundError",
+    "UnsupportedMediaError",
+]

@@ -1,0 +1,1 @@
+"""Gallery: SQLite source of truth, FAISS (or Milvus) index, open-set identification."""

