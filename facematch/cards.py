@@ -16,7 +16,6 @@ Cards are found, in order:
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
@@ -209,7 +208,7 @@ class Calibration(_Strict):
             if f < 1.0 / n:
                 continue
             t = threshold_at_fmr(imp, f, presorted=True)
-            thresholds[_fmr_key(f)] = round(t, 6)
+            thresholds[_fmr_key(f)] = _ceil6(t)  # round up: never admit more impostors than asked
             if gen.size:
                 tars[_fmr_key(f)] = round(float(np.mean(gen >= t)), 6)
         # curve: quantiles of the impostor distribution, dense in the tail (log-spaced FMRs)
@@ -219,7 +218,7 @@ class Calibration(_Strict):
         sims = [threshold_at_fmr(imp, float(f), presorted=True) for f in fmr_grid]
         fmrs = [float(np.mean(imp >= s)) if n <= 2_000_000 else float(f) for s, f in zip(sims, fmr_grid, strict=True)]
         pts = sorted(set(zip(sims, fmrs, strict=True)), key=lambda p: (p[0], -p[1]))
-        cs = [round(p[0], 6) for p in pts]
+        cs = [_ceil6(p[0]) for p in pts]
         cf = [p[1] for p in pts]
         # enforce monotonicity after rounding
         for i in range(1, len(cf)):
@@ -249,6 +248,10 @@ def threshold_at_fmr(impostor: np.ndarray, fmr: float, presorted: bool = False) 
     # t must be strictly above the (n - allowed)-th smallest value
     v = imp[n - allowed - 1]
     return float(np.nextafter(v, np.inf))
+
+
+def _ceil6(x: float) -> float:
+    return math.ceil(x * 1e6) / 1e6
 
 
 def _fmr_key(fmr: float) -> str:

@@ -1,0 +1,210 @@
+"""The real default pack on real images: package photos, ../shared/data/wild and celeb24."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import facematch
+from facematch.errors import InvalidArgumentError, InvalidImageError, MultipleFacesError, NoFaceError
+from facematch.zoo.landmarks import Landmarks106
+
+
+def test_package_photos_find_yao_ming_among_players(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    probe = matcher.embed(package_images["yaoming.jpg"])[0]
+    players = matcher.embed(package_images["players.jpg"], faces="all")
+    assert len(players) >= 15
+    sims = np.array([probe.vector @ p.vector for p in players])
+    thr = matcher.threshold_for()
+    assert (sims >= thr).sum() == 1
+    gdp = matcher.embed(package_images["gdp.jpg"], faces="all")
+    assert len(gdp) >= 3
+    assert max(float(probe.vector @ g.vector) for g in gdp) < thr
+
+
+def test_faces_are_in_original_coordinates(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    path = package_images["yaoming.jpg"]
+    bgr = cv2.imread(str(path))
+    dets = matcher.detect(path)
+    assert len(dets) == 1
+    f = dets[0]
+    h, w = bgr.shape[:2]
+    assert 0 <= f.box[0] < f.box[2] <= w and 0 <= f.box[1] < f.box[3] <= h
+    # landmarks inside the box, eyes above mouth, left eye left of right eye
+    assert np.all((f.landmarks[:, 0] >= f.box[0]) & (f.landmarks[:, 0] <= f.box[2]))
+    assert f.landmarks[0, 0] < f.landmarks[1, 0] and f.landmarks[0, 1] < f.landmarks[3, 1]
+    # upscaled 2x: same face, coordinates doubled
+    big = cv2.resize(bgr, (w * 2, h * 2))
+    f2 = matcher.detect(big)[0]
+    assert np.allclose(f2.box / 2, f.box, atol=6)
+
+
+def test_all_input_kinds_agree(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    path = package_images["yaoming.jpg"]
+    data = path.read_bytes()
+    bgr = cv2.imread(str(path))
+    pil = Image.open(io.BytesIO(data))
+    vecs = [matcher.embed(x)[0].vector for x in (path, str(path), data, bgr, pil)]
+    for v in vecs[1:]:
+        assert float(v @ vecs[0]) > 0.999
+
+
+def test_embeddings_are_unit_norm_and_batched(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
+    paths = sorted(celeb24_dir.glob("*/*.png"))[:40]
+    crops = np.stack([cv2.imread(str(p)) for p in paths])
+    batch = matcher.embed_aligned(crops)
+    single = np.concatenate([matcher.embed_aligned(crops[i : i + 1]) for i in range(5)])
+    assert batch.shape == (40, 512) and batch.dtype == np.float32
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(batch[:5], single, atol=1e-4)
+
+
+def test_wild_pairs_at_default_threshold(matcher, wild_dir, wild_labels) -> None:  # type: ignore[no-untyped-def]
+    singles = {f: ids[0] for f, ids in wild_labels.items() if len(ids) == 1}
+    embs = {f: matcher.embed(wild_dir / f)[0].vector for f in singles}
+    thr = matcher.threshold_for()
+    same = diff = 0
+    for a, b in itertools.combinations(sorted(embs), 2):
+        s = float(embs[a] @ embs[b])
+        if singles[a] == singles[b]:
+            same += 1
+            assert s >= thr, f"same person should match: {a} vs {b} ({s:.3f} < {thr:.3f})"
+        else:
+            diff += 1
+            assert s < thr, f"different people should not match: {a} vs {b} ({s:.3f} >= {thr:.3f})"
+    assert same >= 20 and diff >= 100
+
+
+def test_wild_group_photos_contain_the_labelled_people(matcher, wild_dir, wild_labels) -> None:  # type: ignore[no-untyped-def]
+    refs = {"obama": "obama.jpg", "biden": "biden.jpg", "kit_harington": "kit_harington1.jpg", "rose_leslie": "rose_leslie1.jpg"}
+    ref_vec = {k: matcher.embed(wild_dir / v)[0].vector for k, v in refs.items()}
+    thr = matcher.threshold_for()
+    for f, ids in wild_labels.items():
+        if len(ids) < 2:
+            continue
+        faces = matcher.embed(wild_dir / f, faces="all")
+        for person in ids:
+            best = max(float(ref_vec[person] @ e.vector) for e in faces)
+            assert best >= thr, f"{person} not found in {f}"
+
+
+def test_verify_api_and_threshold_choices(matcher, wild_dir) -> None:  # type: ignore[no-untyped-def]
+    r = facematch.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg")
+    assert r.is_match and r.threshold == pytest.approx(matcher.threshold_for(1e-3))
+    assert r.face1 is not None and r.face2 is not None and r.target_fmr == 1e-3
+    strict = matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg", far=1e-4)
+    assert strict.threshold > r.threshold and strict.similarity == pytest.approx(r.similarity, abs=1e-6)
+    never = matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg", threshold=0.999)
+    assert not never.is_match and never.target_fmr is None
+    with pytest.raises(InvalidArgumentError):
+        matcher.verify(wild_dir / "obama.jpg", wild_dir / "biden.jpg", threshold=0.3, far=1e-3)
+    with pytest.raises(InvalidArgumentError):
+        matcher.verify(wild_dir / "obama.jpg", wild_dir / "biden.jpg", threshold=2.0)
+    d = r.to_dict()
+    assert set(d) >= {"is_match", "similarity", "threshold", "face1", "face2"}
+    assert "vector" not in json.dumps(d)
+
+
+def test_rgba_and_partial_faces(matcher, wild_dir) -> None:  # type: ignore[no-untyped-def]
+    assert matcher.verify(wild_dir / "rgba_32bit.png", wild_dir / "obama.jpg").is_match
+    assert matcher.verify(wild_dir / "obama_partial_face.jpg", wild_dir / "obama.jpg").is_match
+
+
+def test_no_face_and_policies(matcher, wild_dir, package_images) -> None:  # type: ignore[no-untyped-def]
+    blank = np.full((300, 300, 3), 128, np.uint8)
+    with pytest.raises(NoFaceError):
+        matcher.verify(blank, wild_dir / "obama.jpg")
+    assert len(matcher.detect(blank)) == 0
+    strict = facematch.FaceMatcher(
+        detector=matcher.detector, embedder=matcher.embedder, face_policy="reject"
+    )
+    with pytest.raises(MultipleFacesError):
+        strict.verify(package_images["gdp.jpg"], wild_dir / "obama.jpg")
+    with pytest.raises(InvalidImageError):
+        matcher.verify(b"not an image", wild_dir / "obama.jpg")
+    with pytest.raises(InvalidArgumentError):
+        facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, face_policy="first")  # type: ignore[arg-type]
+
+
+def test_tight_aligned_crops_are_detected(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
+    paths = sorted(celeb24_dir.glob("*/*.png"))[::10]
+    found = sum(len(matcher.detect(p)) > 0 for p in paths)
+    assert found == len(paths), f"{len(paths) - found} of {len(paths)} tight 112x112 crops missed"
+
+
+def test_aligned_verify_skips_detection(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
+    a, b = sorted((celeb24_dir / "Tom_Hanks").glob("*.png"))[:2]
+    c = sorted((celeb24_dir / "Halle_Berry").glob("*.png"))[0]
+    same = matcher.verify(a, b, aligned=True)
+    assert same.is_match and same.face1 is None
+    assert not matcher.verify(a, c, aligned=True).is_match
+
+
+def test_celeb24_tar_at_far_1e3(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
+    paths = sorted(celeb24_dir.glob("*/*.png"))
+    labels = np.array([p.parent.name for p in paths])
+    emb = matcher.embed_aligned(np.stack([cv2.imread(str(p)) for p in paths]))
+    sims = emb @ emb.T
+    iu = np.triu_indices(len(paths), 1)
+    same = labels[iu[0]] == labels[iu[1]]
+    thr = matcher.threshold_for(1e-3)
+    tar = float(np.mean(sims[iu][same] >= thr))
+    far = float(np.mean(sims[iu][~same] >= thr))
+    assert tar >= 0.90, tar
+    assert far <= 1e-3
+
+
+def test_landmarks106_points_fall_on_the_face(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    from facematch.cards import load_card, resolve_model_path, verify_file
+    from facematch.runtime import create_session
+
+    card = load_card("2d106det")
+    path = resolve_model_path(card)
+    verify_file(card, path)
+    lm = Landmarks106(create_session(path), card)
+    img = cv2.imread(str(package_images["yaoming.jpg"]))
+    face = matcher.detect(img)[0]
+    pts = lm.predict(img, [face])
+    assert pts.shape == (1, 106, 2)
+    x1, y1, x2, y2 = face.box
+    inside = (pts[0, :, 0] > x1 - 10) & (pts[0, :, 0] < x2 + 10) & (pts[0, :, 1] > y1 - 10) & (pts[0, :, 1] < y2 + 10)
+    assert inside.mean() > 0.95
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "facematch.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_verify_json_and_errors(wild_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ok = _cli("verify", str(wild_dir / "obama.jpg"), str(wild_dir / "obama2.jpg"), "--json")
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["is_match"] is True and out["similarity"] > out["threshold"]
+    no = _cli("verify", str(wild_dir / "obama.jpg"), str(wild_dir / "biden.jpg"), "--far", "1e-4", "--json")
+    assert no.returncode == 0 and json.loads(no.stdout)["is_match"] is False
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    bad = _cli("verify", str(text), str(wild_dir / "obama.jpg"))
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "error" in bad.stderr
+    npy = tmp_path / "e.npy"
+    emb = _cli("embed", str(wild_dir / "obama.jpg"), "--out", str(npy))
+    assert emb.returncode == 0 and np.load(npy).shape == (1, 512)
+    assert "vector" not in emb.stdout
+    drawn = tmp_path / "d.jpg"
+    det = _cli("detect", str(wild_dir / "group_kit_rose.jpg"), "--json", "--draw", str(drawn))
+    assert det.returncode == 0 and json.loads(det.stdout)["count"] == 2 and drawn.stat().st_size > 0
+
+
+def test_cli_demo_runs_on_the_installed_pack() -> None:
+    r = _cli("demo", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["matching_faces"] == 1
