@@ -212,9 +212,7 @@ class Calibration(_Strict):
             if gen.size:
                 tars[_fmr_key(f)] = round(float(np.mean(gen >= t)), 6)
         # curve: quantiles of the impostor distribution, dense in the tail (log-spaced FMRs)
-        fmr_grid = np.unique(
-            np.concatenate([np.geomspace(1.0 / n, 1.0, curve_points), [1.0 / n, 1.0]])
-        )[::-1]
+        fmr_grid = np.unique(np.concatenate([np.geomspace(1.0 / n, 1.0, curve_points), [1.0 / n, 1.0]]))[::-1]
         sims = [threshold_at_fmr(imp, float(f), presorted=True) for f in fmr_grid]
         fmrs = [float(np.mean(imp >= s)) if n <= 2_000_000 else float(f) for s, f in zip(sims, fmr_grid, strict=True)]
         pts = sorted(set(zip(sims, fmrs, strict=True)), key=lambda p: (p[0], -p[1]))
@@ -290,9 +288,10 @@ class ModelCard(_Strict):
 
     @model_validator(mode="after")
     def _task_fields(self) -> ModelCard:
-        if self.task == "embedding":
-            if self.embedding is None or self.input.size is None or self.alignment_template is None:
-                raise ValueError("an embedding card needs 'embedding', 'input.size' and 'alignment_template'")
+        if self.task == "embedding" and (
+            self.embedding is None or self.input.size is None or self.alignment_template is None
+        ):
+            raise ValueError("an embedding card needs 'embedding', 'input.size' and 'alignment_template'")
         if self.task == "detection" and self.detection is None:
             raise ValueError("a detection card needs 'detection'")
         if self.task == "landmarks" and (self.landmarks is None or self.input.size is None):
@@ -419,7 +418,7 @@ def read_onnx_card(model_path: Path) -> ModelCard | None:
         return None
     try:
         model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable ONNX"
+    except Exception as exc:
         raise ModelError(f"{model_path} is not a readable ONNX model: {exc}") from exc
     for prop in model.metadata_props:
         if prop.key == CARD_METADATA_KEY:
@@ -484,10 +483,10 @@ def write_card(card: ModelCard, path: Path) -> None:
 
 __all__ = [
     "CARD_METADATA_KEY",
-    "Calibration",
     "DEFAULT_DETECTOR",
     "DEFAULT_EMBEDDER",
     "DEFAULT_LANDMARKS",
+    "Calibration",
     "DetectionSpec",
     "EmbeddingSpec",
     "InputSpec",

@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +31,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MIN_SIDE = 16
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "MPO"})
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]  # Any: PIL.Image.Image
+ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Any  # Any: PIL.Image.Image
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,51 @@ def _open_pil(data: bytes | Path) -> Any:
         raise InvalidImageError(f"cannot read image: {exc}") from exc
 
 
-def _decode_pil(img: Any, *, max_pixels: int | None, min_side: int, max_side: int | None) -> DecodedImage:
+_CV2_MODES = {"JPEG": ("RGB", "L"), "PNG": ("RGB", "L")}
+
+
+def _looks_complete(fmt: str, data: bytes) -> bool:
+    """Cheap end-of-stream check: OpenCV pads truncated JPEGs with grey instead of failing."""
+    if fmt == "JPEG":
+        return b"\xff\xd9" in data[-4096:]
+    if fmt == "PNG":
+        return b"IEND" in data[-64:]
+    return False
+
+
+def _orient(bgr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to a decoded (H, W, C) array, as PIL's exif_transpose does."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(bgr)) if op else bgr
+
+
+def _decode_cv2(data: bytes, fmt: str, orientation: int, reduce: int) -> np.ndarray | None:
+    """Fast decode with OpenCV (libjpeg-turbo / libpng), optionally at 1/2, 1/4 or 1/8 scale."""
+    import cv2
+
+    flag = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    if reduce > 1 and fmt == "JPEG":
+        flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[
+            reduce
+        ] | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if bgr is None or bgr.ndim != 3:
+        return None
+    return _orient(bgr, orientation) if orientation != 1 else bgr
+
+
+def _decode_pil(
+    img: Any, *, max_pixels: int | None, min_side: int, max_side: int | None, data: bytes | None = None
+) -> DecodedImage:
     from PIL import Image, ImageOps
 
     fmt = img.format
@@ -158,10 +202,19 @@ def _decode_pil(img: Any, *, max_pixels: int | None, min_side: int, max_side: in
     orientation = 1
     try:
         orientation = int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not sink a readable image
+    except Exception:
         orientation = 1
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     _check_budget(ow, oh, max_pixels, min_side)
+    if data is not None and fmt in _CV2_MODES and img.mode in _CV2_MODES[fmt] and _looks_complete(fmt, data):
+        reduce = 1
+        if max_side is not None and fmt == "JPEG":
+            while reduce < 8 and max(w, h) // (reduce * 2) >= max_side:
+                reduce *= 2
+        fast = _decode_cv2(data, fmt, orientation, reduce)
+        if fast is not None:
+            dh, dw = fast.shape[:2]
+            return DecodedImage(pixels=fast, original_size=(ow, oh), scale=(ow / dw, oh / dh), source_format=fmt)
     if max_side is not None and fmt in ("JPEG", "MPO") and max(w, h) > 2 * max_side:
         # DCT-domain downscale (1/2, 1/4, 1/8) that keeps at least max_side pixels
         img.draft("RGB", (max(1, w * max_side // max(w, h)), max(1, h * max_side // max(w, h))))
@@ -222,7 +275,7 @@ def load_image(
             raise InvalidImageError("empty image data (0 bytes)")
         if max_bytes is not None and len(data) > max_bytes:
             raise ImageTooLargeError(f"encoded image is {len(data)} bytes, above the limit of {max_bytes}")
-        return _decode_pil(_open_pil(data), max_pixels=max_pixels, min_side=min_side, max_side=max_side)
+        return _decode_pil(_open_pil(data), max_pixels=max_pixels, min_side=min_side, max_side=max_side, data=data)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         try:
@@ -235,9 +288,13 @@ def load_image(
             raise InvalidImageError(f"empty image file: {str(path)!r}")
         if max_bytes is not None and size > max_bytes:
             raise ImageTooLargeError(f"image file is {size} bytes, above the limit of {max_bytes}")
-        img = _open_pil(path)
         try:
-            return _decode_pil(img, max_pixels=max_pixels, min_side=min_side, max_side=max_side)
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise InvalidImageError(f"cannot read image file {str(path)!r}: {exc.strerror or exc}") from exc
+        img = _open_pil(raw)
+        try:
+            return _decode_pil(img, max_pixels=max_pixels, min_side=min_side, max_side=max_side, data=raw)
         finally:
             img.close()
     if _is_pil_image(image):

@@ -73,6 +73,10 @@ class FaceMatcher:
             ``reject`` images with more than one face.
         decode_max_side: large JPEGs are decoded at reduced scale keeping at least this
             long side (``None`` decodes at full resolution).
+        coarse_det_size: when only the largest face is needed (verify, identify,
+            ``embed(faces="largest")``), detect first at this input long side; fall back
+            to the full size when nothing is found or the largest face is smaller than
+            ``min_coarse_face`` detector-input pixels. ``None`` always uses the full size.
     """
 
     def __init__(
@@ -88,6 +92,8 @@ class FaceMatcher:
         face_policy: FacePolicy = "largest",
         decode_max_side: int | None = 1280,
         max_batch: int = 32,
+        coarse_det_size: int | None = 320,
+        min_coarse_face: float = 24.0,
     ) -> None:
         if face_policy not in FACE_POLICIES:
             raise InvalidArgumentError(f"face_policy must be one of {FACE_POLICIES}, got {face_policy!r}")
@@ -110,6 +116,8 @@ class FaceMatcher:
         self.max_pixels = max_pixels
         self.face_policy: FacePolicy = face_policy
         self.decode_max_side = decode_max_side
+        self.coarse_det_size = coarse_det_size
+        self.min_coarse_face = min_coarse_face
 
     # ---- model facts ---------------------------------------------------------------------
     @property
@@ -140,6 +148,23 @@ class FaceMatcher:
     def _detect_decoded(self, decoded: DecodedImage) -> Detections:
         return self.detector.detect(decoded.pixels, input_size=self.det_size, score_threshold=self.det_threshold)
 
+    def _largest_face_decoded(self, decoded: DecodedImage) -> Face:
+        """The largest face, found coarse-first.
+
+        Large faces are found at a small detector input (SCRFD-500M finds every face of
+        an ordinary portrait at 320), so the full-size pass runs only when the coarse
+        one finds nothing or its largest face is small, i.e. when small faces matter.
+        """
+        coarse = self.coarse_det_size
+        if coarse is not None and self.det_size is None and max(decoded.width, decoded.height) > coarse:
+            dets = self.detector.detect(decoded.pixels, input_size=coarse, score_threshold=self.det_threshold)
+            face = dets.largest()
+            if face is not None:
+                ratio = coarse / max(decoded.width, decoded.height)
+                if min(face.width, face.height) * ratio >= self.min_coarse_face:
+                    return face
+        return self.select_face(self._detect_decoded(decoded), "largest")
+
     def detect(self, image: ImageInput | DecodedImage) -> Detections:
         """All faces in an image (BGR arrays for numpy input), in original image coordinates."""
         decoded = self.load(image)
@@ -153,8 +178,8 @@ class FaceMatcher:
         decoded = self.load(image)
         if isinstance(faces, Face):
             faces = [faces]
-        lms = np.stack([f.landmarks for f in faces]) if len(faces) else np.zeros((0, 5, 2), np.float32)
-        lms = lms / np.array(decoded.scale, np.float32)
+        stacked = np.stack([f.landmarks for f in faces]) if len(faces) else np.zeros((0, 5, 2), np.float32)
+        lms = (stacked / np.array(decoded.scale, np.float32)).astype(np.float32)
         return norm_crops(decoded.pixels, lms, self.embedder_card.alignment_template or "arcface_112")
 
     def embed_aligned(self, crops: np.ndarray | Sequence[ImageInput]) -> np.ndarray:
@@ -213,6 +238,18 @@ class FaceMatcher:
             emb, norms = self.embedder.embed(crops)
             return [FaceEmbedding(face=None, vector=emb[0], model_id=self.model_id, norm=float(norms[0]))]
         decoded = self.load(image)
+        if faces == "largest":
+            chosen_face = self._largest_face_decoded(decoded)
+            crop = norm_crops(decoded.pixels, chosen_face.landmarks[None])
+            emb, norms = self.embedder.embed(crop)
+            return [
+                FaceEmbedding(
+                    face=scale_face(chosen_face, decoded.scale),
+                    vector=emb[0],
+                    model_id=self.model_id,
+                    norm=float(norms[0]),
+                )
+            ]
         dets = self._detect_decoded(decoded)
         if faces == "all":
             if len(dets) == 0:
@@ -231,7 +268,10 @@ class FaceMatcher:
         if aligned:
             return self._as_crops([image])[0], None
         decoded = self.load(image)
-        face = self.select_face(self._detect_decoded(decoded))
+        if self.face_policy == "largest":
+            face = self._largest_face_decoded(decoded)
+        else:
+            face = self.select_face(self._detect_decoded(decoded))
         crop = norm_crops(decoded.pixels, face.landmarks[None])[0]
         return crop, scale_face(face, decoded.scale)
 

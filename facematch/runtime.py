@@ -41,7 +41,11 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     if requested is None and os.environ.get(PROVIDERS_ENV):
         requested = [p.strip() for p in os.environ[PROVIDERS_ENV].split(",") if p.strip()]
     if requested:
-        aliases = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+        aliases = {
+            "cpu": "CPUExecutionProvider",
+            "cuda": "CUDAExecutionProvider",
+            "tensorrt": "TensorrtExecutionProvider",
+        }
         wanted = [aliases.get(p.lower(), p) for p in requested]
         missing = [p for p in wanted if p not in available]
         if missing:
@@ -103,7 +107,7 @@ def create_session(
     chosen = choose_providers(providers)
     try:
         sess = ort.InferenceSession(data, sess_options=session_options(threads), providers=chosen)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many unrelated types
+    except Exception as exc:
         raise ModelError(f"onnxruntime cannot load model: {exc}") from exc
     logger.debug("session created with providers %s", sess.get_providers())
     return sess

@@ -84,9 +84,7 @@ class Detections:
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         lms = _as_f32(self.landmarks, (5, 2), "landmarks")
         if not (len(boxes) == len(scores) == len(lms)):
-            raise ValueError(
-                f"boxes, scores and landmarks disagree in length: {len(boxes)}, {len(scores)}, {len(lms)}"
-            )
+            raise ValueError(f"boxes, scores and landmarks disagree in length: {len(boxes)}, {len(scores)}, {len(lms)}")
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "landmarks", lms)
@@ -200,7 +198,7 @@ class Candidate:
 
     identity_id: str
     similarity: float
-    estimated_fmr: float  # per-comparison false-match rate at this similarity (model card calibration)
+    estimated_fmr: float | None  # per-comparison false-match rate at this similarity (None: no calibration)
     template_id: int | None = None  # best-scoring template of this identity
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -208,7 +206,7 @@ class Candidate:
         return {
             "identity_id": self.identity_id,
             "similarity": round(float(self.similarity), 6),
-            "estimated_fmr": float(self.estimated_fmr),
+            "estimated_fmr": None if self.estimated_fmr is None else float(self.estimated_fmr),
             "template_id": self.template_id,
             "metadata": dict(self.metadata),
         }

@@ -72,6 +72,21 @@ def test_exif_orientation_is_applied() -> None:
     assert out.original_size == (40, 80)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pil(orientation: int) -> None:
+    from PIL import ImageOps
+
+    rgb = _gradient(60, 36)
+    rgb[:10, :20] = (255, 0, 0)  # a marker in one corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(Image.fromarray(rgb), "JPEG", exif=exif, quality=98)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))[:, :, ::-1]
+    got = load_image(data).pixels
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).mean() < 2.0
+
+
 @pytest.mark.parametrize(
     ("mode", "fmt"),
     [("L", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("P", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("1", "PNG")],
@@ -79,7 +94,7 @@ def test_exif_orientation_is_applied() -> None:
 def test_colour_modes_decode_to_bgr_uint8(mode: str, fmt: str) -> None:
     img = Image.fromarray(_gradient()).convert("L" if mode in ("I;16", "1") else "RGB")
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(img).astype(np.uint16) * 257))
+        img = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)
     elif mode != "L":
         img = img.convert(mode)
     out = load_image(_encode(img, fmt))

@@ -85,7 +85,12 @@ def test_wild_pairs_at_default_threshold(matcher, wild_dir, wild_labels) -> None
 
 
 def test_wild_group_photos_contain_the_labelled_people(matcher, wild_dir, wild_labels) -> None:  # type: ignore[no-untyped-def]
-    refs = {"obama": "obama.jpg", "biden": "biden.jpg", "kit_harington": "kit_harington1.jpg", "rose_leslie": "rose_leslie1.jpg"}
+    refs = {
+        "obama": "obama.jpg",
+        "biden": "biden.jpg",
+        "kit_harington": "kit_harington1.jpg",
+        "rose_leslie": "rose_leslie1.jpg",
+    }
     ref_vec = {k: matcher.embed(wild_dir / v)[0].vector for k, v in refs.items()}
     thr = matcher.threshold_for()
     for f, ids in wild_labels.items():
@@ -124,9 +129,7 @@ def test_no_face_and_policies(matcher, wild_dir, package_images) -> None:  # typ
     with pytest.raises(NoFaceError):
         matcher.verify(blank, wild_dir / "obama.jpg")
     assert len(matcher.detect(blank)) == 0
-    strict = facematch.FaceMatcher(
-        detector=matcher.detector, embedder=matcher.embedder, face_policy="reject"
-    )
+    strict = facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, face_policy="reject")
     with pytest.raises(MultipleFacesError):
         strict.verify(package_images["gdp.jpg"], wild_dir / "obama.jpg")
     with pytest.raises(InvalidImageError):
@@ -208,3 +211,15 @@ def test_cli_demo_runs_on_the_installed_pack() -> None:
     r = _cli("demo", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["matching_faces"] == 1
+
+
+def test_small_face_in_a_large_frame_falls_back_to_full_detection(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    face_img = cv2.imread(str(package_images["yaoming.jpg"]))  # 233x287, one face
+    canvas = np.full((2400, 2400, 3), 90, np.uint8)
+    canvas[1500 : 1500 + face_img.shape[0], 300 : 300 + face_img.shape[1]] = face_img
+    coarse = matcher.detector.detect(canvas, input_size=320)
+    assert len(coarse) == 0 or min(coarse[0].width, coarse[0].height) * 320 / 2400 < matcher.min_coarse_face
+    emb = matcher.embed(canvas)[0]
+    assert emb.face is not None and 300 <= emb.face.box[0] < 300 + face_img.shape[1]
+    ref = matcher.embed(package_images["yaoming.jpg"])[0]
+    assert float(emb.vector @ ref.vector) > 0.8

@@ -40,7 +40,10 @@ class ArcFaceEmbedder:
         std = np.array(inp.std, np.float32)
         if np.all(std == std[0]):
             blob = cv2.dnn.blobFromImages(
-                list(crops), 1.0 / float(std[0]), self.size, tuple(float(m) for m in (mean if swap else mean[::-1])),
+                list(crops),
+                1.0 / float(std[0]),
+                self.size,
+                tuple(float(m) for m in (mean if swap else mean[::-1])),
                 swapRB=swap,
             )
         else:
@@ -54,7 +57,9 @@ class ArcFaceEmbedder:
         crops = np.asarray(crops)
         w, h = self.size
         if crops.ndim != 4 or crops.shape[1:] != (h, w, 3) or crops.dtype != np.uint8:
-            raise InvalidImageError(f"aligned crops must be (N, {h}, {w}, 3) uint8 BGR, got {crops.shape} {crops.dtype}")
+            raise InvalidImageError(
+                f"aligned crops must be (N, {h}, {w}, 3) uint8 BGR, got {crops.shape} {crops.dtype}"
+            )
         return crops
 
     def embed(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
