@@ -27,6 +27,16 @@ models_app = typer.Typer(help="Model cards and the installed model pack.", no_ar
 app.add_typer(models_app, name="models")
 
 
+def _register_subcommands() -> None:
+    """Sub-apps of the other rooms; their modules are light (heavy imports live inside commands)."""
+    from .gallery.cli import gallery_app
+
+    app.add_typer(gallery_app, name="gallery")
+
+
+_register_subcommands()
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error and exit non-zero."""
     typer.echo(f"error: {message}", err=True)

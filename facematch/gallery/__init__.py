@@ -1,1 +1,24 @@
-"""Gallery: SQLite source of truth, FAISS (or Milvus) index, open-set identification."""
+"""Gallery: SQLite source of truth, FAISS (or Milvus) index, open-set identification.
+
+Nothing heavy is imported here: FAISS loads when an index is first built, pymilvus
+only for the Milvus backend, and the face models only on the first image input.
+"""
+
+from __future__ import annotations
+
+from .config import IndexConfig
+from .gallery import Gallery
+from .openset import per_comparison_fmr, threshold_for_fpir
+from .types import EnrollReport, GalleryInfo, IdentityInfo, ImageOutcome, Page
+
+__all__ = [
+    "EnrollReport",
+    "Gallery",
+    "GalleryInfo",
+    "IdentityInfo",
+    "ImageOutcome",
+    "IndexConfig",
+    "Page",
+    "per_comparison_fmr",
+    "threshold_for_fpir",
+]

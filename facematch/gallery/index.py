@@ -1,0 +1,371 @@
+"""Vector indexes behind the gallery: a small protocol and its FAISS implementation.
+
+The index is *derived* data: SQLite holds every template's fp32 embedding, and an
+index can always be rebuilt from it. An engine only has to add, remove and search
+int64-keyed unit vectors by inner product, list the ids it holds, and persist itself.
+
+FAISS layout: flat and scalar-quantised indexes are wrapped in ``IndexIDMap2`` (so
+``remove_ids`` works); IVF indexes store the template ids natively (``IndexIDMap2``
+over IVF returns wrong ids after a removal in FAISS 1.15, because the IVF lists keep
+the positional ids the map has compacted away); HNSW cannot remove vectors, so removed
+ids are tombstoned, filtered out of results, and compacted away by a rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InvalidArgumentError
+from .config import IndexConfig
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+MANIFEST_FILE = "index.json"
+MANIFEST_FORMAT = 1
+GPU_MAX_K = 2048  # FAISS-GPU's largest k per search
+TOMBSTONE_REBUILD_FRACTION = 0.2
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """What the gallery needs from a search engine (FAISS, Milvus, ...)."""
+
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add unit vectors ``(n, dim)`` float32 under int64 ``ids``."""
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove ``ids`` (unknown ids are ignored)."""
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner products ``(q, k)`` float32 and ids ``(q, k)`` int64 (``-1`` pads)."""
+
+    def ids(self) -> np.ndarray:
+        """Sorted int64 array of the ids the index holds."""
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the whole content (and retrain, where the structure needs it)."""
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when a rebuild from the source of truth would improve the index."""
+
+    def describe(self) -> str: ...
+
+    def save(self) -> None:
+        """Persist beside the database (no-op for engines that persist themselves)."""
+
+    def close(self) -> None: ...
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """Order-independent sha256 of an id set."""
+    arr = np.sort(np.asarray(ids, dtype=np.int64).reshape(-1))
+    return hashlib.sha256(arr.astype("<i8").tobytes()).hexdigest()
+
+
+def import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss is in the cpu/gpu extras
+        raise BackendUnavailableError(
+            "FAISS is not installed: pip install 'facematch[cpu]' (faiss-cpu) or 'facematch[gpu]' (faiss-gpu-cu12)"
+        ) from exc
+    return faiss
+
+
+def gpu_available(faiss: Any) -> bool:
+    """True when this FAISS build has GPU support and sees at least one GPU."""
+    try:
+        return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
+    except Exception:  # a broken CUDA install means "no GPU"
+        return False
+
+
+def _check_batch(ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+    vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.shape[0] != ids.shape[0]:
+        raise InvalidArgumentError(f"expected {ids.shape[0]} vectors of dim {dim}, got shape {vectors.shape}")
+    return ids, vectors
+
+
+class FaissIndex:
+    """A FAISS index of template embeddings, persisted as ``index.faiss`` + ``index.json``."""
+
+    def __init__(self, dim: int, config: IndexConfig, directory: Path | None = None) -> None:
+        self._faiss = import_faiss()
+        self.dim = int(dim)
+        self.config = config
+        self.directory = directory
+        self._index: Any = None
+        self._native_ids = False  # IVF keeps ids itself; everything else sits in an IndexIDMap2
+        self._trained_structure = False  # False while a trained kind falls back to exact flat
+        self._tombstones: set[int] = set()
+        self._gpu_res: Any = None
+        self._gpu_index: Any = None
+        self._gpu_ids: np.ndarray | None = None
+        self._use_gpu = config.device != "cpu" and config.kind != "hnsw" and gpu_available(self._faiss)
+        if config.device == "gpu" and not self._use_gpu:
+            raise BackendUnavailableError("device='gpu' was asked for, but FAISS sees no GPU (or HNSW was chosen)")
+        self.rebuild(np.zeros((0,), np.int64), np.zeros((0, self.dim), np.float32))
+
+    # ---- structure -------------------------------------------------------------------------
+    def _new_index(self, train: np.ndarray) -> Any:
+        faiss = self._faiss
+        n = int(train.shape[0])
+        cfg = self.config
+        use_structure = not cfg.needs_training or n >= cfg.min_train
+        desc = cfg.factory_string(n) if use_structure else "Flat"
+        if use_structure and cfg.kind == "ivf":
+            nlist = cfg.nlist_for(n)
+            if nlist > max(1, n // 39):
+                logger.info("IVF nlist=%d is large for %d training vectors (FAISS wants >= 39 per list)", nlist, n)
+        inner = faiss.index_factory(self.dim, desc, faiss.METRIC_INNER_PRODUCT)
+        if use_structure and cfg.kind == "hnsw":
+            faiss.downcast_index(inner).hnsw.efConstruction = cfg.ef_construction
+        if not inner.is_trained:
+            inner.train(train)
+        self._trained_structure = use_structure
+        self._native_ids = use_structure and cfg.kind == "ivf"
+        index = inner if self._native_ids else faiss.IndexIDMap2(inner)
+        self._apply_search_params(index)
+        return index
+
+    def _inner(self, index: Any) -> Any:
+        return index if self._native_ids else self._faiss.downcast_index(index.index)
+
+    def _apply_search_params(self, index: Any) -> None:
+        if not self._trained_structure:
+            return
+        inner = self._inner(index)
+        if self.config.kind == "ivf":
+            inner.nprobe = min(self.config.nprobe, inner.nlist)
+        elif self.config.kind == "hnsw":
+            inner.hnsw.efSearch = self.config.ef_search
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids, vectors = _check_batch(ids, vectors, self.dim)
+        self._index = self._new_index(vectors)
+        self._tombstones.clear()
+        if ids.size:
+            self._index.add_with_ids(vectors, ids)
+        self._invalidate_gpu()
+
+    @property
+    def needs_rebuild(self) -> bool:
+        n = len(self)
+        if self.config.needs_training and not self._trained_structure and n >= self.config.min_train:
+            return True
+        return bool(self._tombstones) and len(self._tombstones) > TOMBSTONE_REBUILD_FRACTION * max(n, 1)
+
+    # ---- content ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._index.ntotal) - len(self._tombstones)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids, vectors = _check_batch(ids, vectors, self.dim)
+        if ids.size == 0:
+            return
+        revived = self._tombstones.intersection(ids.tolist())
+        if revived:  # an id removed from HNSW comes back: drop the stale vector first (rebuild)
+            raise InvalidArgumentError(f"template ids {sorted(revived)[:5]} were removed and cannot be reused")
+        self._index.add_with_ids(vectors, ids)
+        self._invalidate_gpu()
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if ids.size == 0:
+            return
+        if self._trained_structure and self.config.kind == "hnsw":
+            present = set(self._raw_ids().tolist())
+            self._tombstones.update(i for i in ids.tolist() if i in present)
+        else:
+            self._index.remove_ids(self._faiss.IDSelectorBatch(ids.size, self._faiss.swig_ptr(ids)))
+        self._invalidate_gpu()
+
+    def _raw_ids(self) -> np.ndarray:
+        if not self._native_ids:
+            return self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        faiss = self._faiss
+        invlists = self._index.invlists
+        parts = [
+            faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
+            for lst in range(self._index.nlist)
+            if invlists.list_size(lst)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0,), np.int64)
+
+    def ids(self) -> np.ndarray:
+        raw = np.sort(self._raw_ids())
+        if self._tombstones:
+            raw = raw[~np.isin(raw, np.fromiter(self._tombstones, np.int64))]
+        return raw
+
+    # ---- search ----------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InvalidArgumentError(f"queries must have shape (n, {self.dim}), got {q.shape}")
+        total = int(self._index.ntotal)
+        if total == 0 or k <= 0 or q.shape[0] == 0:
+            return np.zeros((q.shape[0], max(k, 0)), np.float32), np.full((q.shape[0], max(k, 0)), -1, np.int64)
+        fetch = min(k + len(self._tombstones), total)
+        scores, ids = self._search_raw(q, fetch)
+        if self._tombstones:
+            scores, ids = self._drop_tombstones(scores, ids, k)
+        if ids.shape[1] < k:  # pad to the asked width
+            pad = k - ids.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        return scores, ids
+
+    def _search_raw(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._use_gpu and k <= GPU_MAX_K:
+            gpu = self._gpu()
+            scores, pos = gpu.search(q, k)
+            if self._native_ids:
+                return scores, pos.astype(np.int64)
+            assert self._gpu_ids is not None
+            ids = np.where(pos >= 0, self._gpu_ids[np.clip(pos, 0, None)], -1)
+            return scores, ids.astype(np.int64)
+        scores, ids = self._index.search(q, k)
+        return scores, ids.astype(np.int64)
+
+    def _drop_tombstones(self, scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dead = np.isin(ids, np.fromiter(self._tombstones, np.int64))
+        out_s = np.full((ids.shape[0], k), -np.inf, np.float32)
+        out_i = np.full((ids.shape[0], k), -1, np.int64)
+        for r in range(ids.shape[0]):
+            keep = np.flatnonzero(~dead[r])[:k]
+            out_s[r, : keep.size] = scores[r, keep]
+            out_i[r, : keep.size] = ids[r, keep]
+        return out_s, out_i
+
+    # ---- GPU mirror ------------------------------------------------------------------------
+    def _invalidate_gpu(self) -> None:
+        self._gpu_index = None
+        self._gpu_ids = None
+
+    def _gpu(self) -> Any:
+        """A GPU copy of the CPU index, made on first search after a change."""
+        if self._gpu_index is None:
+            faiss = self._faiss
+            if self._gpu_res is None:
+                self._gpu_res = faiss.StandardGpuResources()
+            inner = self._index if self._native_ids else self._inner(self._index)
+            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, inner)
+            if not self._native_ids:
+                self._gpu_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            self._apply_search_params_gpu()
+        return self._gpu_index
+
+    def _apply_search_params_gpu(self) -> None:
+        if self._trained_structure and self.config.kind == "ivf":
+            self._faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", self.config.nprobe)
+
+    def describe(self) -> str:
+        live = self.config.describe() if (self._trained_structure or not self.config.needs_training) else "flat/fp32"
+        if not self._trained_structure and self.config.needs_training:
+            live += f" (exact until {self.config.min_train} templates, then {self.config.describe()})"
+        return f"faiss:{live}@{'gpu' if self._use_gpu else 'cpu'}"
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index_path = self.directory / INDEX_FILE
+        tmp = index_path.with_name(INDEX_FILE + ".tmp")
+        self._faiss.write_index(self._index, str(tmp))
+        _fsync_file(tmp)
+        os.replace(tmp, index_path)
+        raw = self._raw_ids()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "dim": self.dim,
+            "structure": self.config.structure_key(),
+            "trained_structure": self._trained_structure,
+            "native_ids": self._native_ids,
+            "count": int(raw.size),
+            "ids_sha256": ids_digest(raw),
+        }
+        _write_json_atomic(self.directory / MANIFEST_FILE, manifest)
+        logger.info("saved index (%d vectors) to %s", raw.size, index_path)
+
+    @classmethod
+    def load(cls, directory: Path, dim: int, config: IndexConfig) -> FaissIndex | None:
+        """Load a saved index, or ``None`` when it is absent, for another structure, or damaged."""
+        index_path, manifest_path = directory / INDEX_FILE, directory / MANIFEST_FILE
+        if not index_path.is_file() or not manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            logger.warning("index manifest unreadable (%s); the index will be rebuilt", exc)
+            return None
+        if (
+            manifest.get("format") != MANIFEST_FORMAT
+            or manifest.get("dim") != dim
+            or manifest.get("structure") != config.structure_key()
+        ):
+            logger.info("saved index was built for another configuration; it will be rebuilt")
+            return None
+        self = cls(dim, config, directory)
+        try:
+            index = self._faiss.read_index(str(index_path))
+        except Exception as exc:  # FAISS raises RuntimeError on any damage
+            logger.warning("index file unreadable (%s); it will be rebuilt", exc)
+            return None
+        self._index = index
+        self._trained_structure = bool(manifest.get("trained_structure"))
+        self._native_ids = bool(manifest.get("native_ids"))
+        if int(index.d) != dim or (not self._native_ids and not hasattr(index, "id_map")):
+            logger.warning("index file does not match its manifest; it will be rebuilt")
+            return None
+        raw = self._raw_ids()
+        if raw.size != manifest.get("count") or ids_digest(raw) != manifest.get("ids_sha256"):
+            logger.warning("index file and manifest disagree (interrupted save?); the index will be rebuilt")
+            return None
+        self._apply_search_params(index)
+        return self
+
+    def close(self) -> None:
+        self._invalidate_gpu()
+        self._gpu_res = None
+
+    def memory_bytes(self) -> int:
+        """Size of the serialised index: a close estimate of its memory footprint."""
+        return int(self._faiss.serialize_index(self._index).size)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+__all__ = ["FaissIndex", "VectorIndex", "gpu_available", "ids_digest", "import_faiss"]

@@ -1,0 +1,135 @@
+"""Typed results of gallery operations (no embeddings in them: templates are biometric data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..types import Face
+
+OutcomeStatus = Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What happened to one enrolment image: the template it gave, or why it gave none."""
+
+    index: int  # position of the image in the call
+    source: str  # file name for paths, "#<index>" for bytes/arrays/PIL
+    status: OutcomeStatus
+    template_id: int | None = None
+    face: Face | None = None  # the face that was enrolled (None for aligned crops / embeddings)
+    faces_found: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "enrolled"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "source": self.source,
+            "status": self.status,
+            "template_id": self.template_id,
+            "faces_found": self.faces_found,
+            "face": self.face.to_dict() if self.face is not None else None,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class EnrollReport:
+    """Per-image outcome of an enrolment; ``template_ids`` are the templates written."""
+
+    identity_id: str
+    outcomes: tuple[ImageOutcome, ...]
+    created: bool  # True when the call created the identity (enroll), False when it added faces
+
+    @property
+    def template_ids(self) -> tuple[int, ...]:
+        return tuple(o.template_id for o in self.outcomes if o.template_id is not None)
+
+    @property
+    def failed(self) -> tuple[ImageOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.ok)
+
+    @property
+    def ok(self) -> bool:
+        """True when every image gave a template."""
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identity_id": self.identity_id,
+            "created": self.created,
+            "template_ids": list(self.template_ids),
+            "outcomes": [o.to_dict() for o in self.outcomes],
+        }
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    """An enrolled identity: its templates (ids only), metadata and timestamps (unix seconds)."""
+
+    identity_id: str
+    template_ids: tuple[int, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def num_templates(self) -> int:
+        return len(self.template_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identity_id": self.identity_id,
+            "template_ids": list(self.template_ids),
+            "num_templates": self.num_templates,
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of identities, ordered by id; pass ``next_cursor`` back for the next page."""
+
+    items: tuple[IdentityInfo, ...]
+    next_cursor: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": [i.to_dict() for i in self.items], "next_cursor": self.next_cursor}
+
+
+@dataclass(frozen=True)
+class GalleryInfo:
+    """Summary of an open gallery."""
+
+    path: str
+    model_id: str | None
+    dim: int | None
+    identities: int
+    templates: int
+    backend: str
+    index: str  # human description of the live index (kind, storage, device)
+    read_only: bool
+    calibrated: bool  # whether FPIR-based thresholds are available
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "identities": self.identities,
+            "templates": self.templates,
+            "backend": self.backend,
+            "index": self.index,
+            "read_only": self.read_only,
+            "calibrated": self.calibrated,
+        }
+
+
+__all__ = ["EnrollReport", "GalleryInfo", "IdentityInfo", "ImageOutcome", "OutcomeStatus", "Page"]

@@ -1,0 +1,95 @@
+"""Real end to end: celeb24 crops through the real embedder into a real gallery; real photos via enroll()."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facematch.cards import Calibration
+from facematch.errors import InvalidImageError, NoFaceError
+from facematch.gallery import Gallery
+
+HELD_OUT_EVERY = 4  # every 4th identity (sorted) stays out of the gallery: 6 of 24
+TARGET_FPIR = 0.1
+
+
+@pytest.fixture(scope="module")
+def celeb_embeddings(celeb24_dir: Path, matcher) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    out = {}
+    for d in sorted(p for p in celeb24_dir.iterdir() if p.is_dir()):
+        crops = [cv2.imread(str(f)) for f in sorted(d.glob("*.png"))]
+        out[d.name] = matcher.embed_aligned(np.stack(crops))
+    return out
+
+
+def test_celeb24_rank1_and_open_set_fpir(tmp_path: Path, celeb_embeddings, matcher) -> None:  # type: ignore[no-untyped-def]
+    names = sorted(celeb_embeddings)
+    held = names[::HELD_OUT_EVERY]
+    enrolled = [n for n in names if n not in held]
+    # calibration from impostor pairs among the *enrolled* identities only: disjoint from the held-out probes
+    feats = np.concatenate([celeb_embeddings[n] for n in enrolled])
+    labels = np.concatenate([[i] * len(celeb_embeddings[n]) for i, n in enumerate(enrolled)])
+    sims = feats @ feats.T
+    iu = np.triu_indices(len(feats), 1)
+    same = labels[iu[0]] == labels[iu[1]]
+    cal = Calibration.from_scores(sims[iu][same], sims[iu][~same], set_name="celeb24-enrolled", command="test")
+
+    with Gallery(tmp_path / "celeb.fmg", calibration=cal) as g:
+        probes, truth = [], []
+        for n in enrolled:
+            e = celeb_embeddings[n]
+            g.enroll_embeddings(n, e[0::2], matcher.model_id, sources=[f"{n}#{i}" for i in range(0, len(e), 2)])
+            probes.append(e[1::2])
+            truth += [n] * len(e[1::2])
+        assert len(g) == 18 and g.num_templates == sum((len(celeb_embeddings[n]) + 1) // 2 for n in enrolled)
+
+        closed = g.identify_embeddings(np.concatenate(probes), matcher.model_id, k=5, threshold=-1.0)
+        rank1 = np.mean([r.candidates[0].identity_id == t for r, t in zip(closed, truth, strict=True)])
+        assert rank1 >= 0.98, f"rank-1 {rank1:.3f}"
+
+        genuine = g.identify_embeddings(np.concatenate(probes), matcher.model_id, fpir=TARGET_FPIR)
+        impostors = g.identify_embeddings(
+            np.concatenate([celeb_embeddings[n] for n in held]), matcher.model_id, fpir=TARGET_FPIR
+        )
+        threshold = impostors[0].threshold
+        assert impostors[0].target_fpir == TARGET_FPIR
+        fpir = float(np.mean([not r.is_unknown for r in impostors]))
+        # one-sided binomial tolerance (3 sigma); the N = templates convention is conservative, so the
+        # observed FPIR is expected at or below the target rather than on it
+        n = len(impostors)
+        bound = TARGET_FPIR + 3 * math.sqrt(TARGET_FPIR * (1 - TARGET_FPIR) / n)
+        assert fpir <= bound, f"observed FPIR {fpir:.3f} over {n} held-out probes > {bound:.3f} (t={threshold:.3f})"
+        # ... and the threshold still lets enrolled people through (DIR at that FPIR)
+        dir_ = np.mean([r.identity_id == t for r, t in zip(genuine, truth, strict=True)])
+        assert dir_ >= 0.9, f"DIR {dir_:.3f} at FPIR {TARGET_FPIR} (threshold {threshold:.3f})"
+
+
+def test_enroll_images_reports_each_image(tmp_path: Path, package_images, matcher) -> None:  # type: ignore[no-untyped-def]
+    yao = package_images["yaoming.jpg"]
+    blank = np.full((200, 200, 3), 127, np.uint8)
+    with Gallery(tmp_path / "img.fmg", matcher=matcher) as g:
+        report = g.enroll("yao", [yao, b"definitely not an image", blank], metadata={"src": "pack"})
+        assert [o.status for o in report.outcomes] == ["enrolled", "invalid_image", "no_face"]
+        assert report.outcomes[0].source == "yaoming.jpg" and report.outcomes[0].face is not None
+        assert len(report.template_ids) == 1 and not report.ok
+        with pytest.raises(NoFaceError) as err:  # nothing usable: nothing written, report attached
+            g.enroll("ghost", [blank])
+        assert "ghost" not in g and err.value.details["report"]["outcomes"][0]["status"] == "no_face"
+        with pytest.raises(InvalidImageError):
+            g.enroll("ghost", [b"\x00\x01"])
+        res = g.identify(yao, threshold=0.5)
+        assert res.identity_id == "yao" and res.face is not None and res.candidates[0].similarity > 0.9
+
+    players = package_images.get("players.jpg")
+    if players is not None and len(matcher.detect(players)) > 1:
+        with Gallery(tmp_path / "reject.fmg", matcher=matcher, multi_face="reject") as g:
+            rep = g.enroll("team", [players, yao])
+            assert [o.status for o in rep.outcomes] == ["multiple_faces", "enrolled"]
+            assert rep.outcomes[0].faces_found > 1
+        with Gallery(tmp_path / "largest.fmg", matcher=matcher) as g:
+            rep = g.enroll("team", [players])
+            assert rep.ok and rep.outcomes[0].faces_found > 1
