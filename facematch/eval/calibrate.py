@@ -1,0 +1,112 @@
+"""Calibrate a model's thresholds on a labelled set and write them into its card.
+
+Genuine and impostor scores come from every pair of an identity-folder set; the
+card's :class:`~facematch.cards.Calibration` keeps the thresholds for target FMRs and
+the impostor curve (similarity → FMR) that verification and the gallery's open-set
+decisions use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cards import Calibration, ModelCard, load_card, write_card
+from ..errors import InvalidArgumentError, ModelError
+from . import metrics as M
+from .data import list_identity_dir
+from .embed import ImageFailure
+from .runner import embed_identity_set
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """A measured calibration and what it was measured on."""
+
+    calibration: Calibration
+    n_images: int
+    n_identities: int
+    failures: list[ImageFailure]
+    genuine: np.ndarray
+    impostor: np.ndarray
+
+
+def measure_calibration(
+    matcher: Any,
+    root: Path,
+    *,
+    set_name: str,
+    command: str,
+    target_fmrs: Sequence[float] = (1e-2, 1e-3, 1e-4),
+    default_fmr: float = 1e-3,
+    detect: bool = False,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> CalibrationRun:
+    """Score every pair of ``root`` (one folder per identity) and build the calibration."""
+    if default_fmr not in target_fmrs:
+        target_fmrs = (*target_fmrs, default_fmr)
+    ids = list_identity_dir(root)
+    emb, x, y = embed_identity_set(matcher, ids, detect=detect, cache_dir=cache_dir, progress=progress)
+    scores = M.all_pair_scores(x, y)
+    if scores.impostor.size == 0:
+        raise InvalidArgumentError(f"{root} gives no impostor pairs")
+    if default_fmr < 1.0 / scores.impostor.size:
+        raise InvalidArgumentError(
+            f"default FMR {default_fmr:g} is finer than 1/{scores.impostor.size} impostor pairs on {root}"
+        )
+    cal = Calibration.from_scores(
+        scores.genuine,
+        scores.impostor,
+        set_name=set_name,
+        command=command,
+        target_fmrs=sorted(set(target_fmrs), reverse=True),
+        default_fmr=default_fmr,
+    )
+    skipped = [f for f in target_fmrs if f < 1.0 / scores.impostor.size]
+    if skipped:
+        logger.warning(
+            "FMRs %s are finer than 1/%d impostor pairs: no threshold written for them", skipped, scores.impostor.size
+        )
+    return CalibrationRun(cal, len(ids.paths), len(ids.identities), emb.failures, scores.genuine, scores.impostor)
+
+
+def card_destination(card: ModelCard) -> Path:
+    """Where a calibrated card is written: the card JSON it was loaded from, or the model's sidecar card."""
+    if card.card_path is None:
+        raise ModelError(f"card {card.id!r} was not loaded from a file; give --out to say where to write it")
+    path = Path(card.card_path)
+    if path.suffix != ".json":
+        raise ModelError(f"card {card.id!r} came from {path}, not a JSON card; give --out to say where to write it")
+    return path
+
+
+def write_calibration(card: ModelCard, calibration: Calibration, out: Path | None = None) -> Path:
+    """Write ``card`` with ``calibration`` to ``out`` (default: :func:`card_destination`) and check it reloads.
+
+    For an ONNX model with its card in ``metadata_props`` the calibrated card goes to the
+    sidecar ``<stem>.card.json``, which takes precedence when the model is loaded: rewriting
+    the ONNX file would change the sha256 its card records.
+    """
+    path = Path(out) if out is not None else card_destination(card)
+    updated = card.model_copy(update={"calibration": calibration, "card_path": path})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_card(updated, path)
+    except OSError as exc:
+        raise ModelError(f"cannot write the card to {path}: {exc.strerror or exc}; give --out") from exc
+    reloaded = load_card(path)
+    if reloaded.calibration != calibration:
+        raise ModelError(f"the card written to {path} does not read back with the new calibration")
+    logger.info("wrote calibration on %r into %s", calibration.set, path)
+    return path
+
+
+__all__ = ["CalibrationRun", "card_destination", "measure_calibration", "write_calibration"]

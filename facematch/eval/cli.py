@@ -1,0 +1,309 @@
+"""``facematch eval aligned|pairs`` and ``facematch calibrate`` (heavy imports happen inside commands).
+
+Register with::
+
+    from .eval.cli import calibrate, eval_app
+    app.add_typer(eval_app, name="eval")
+    app.command("calibrate")(calibrate)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+eval_app = typer.Typer(
+    help="Measure accuracy, identification, fairness and embedding health on labelled images.",
+    no_args_is_help=True,
+)
+
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Embedder card id, card JSON, or model file with a card (default pack).")
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Embedding cache folder (default $FACEMATCH_CACHE_DIR or ~/.cache/facematch). Holds biometric data."
+    ),
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
+FarOpt = Annotated[
+    list[float] | None, typer.Option("--far", help="Target FARs to report (repeatable; default 1e-2 1e-3 1e-4).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")]
+QuietOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    from ..errors import FacematchError
+
+    try:
+        yield
+    except FacematchError as exc:
+        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _cache_dir(cache_dir: Path | None, no_cache: bool) -> Path | None:
+    from .cache import default_cache_dir
+
+    if no_cache:
+        return None
+    return cache_dir if cache_dir is not None else default_cache_dir()
+
+
+def _matcher(model: str | None, detector: str | None = None) -> Any:
+    from ..matcher import FaceMatcher
+
+    return FaceMatcher(detector=detector, embedder=model)
+
+
+def _fars(fars: list[float] | None) -> tuple[float, ...]:
+    from ..errors import InvalidArgumentError
+    from .protocols import DEFAULT_FARS
+
+    out = tuple(fars) if fars else DEFAULT_FARS
+    if any(not (0.0 < f < 1.0) for f in out):
+        raise InvalidArgumentError(f"--far values must be in (0, 1), got {list(out)}")
+    return out
+
+
+@eval_app.command("aligned")
+def aligned_cmd(
+    directory: Annotated[Path, typer.Argument(help="One folder per identity holding face images.")],
+    meta: Annotated[Path | None, typer.Option(help="CSV with an 'identity' column and group columns.")] = None,
+    group_col: Annotated[str, typer.Option(help="Column of --meta to compare groups by.")] = "gender",
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option(help="Report folder: report.json, report.md, PNG plots.")] = Path("report"),
+    detect: Annotated[bool, typer.Option("--detect", help="Images are not aligned: detect and align first.")] = False,
+    detector: Annotated[str | None, typer.Option(help="Detector card for --detect (default pack).")] = None,
+    far: FarOpt = None,
+    target_far: Annotated[float, typer.Option(help="FAR that sets the fairness threshold.")] = 1e-3,
+    threshold: Annotated[
+        float | None, typer.Option(help="Fairness threshold instead of the one at --target-far.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the gallery and hold-out splits.")] = 0,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    no_progress: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verification (ROC, EER, TAR@FAR), identification (rank-k, DIR@FPIR), fairness and hypersphere health."""
+    with _errors():
+        from .report import to_jsonable
+        from .runner import run_aligned
+
+        if meta is not None and not meta.is_file():
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"--meta file {meta} not found")
+        rep = run_aligned(
+            _matcher(model, detector),
+            directory,
+            out,
+            meta=meta,
+            group_col=group_col,
+            detect=detect,
+            cache_dir=_cache_dir(cache_dir, no_cache),
+            fars=_fars(far),
+            target_far=target_far,
+            threshold=threshold,
+            seed=seed,
+            plots=not no_plots,
+            progress=not no_progress,
+        )
+        if as_json:
+            typer.echo(json.dumps(to_jsonable(rep), indent=2))
+            return
+        v, c = rep.verification, rep.identification.closed_set
+        ops = ", ".join(
+            f"TAR@{p.target_far:g}={p.tar:.4f}" if p.resolvable and p.tar is not None else f"TAR@{p.target_far:g}=n/a"
+            for p in v.operating_points
+        )
+        typer.echo(
+            f"{rep.model.id}: {rep.dataset.n_embedded}/{rep.dataset.n_images} images, "
+            f"{v.n_genuine} genuine / {v.n_impostor} impostor pairs"
+        )
+        typer.echo(f"  AUC={v.auc:.5f} EER={v.eer:.4f} {ops}")
+        typer.echo("  " + " ".join(f"rank-{k}={val:.4f}" for k, val in c.rank.items()))
+        if rep.identification.open_set is not None:
+            typer.echo(
+                "  "
+                + " ".join(
+                    f"DIR@FPIR{p.target_fpir:g}={p.dir:.4f}" if p.dir is not None else f"DIR@FPIR{p.target_fpir:g}=n/a"
+                    for p in rep.identification.open_set.points
+                )
+            )
+        if rep.fairness is not None:
+            f = rep.fairness.result
+            typer.echo(
+                f"  fairness by {rep.fairness.column} at {f.shared_threshold:.4f}: "
+                + " ".join(f"{g.group}: FNMR={g.fnmr} FMR={g.fmr}" for g in f.groups)
+            )
+        if rep.dataset.failures:
+            typer.echo(f"  {len(rep.dataset.failures)} image(s) without an embedding (listed in the report)")
+        typer.echo(f"report: {out / 'report.md'}")
+
+
+@eval_app.command("pairs")
+def pairs_cmd(
+    file: Annotated[Path, typer.Argument(help="LFW pairs.txt, a CSV a,b,same, or a labels CSV file,identities.")],
+    root: Annotated[
+        Path | None, typer.Option(help="Folder the image names are relative to (default: FILE's folder).")
+    ] = None,
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("report-pairs"),
+    aligned: Annotated[bool, typer.Option("--aligned", help="Images are aligned 112x112 crops: no detection.")] = False,
+    detector: Annotated[str | None, typer.Option(help="Detector card (default pack).")] = None,
+    far: FarOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the fold assignment when FILE defines no folds.")] = 0,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    no_progress: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """10-fold accuracy, AUC, EER and TAR@FAR on a list of pairs; images without a face reported apart."""
+    with _errors():
+        from .report import to_jsonable
+        from .runner import run_pairs
+
+        rep = run_pairs(
+            _matcher(model, detector),
+            file,
+            out,
+            root=root,
+            detect=not aligned,
+            cache_dir=_cache_dir(cache_dir, no_cache),
+            fars=_fars(far),
+            seed=seed,
+            plots=not no_plots,
+            progress=not no_progress,
+        )
+        if as_json:
+            typer.echo(json.dumps(to_jsonable(rep), indent=2))
+            return
+        r = rep.result
+        typer.echo(
+            f"{rep.model.id}: {r.n_pairs} pairs, "
+            f"accuracy {r.accuracy.mean_accuracy:.4f} ± {r.accuracy.std_accuracy:.4f} "
+            f"({len(r.accuracy.fold_accuracy)}-fold), AUC={r.auc:.5f}, EER={r.eer:.4f}"
+        )
+        if rep.failures:
+            typer.echo(f"  no embedding for {len(rep.failures)} image(s); {r.n_failed_pairs} pair(s) affected:")
+            for fl in rep.failures:
+                typer.echo(f"    {fl.path}: {fl.status}")
+        if rep.excluded_entries:
+            typer.echo(f"  {len(rep.excluded_entries)} entr(y/ies) gave no pairs (listed in the report)")
+        typer.echo(f"report: {out / 'report.md'}")
+
+
+def calibrate(
+    directory: Annotated[Path, typer.Argument(help="Calibration set: one folder per identity of aligned crops.")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Embedder card id, card JSON, or model file with a card.")
+    ] = None,
+    set_name: Annotated[
+        str | None, typer.Option(help="Name of the calibration set (default: the folder name).")
+    ] = None,
+    fmr: Annotated[
+        list[float] | None,
+        typer.Option("--fmr", help="Target FMRs to store thresholds for (repeatable; default 1e-2 1e-3 1e-4)."),
+    ] = None,
+    default_fmr: Annotated[float, typer.Option(help="The card's default operating FMR.")] = 1e-3,
+    write: Annotated[bool, typer.Option("--write", help="Write the calibration into the model card.")] = False,
+    card_out: Annotated[Path | None, typer.Option("--out", help="Write the calibrated card here instead.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also save the calibration curve as a PNG.")] = None,
+    detect: Annotated[bool, typer.Option("--detect", help="Images are not aligned: detect and align first.")] = False,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    no_progress: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure genuine/impostor scores on a calibration set and write thresholds + the FMR curve into the card."""
+    with _errors():
+        from ..errors import FacematchError, InvalidArgumentError
+        from .calibrate import card_destination, measure_calibration, write_calibration
+        from .report import to_jsonable
+
+        fmrs = tuple(fmr) if fmr else (1e-2, 1e-3, 1e-4)
+        if any(not (0.0 < f < 1.0) for f in (*fmrs, default_fmr)):
+            raise InvalidArgumentError("FMRs must be in (0, 1)")
+        name = set_name or directory.resolve().name
+        argv = ["facematch", "calibrate", str(directory)]
+        if model:
+            argv += ["--model", model]
+        if set_name:
+            argv += ["--set-name", set_name]
+        for f in fmr or []:
+            argv += ["--fmr", f"{f:g}"]
+        if default_fmr != 1e-3:
+            argv += ["--default-fmr", f"{default_fmr:g}"]
+        if detect:
+            argv.append("--detect")
+        argv.append("--write")
+        matcher = _matcher(model)
+        run = measure_calibration(
+            matcher,
+            directory,
+            set_name=name,
+            command=shlex.join(argv),
+            target_fmrs=fmrs,
+            default_fmr=default_fmr,
+            detect=detect,
+            cache_dir=_cache_dir(cache_dir, no_cache),
+            progress=not no_progress,
+        )
+        cal = run.calibration
+        dest: Path | None = None
+        if write or card_out is not None:
+            dest = write_calibration(matcher.embedder_card, cal, card_out)
+        if plot is not None:
+            from .plots import calibration_plot
+
+            calibration_plot(cal.curve_similarity, cal.curve_fmr, dict(cal.thresholds), plot)
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "model": matcher.model_id,
+                        "calibration": cal.model_dump(),
+                        "n_images": run.n_images,
+                        "failures": to_jsonable(run.failures),
+                        "written_to": str(dest) if dest else None,
+                    },
+                    indent=2,
+                )
+            )
+            return
+        typer.echo(
+            f"{matcher.model_id} on {name!r}: {cal.n_genuine_pairs} genuine / {cal.n_impostor_pairs} impostor pairs "
+            f"from {run.n_images} images ({len(run.failures)} without an embedding)"
+        )
+        for key, thr in cal.thresholds.items():
+            tar = cal.tar_at_threshold.get(key)
+            typer.echo(f"  FMR {key}: threshold {thr:.6f}" + (f"  TAR {tar:.4f}" if tar is not None else ""))
+        if dest is not None:
+            typer.echo(f"wrote the calibration into {dest}")
+            if dest.name.endswith(".card.json"):
+                typer.echo(
+                    "  (a sidecar card takes precedence over the ONNX metadata_props card; the ONNX file is left "
+                    "unchanged so its sha256 still matches)"
+                )
+        else:
+            try:
+                where = str(card_destination(matcher.embedder_card))
+            except FacematchError:
+                where = "--out PATH"
+            typer.echo(f"dry run: pass --write to store it in {where}")
+
+
+__all__ = ["calibrate", "eval_app"]
