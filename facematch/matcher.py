@@ -165,6 +165,15 @@ class FaceMatcher:
                     return face
         return self.select_face(self._detect_decoded(decoded), "largest")
 
+    def largest_face(self, image: ImageInput | DecodedImage) -> Face:
+        """The largest face of an image (found coarse-first), in original image coordinates.
+
+        Raises ``NoFaceError`` when there is none. Pass a :class:`DecodedImage` (from
+        :meth:`load`) to avoid decoding twice when the face is aligned afterwards.
+        """
+        decoded = self.load(image)
+        return scale_face(self._largest_face_decoded(decoded), decoded.scale)
+
     def detect(self, image: ImageInput | DecodedImage) -> Detections:
         """All faces in an image (BGR arrays for numpy input), in original image coordinates."""
         decoded = self.load(image)
@@ -274,6 +283,10 @@ class FaceMatcher:
             face = self.select_face(self._detect_decoded(decoded))
         crop = norm_crops(decoded.pixels, face.landmarks[None])[0]
         return crop, scale_face(face, decoded.scale)
+
+    def resolve_threshold(self, threshold: float | None = None, far: float | None = None) -> tuple[float, float | None]:
+        """(threshold, target FMR or None): the caller's threshold, or the card's at ``far`` (default FMR)."""
+        return self._resolve_threshold(threshold, far)
 
     def _resolve_threshold(self, threshold: float | None, far: float | None) -> tuple[float, float | None]:
         if threshold is not None and far is not None:

@@ -1,0 +1,126 @@
+"""The FastAPI application factory.
+
+    uvicorn --factory facematch.server.app:create_app      # settings from FACEMATCH_* / env file
+
+Models and the gallery load in a background thread started by the lifespan handler:
+``/healthz`` answers at once, ``/readyz`` answers 503 until they are loaded, and the
+model-backed routes answer 503 ``not_ready`` (with Retry-After) until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from .errors import PayloadTooLargeError, install_error_handlers, problem
+from .metrics import MetricsMiddleware
+from .settings import Settings
+from .state import ServerState
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+API_DESCRIPTION = """\
+Face matching on hyperspherical embeddings: verify two faces, identify a face against a
+gallery (open-set, with calibrated thresholds), manage the gallery.
+
+Send images as multipart file parts or as base64 strings in JSON. Authenticate with
+`Authorization: Bearer <key>` or `X-API-Key: <key>`. Errors are `application/problem+json`
+with a stable `code`. Every route is also served under `/v1`.
+"""
+
+
+class BodyLimitMiddleware:
+    """413 for requests above ``max_bytes``: by Content-Length up front, else while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.max_bytes:
+                    status, code = (413, "payload_too_large") if declared > 0 else (400, "bad_request")
+                    msg = f"the request body is larger than {self.max_bytes} bytes" if status == 413 else "bad length"
+                    await problem(status, code, msg, instance=scope.get("path"))(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app. ``settings`` default to :meth:`Settings.load` (environment and env file)."""
+    from fastapi import FastAPI
+
+    from .routes import gallery, match, ops
+
+    settings = settings or Settings.load()
+    settings.check_exposure()
+    if not settings.auth_enabled:
+        logger.warning("no API keys configured: authentication is DISABLED (loopback %s only)", settings.host)
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        loader = loop.run_in_executor(state.executor, state.load)
+        try:
+            yield
+        finally:
+            if not loader.done():
+                await asyncio.wait([loader], timeout=60)
+            await state.close()
+
+    app = FastAPI(
+        title="facematch",
+        version=_version(),
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "matching", "description": "verify, identify, detect, embed"},
+            {"name": "gallery", "description": "enrolled identities (scope `enroll`)"},
+            {"name": "operations", "description": "health, readiness, metrics"},
+        ],
+    )
+    app.state.facematch = state
+    install_error_handlers(app, settings.retry_after_s)
+    app.include_router(ops.router)
+    for prefix in ("", "/v1"):
+        app.include_router(match.router, prefix=prefix)
+        app.include_router(gallery.router, prefix=prefix)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app
+
+
+def _version() -> str:
+    from facematch import __version__
+
+    return __version__
+
+
+__all__ = ["BodyLimitMiddleware", "create_app"]

@@ -1,0 +1,238 @@
+"""Reading images from requests: multipart file parts or base64 in JSON, under the byte limits.
+
+URL inputs are not supported at all (the server never fetches anything): a JSON image
+that looks like a URL is refused with ``url_input_disabled``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    TooManyImagesError,
+    UnsupportedContentTypeError,
+    UrlInputDisabledError,
+    validation_errors,
+)
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+P = TypeVar("P", bound=BaseModel)
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FileField:
+    """A file part of a multipart body (a base64 string, or list of them, in JSON)."""
+
+    name: str
+    multiple: bool = False
+    required: bool = True
+    description: str = "image file (JPEG, PNG, WebP, BMP or TIFF)"
+
+
+@dataclass
+class ParsedRequest(Generic[P]):
+    params: P
+    images: dict[str, list[bytes]]
+    names: dict[str, list[str]]  # file names (multipart) or "#i" (JSON), for reports
+
+    def one(self, name: str) -> bytes:
+        return self.images[name][0]
+
+
+def decode_base64(value: str, where: str, max_bytes: int) -> bytes:
+    """Bytes of a base64 (or data-URL) image string; refuses URLs, bad base64 and oversize data."""
+    text = value.strip()
+    if text.lower().startswith(("http://", "https://", "ftp://", "file:")):
+        raise UrlInputDisabledError(f"{where}: URL inputs are disabled; send the image bytes (base64 or multipart)")
+    text = _DATA_URL.sub("", text, count=1)
+    if len(text) > (max_bytes * 4) // 3 + 8:
+        raise PayloadTooLargeError(f"{where}: the image is larger than {max_bytes} bytes", limit=max_bytes)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:  # URL-safe alphabet
+            data = base64.b64decode(text, altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequestError(f"{where}: not valid base64") from exc
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"{where}: the image is larger than {max_bytes} bytes", limit=max_bytes)
+    return data
+
+
+def _validate(model: type[P], data: Any, *, json: bool) -> P:
+    try:
+        return model.model_validate_json(data) if json else model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequestError(
+            "the request does not match the schema", errors=validation_errors(exc.errors(include_input=False))
+        ) from exc
+
+
+async def parse_images_request(
+    request: Request,
+    settings: Settings,
+    files: tuple[FileField, ...],
+    form_model: type[BaseModel],
+    json_model: type[BaseModel],
+) -> ParsedRequest[Any]:
+    """Parse a multipart or JSON request carrying images and options, enforcing every limit."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _parse_multipart(request, settings, files, form_model)
+    if ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json")):
+        body = await request.body()
+        if not body:
+            raise InvalidRequestError("empty JSON body")
+        parsed = _validate(json_model, body, json=True)
+        images: dict[str, list[bytes]] = {}
+        names: dict[str, list[str]] = {}
+        total = 0
+        for f in files:
+            raw = getattr(parsed, f.name, None)
+            values = [] if raw is None else (list(raw) if isinstance(raw, list) else [raw])
+            total += len(values)
+            if total > settings.max_images_per_request:
+                raise TooManyImagesError(f"more than {settings.max_images_per_request} images in one request")
+            images[f.name] = [
+                decode_base64(v, f"{f.name}[{i}]" if f.multiple else f.name, settings.max_file_bytes)
+                for i, v in enumerate(values)
+            ]
+            names[f.name] = [f"#{i}" for i in range(len(values))]
+        return ParsedRequest(params=parsed, images=images, names=names)  # the JSON model has the same options
+    raise UnsupportedContentTypeError(
+        f"unsupported content type {ctype or '(none)'!r}; send multipart/form-data or application/json"
+    )
+
+
+async def _parse_multipart(
+    request: Request, settings: Settings, files: tuple[FileField, ...], form_model: type[BaseModel]
+) -> ParsedRequest[Any]:
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+
+    limit = settings.max_images_per_request
+    try:
+        form = await request.form(max_files=limit + 4, max_fields=64, max_part_size=1024 * 1024)
+    except HTTPException as exc:
+        text = str(exc.detail)
+        if "Too many files" in text:
+            raise TooManyImagesError(f"more than {limit} images in one request") from None
+        raise InvalidRequestError(f"malformed multipart body: {text}") from None
+    try:
+        file_names = {f.name for f in files}
+        images: dict[str, list[bytes]] = {}
+        names: dict[str, list[str]] = {}
+        total = 0
+        for f in files:
+            parts = form.getlist(f.name)
+            if not parts and f.required:
+                raise InvalidRequestError(
+                    f"missing file part {f.name!r}",
+                    errors=[{"loc": ["body", f.name], "msg": "Field required", "type": "missing"}],
+                )
+            if len(parts) > 1 and not f.multiple:
+                raise InvalidRequestError(f"send exactly one file part {f.name!r}")
+            total += len(parts)
+            if total > limit:
+                raise TooManyImagesError(f"more than {limit} images in one request")
+            blobs: list[bytes] = []
+            labels: list[str] = []
+            for i, part in enumerate(parts):
+                if not isinstance(part, UploadFile):
+                    raise InvalidRequestError(f"{f.name!r} must be a file part, not a text field")
+                if part.size is not None and part.size > settings.max_file_bytes:
+                    raise PayloadTooLargeError(
+                        f"{f.name!r} is larger than {settings.max_file_bytes} bytes", limit=settings.max_file_bytes
+                    )
+                data = await part.read(settings.max_file_bytes + 1)
+                if len(data) > settings.max_file_bytes:
+                    raise PayloadTooLargeError(
+                        f"{f.name!r} is larger than {settings.max_file_bytes} bytes", limit=settings.max_file_bytes
+                    )
+                blobs.append(data)
+                labels.append(part.filename or f"#{i}")
+            images[f.name] = blobs
+            names[f.name] = labels
+        fields: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if key in file_names:
+                continue
+            if isinstance(value, UploadFile):
+                raise InvalidRequestError(f"{key!r} must be a text field, not a file part")
+            fields[key] = value
+        params = _validate(form_model, fields, json=False)
+        return ParsedRequest(params=params, images=images, names=names)
+    finally:
+        await form.close()
+
+
+# ---- OpenAPI ------------------------------------------------------------------------------------
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model schema with its ``$defs`` inlined (request bodies are declared by hand)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(copy.deepcopy(defs[ref.split("/")[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out: dict[str, Any] = walk(schema)
+    return out
+
+
+def request_body(
+    files: tuple[FileField, ...], form_model: type[BaseModel], json_model: type[BaseModel]
+) -> dict[str, Any]:
+    """``openapi_extra`` declaring both request bodies (multipart and JSON) of an image endpoint."""
+    form = _inline(form_model.model_json_schema())
+    binary = {"type": "string", "format": "binary"}
+    props: dict[str, Any] = {}
+    required = []
+    for f in files:
+        props[f.name] = (
+            {"type": "array", "items": binary, "minItems": 1, "description": f.description}
+            if f.multiple
+            else {**binary, "description": f.description}
+        )
+        if f.required:
+            required.append(f.name)
+    props.update(form.get("properties", {}))
+    required += form.get("required", [])
+    multipart = {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+    js = _inline(json_model.model_json_schema())
+    examples = js.pop("examples", None)
+    json_media: dict[str, Any] = {"schema": js}
+    if examples:
+        json_media["example"] = examples[0]
+    encoding = {f.name: {"contentType": "image/*, application/octet-stream"} for f in files}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": multipart, "encoding": encoding},
+                "application/json": json_media,
+            },
+        }
+    }
+
+
+__all__ = ["FileField", "ParsedRequest", "decode_base64", "parse_images_request", "request_body"]

@@ -1,0 +1,172 @@
+"""POST /verify, /identify, /detect and /embed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from facematch.errors import InvalidArgumentError
+
+from ..deps import Admitted, GalleryDep, MatcherDep, StateDep, scoped
+from ..errors import EmbedDisabledError
+from ..inputs import FileField, parse_images_request, request_body
+from ..pipeline import Pipeline
+from ..schemas import (
+    DetectJSON,
+    DetectResponse,
+    EmbeddingOut,
+    EmbedJSON,
+    EmbedParams,
+    EmbedResponse,
+    FaceIdentification,
+    FaceOut,
+    IdentifyJSON,
+    IdentifyParams,
+    IdentifyResponse,
+    ImageSize,
+    NoParams,
+    VerifyJSON,
+    VerifyParams,
+    VerifyResponse,
+)
+from . import IMAGE_ERRORS, problems
+
+router = APIRouter(tags=["matching"])
+
+VERIFY_FILES = (FileField("image1", description="first image"), FileField("image2", description="second image"))
+IMAGE_FILE = (FileField("image"),)
+
+
+@router.post(
+    "/verify",
+    summary="Are the faces in two images the same person?",
+    response_model=VerifyResponse,
+    responses=problems(*IMAGE_ERRORS),
+    openapi_extra=request_body(VERIFY_FILES, VerifyParams, VerifyJSON),
+    dependencies=[scoped("match")],
+)
+async def verify(request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted) -> VerifyResponse:
+    """Compare the largest face of `image1` with the largest face of `image2`.
+
+    The threshold is `threshold` if given, else the model card's calibrated threshold at
+    false-match rate `far` (default: the card's default FMR). Send two multipart file parts
+    `image1`, `image2`, or JSON with both images base64-encoded.
+    """
+    parsed = await parse_images_request(request, state.settings, VERIFY_FILES, VerifyParams, VerifyJSON)
+    threshold, target = matcher.resolve_threshold(parsed.params.threshold, parsed.params.far)
+    pipe = Pipeline(state, matcher)
+    first, second = await pipe.prepare_many([parsed.one("image1"), parsed.one("image2")], ["image1", "image2"])
+    emb = await pipe.embed(np.concatenate([first.crops, second.crops]))
+    similarity = float(np.clip(float(emb[0] @ emb[1]), -1.0, 1.0))
+    face1, face2 = FaceOut.of(first.faces[0]), FaceOut.of(second.faces[0])
+    assert face1 is not None and face2 is not None
+    return VerifyResponse(
+        is_match=similarity >= threshold,
+        similarity=round(similarity, 6),
+        threshold=round(float(threshold), 6),
+        target_fmr=target,
+        model_id=matcher.model_id,
+        face1=face1,
+        face2=face2,
+        timings=pipe.timings(),
+    )
+
+
+@router.post(
+    "/identify",
+    summary="Who is this? Open-set search of the gallery",
+    response_model=IdentifyResponse,
+    responses=problems(*IMAGE_ERRORS, 404),
+    openapi_extra=request_body(IMAGE_FILE, IdentifyParams, IdentifyJSON),
+    dependencies=[scoped("match")],
+)
+async def identify(
+    request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep, _slot: None = Admitted
+) -> IdentifyResponse:
+    """Rank gallery identities for the largest face (or `faces=all`: every face, largest first).
+
+    Each face gets the top-`k` identities with similarity and estimated false-match rate,
+    and an explicit `is_unknown` when the best is below the threshold: `threshold` if
+    given, else the one that keeps the false-positive identification rate at `fpir`
+    (default: the server's `default_fpir`) for the current gallery size.
+    """
+    parsed = await parse_images_request(request, state.settings, IMAGE_FILE, IdentifyParams, IdentifyJSON)
+    p = parsed.params
+    if p.k > state.settings.max_k:
+        raise InvalidArgumentError(f"k must be at most {state.settings.max_k}")
+    pipe = Pipeline(state, matcher)
+    prep = await pipe.prepare(parsed.one("image"), p.faces)
+    emb = await pipe.embed(prep.crops)
+
+    def search() -> list[FaceIdentification]:
+        state.maybe_refresh(gallery)
+        results = gallery.identify_embeddings(emb, matcher.model_id, k=p.k, threshold=p.threshold, fpir=p.fpir)
+        return [FaceIdentification.of(replace(r, face=f)) for r, f in zip(results, prep.faces, strict=True)]
+
+    answers = await pipe.search(search)
+    return IdentifyResponse(
+        results=answers,
+        faces_total=prep.faces_total,
+        truncated=prep.truncated,
+        gallery_size=len(gallery),
+        model_id=matcher.model_id,
+        timings=pipe.timings(),
+    )
+
+
+@router.post(
+    "/detect",
+    summary="Find every face in an image",
+    response_model=DetectResponse,
+    responses=problems(*IMAGE_ERRORS),
+    openapi_extra=request_body(IMAGE_FILE, NoParams, DetectJSON),
+    dependencies=[scoped("match")],
+)
+async def detect(request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted) -> DetectResponse:
+    """Boxes, detection scores and 5 landmarks of the faces in an image, largest first
+    (at most `max_faces_per_image`; `truncated` says when there were more). No face is not an error here."""
+    parsed = await parse_images_request(request, state.settings, IMAGE_FILE, NoParams, DetectJSON)
+    pipe = Pipeline(state, matcher)
+    prep = await pipe.detect(parsed.one("image"))
+    return DetectResponse(
+        faces=[f for f in (FaceOut.of(x) for x in prep.faces) if f is not None],
+        faces_total=prep.faces_total,
+        truncated=prep.truncated,
+        image=ImageSize(width=prep.width, height=prep.height),
+        timings=pipe.timings(),
+    )
+
+
+@router.post(
+    "/embed",
+    summary="Face embeddings (biometric data; disabled by default)",
+    response_model=EmbedResponse,
+    responses=problems(*IMAGE_ERRORS, 404),
+    openapi_extra=request_body(IMAGE_FILE, EmbedParams, EmbedJSON),
+    dependencies=[scoped("embed")],
+)
+async def embed(request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted) -> EmbedResponse:
+    """Unit-norm embeddings of the largest face (or every face). The only endpoint that returns
+    templates: it answers 404 `embed_disabled` unless the server runs with `FACEMATCH_ENABLE_EMBED=true`,
+    and needs a key with the `embed` scope."""
+    if not state.settings.enable_embed:
+        raise EmbedDisabledError("the embed endpoint is disabled; enable it with FACEMATCH_ENABLE_EMBED=true")
+    parsed = await parse_images_request(request, state.settings, IMAGE_FILE, EmbedParams, EmbedJSON)
+    pipe = Pipeline(state, matcher)
+    prep = await pipe.prepare(parsed.one("image"), parsed.params.faces)
+    emb = await pipe.embed(prep.crops)
+    return EmbedResponse(
+        model_id=matcher.model_id,
+        dim=int(emb.shape[1]),
+        embeddings=[
+            EmbeddingOut(face=FaceOut.of(f), vector=[float(v) for v in e]) for f, e in zip(prep.faces, emb, strict=True)
+        ],
+        faces_total=prep.faces_total,
+        truncated=prep.truncated,
+        timings=pipe.timings(),
+    )
+
+
+__all__ = ["router"]

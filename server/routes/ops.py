@@ -1,0 +1,67 @@
+"""Operations: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse, Response
+
+from ..deps import StateDep
+from ..schemas import GallerySummary, HealthResponse, ReadyResponse
+from ..security import presented_key
+from . import problems
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def healthz(state: StateDep) -> Response:
+    """200 while the process serves requests; 503 once loading the models or gallery has failed."""
+    failed = state.status == "failed"
+    body = HealthResponse(status="failed" if failed else "ok")
+    return JSONResponse(body.model_dump(), status_code=503 if failed else 200)
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: models and gallery loaded",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "still loading, or loading failed"}},
+)
+async def readyz(state: StateDep) -> Response:
+    """200 when the models (and the gallery, if configured) are loaded; 503 until then."""
+    gallery = None
+    if state.ready and state.gallery is not None:
+        g = state.gallery
+        gallery = GallerySummary(identities=len(g), templates=g.num_templates, read_only=g.read_only)
+    body = ReadyResponse(
+        ready=state.ready,
+        status=state.status,
+        model_id=state.matcher.model_id if state.matcher is not None else None,
+        gallery=gallery,
+        detail=state.error,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **problems(401, 403)},
+)
+async def metrics(
+    state: StateDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """Request counts and latency by route and status, inference batch sizes, queue depth, gallery size.
+    Open unless `FACEMATCH_METRICS_REQUIRE_AUTH=true` (then it needs the `admin` scope)."""
+    if state.settings.metrics_require_auth:
+        state.keys.authorize(state.keys.authenticate(presented_key(authorization, x_api_key)), "admin")
+    data, content_type = state.metrics.render()
+    return Response(data, media_type=content_type)
+
+
+__all__ = ["router"]

@@ -1,0 +1,135 @@
+"""Server settings: ``FACEMATCH_*`` environment variables and an optional env file.
+
+API keys are kept as sha256 hashes only: a key given in plaintext is hashed when the
+settings load and the plaintext is dropped. Example::
+
+    FACEMATCH_API_KEYS='[{"name": "ops", "key_sha256": "9f86d0…", "scopes": ["admin"]},
+                         {"name": "kiosk", "key": "s3cret", "scopes": ["match"]}]'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Scope = Literal["match", "enroll", "embed", "admin"]
+SCOPES: tuple[Scope, ...] = ("match", "enroll", "embed", "admin")
+ENV_FILE_VAR = "FACEMATCH_ENV_FILE"
+MiB = 1024 * 1024
+
+
+def hash_key(key: str) -> str:
+    """Hex sha256 of an API key (what the server stores and compares)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ApiKey(BaseModel):
+    """One API key: a name for logs, its sha256 (or the plaintext, hashed at load) and its scopes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    scopes: tuple[Scope, ...] = ("match",)
+
+    @model_validator(mode="after")
+    def _hash_plaintext(self) -> ApiKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.name!r}: give exactly one of 'key' or 'key_sha256'")
+        if self.key is not None:
+            plain = self.key.get_secret_value()
+            if len(plain) < 8:
+                raise ValueError(f"API key {self.name!r} is shorter than 8 characters")
+            object.__setattr__(self, "key_sha256", hash_key(plain))
+            object.__setattr__(self, "key", None)
+        else:
+            object.__setattr__(self, "key_sha256", str(self.key_sha256).lower())
+        if not self.scopes:
+            raise ValueError(f"API key {self.name!r} has no scopes")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. Each field is ``FACEMATCH_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEMATCH_", extra="ignore", validate_default=True)
+
+    # where to listen (the CLI passes --host/--port here so the key check sees the bind address)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # models and gallery
+    detector: str | None = None
+    embedder: str | None = None
+    gallery: Path | None = None
+    gallery_read_only: bool = False
+    gallery_refresh_s: float = Field(2.0, ge=0.0)  # read-only handles pick up other writers' changes
+    default_fpir: float = Field(0.01, gt=0.0, lt=1.0)
+
+    # security
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    metrics_require_auth: bool = False  # when true, /metrics needs the admin scope
+    enable_embed: bool = False  # POST /embed returns biometric templates: off unless asked for
+
+    # limits
+    max_file_bytes: int = Field(10 * MiB, ge=1024)
+    max_request_bytes: int = Field(32 * MiB, ge=1024)
+    max_pixels: int = Field(25_000_000, ge=1024)
+    max_images_per_request: int = Field(10, ge=1, le=1000)
+    max_faces_per_image: int = Field(20, ge=1, le=1000)
+    max_k: int = Field(100, ge=1, le=1000)
+
+    # inference scheduling
+    batch_max_size: int = Field(32, ge=1, le=1024)
+    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    queue_size: int = Field(64, ge=1, le=100_000)  # requests admitted to inference at once; more get 429
+    inference_threads: int = Field(4, ge=1, le=256)  # thread pool for decode/detect/align and embedding
+    retry_after_s: int = Field(1, ge=1, le=3600)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_names(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError("API key names must be unique")
+        return keys
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def check_exposure(self) -> None:
+        """Refuse a non-loopback bind without API keys (raises ``ValueError``)."""
+        if not self.auth_enabled and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve on {self.host} without API keys; set FACEMATCH_API_KEYS "
+                "(see docs/server.md) or bind to 127.0.0.1"
+            )
+
+    @classmethod
+    def load(cls, env_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Settings from the environment, an env file (``env_file`` or ``$FACEMATCH_ENV_FILE``) and overrides."""
+        env_file = env_file or os.environ.get(ENV_FILE_VAR) or None
+        if env_file is not None and not Path(env_file).is_file():
+            raise ValueError(f"env file {str(env_file)!r} does not exist")
+        return cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+
+
+__all__ = ["ENV_FILE_VAR", "SCOPES", "ApiKey", "Scope", "Settings", "hash_key", "is_loopback"]
