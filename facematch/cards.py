@@ -382,10 +382,33 @@ def file_sha256(path: Path) -> str:
     return digest
 
 
+def onnx_content_sha256(path: Path) -> str | None:
+    """sha256 of an ONNX file serialised without its facematch card entry (None if not readable ONNX).
+
+    A card embedded in ``metadata_props`` cannot hold the hash of the file that contains it, so
+    exported models record this content hash instead (see ``facematch.export.card``).
+    """
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return None
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key != CARD_METADATA_KEY]
+    del model.metadata_props[:]
+    for key, value in keep:
+        model.metadata_props.add(key=key, value=value)
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
 def verify_file(card: ModelCard, path: Path) -> None:
-    """Raise :class:`ChecksumMismatchError` unless ``path`` has the card's sha256."""
+    """Raise :class:`ChecksumMismatchError` unless ``path`` has the card's sha256.
+
+    For an ONNX file the card's sha256 may also be its content hash (:func:`onnx_content_sha256`),
+    which is what a card embedded in the file's own metadata records.
+    """
     digest = file_sha256(path)
-    if digest != card.sha256:
+    if digest != card.sha256 and not (path.suffix == ".onnx" and onnx_content_sha256(path) == card.sha256):
         raise ChecksumMismatchError(
             f"{path} has sha256 {digest}, but card {card.id!r} expects {card.sha256}; refusing to load it",
             card_id=card.id,
@@ -497,6 +520,7 @@ __all__ = [
     "file_sha256",
     "list_cards",
     "load_card",
+    "onnx_content_sha256",
     "parse_card",
     "resolve_model_path",
     "sidecar_path",

@@ -1,0 +1,101 @@
+"""Folders of aligned face crops for calibration and validation, and the model-input preprocessing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facematch.cards import InputSpec
+from facematch.errors import InvalidArgumentError, InvalidImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    """Aligned BGR uint8 crops ``(N, H, W, 3)``, their files, and identity labels (``None`` for a flat folder)."""
+
+    root: Path
+    paths: tuple[Path, ...]
+    crops: np.ndarray
+    labels: tuple[str, ...] | None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx: np.ndarray | list[int]) -> FaceSet:
+        idx = np.asarray(idx, dtype=np.int64)
+        labels = None if self.labels is None else tuple(self.labels[i] for i in idx)
+        return FaceSet(self.root, tuple(self.paths[i] for i in idx), self.crops[idx], labels)
+
+
+def list_faces(root: str | Path) -> tuple[list[Path], list[str] | None]:
+    """Image files under ``root``: one subfolder per identity (labelled) or a flat folder (unlabelled)."""
+    base = Path(root)
+    if not base.is_dir():
+        raise InvalidArgumentError(f"face folder not found: {base}")
+    subdirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        files, labels = [], []
+        for d in subdirs:
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(f)
+                    labels.append(d.name)
+        return files, labels
+    flat = sorted(f for f in base.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    return flat, None
+
+
+def spread(n_total: int, n: int | None) -> np.ndarray:
+    """``n`` indices spread evenly over ``range(n_total)`` (all of them when ``n`` is None or larger)."""
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.linspace(0, n_total - 1, n).round().astype(np.int64))
+
+
+def load_faces(root: str | Path, size: tuple[int, int] = (112, 112), limit: int | None = None) -> FaceSet:
+    """Read aligned crops of ``size`` (width, height) from ``root``; ``limit`` picks files spread over the folder."""
+    import cv2
+
+    files, labels = list_faces(root)
+    if not files:
+        raise InvalidArgumentError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
+    idx = spread(len(files), limit)
+    crops = np.empty((len(idx), size[1], size[0], 3), np.uint8)
+    for out_i, i in enumerate(idx):
+        img = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise InvalidImageError(f"cannot decode {files[i]}")
+        if img.shape[:2] != (size[1], size[0]):
+            raise InvalidImageError(
+                f"{files[i]} is {img.shape[1]}x{img.shape[0]}, not an aligned {size[0]}x{size[1]} crop "
+                "(align faces first, e.g. `facematch` align/embed with --aligned inputs)"
+            )
+        crops[out_i] = img
+    picked_labels = None if labels is None else tuple(labels[i] for i in idx)
+    logger.info("loaded %d aligned faces from %s", len(idx), root)
+    return FaceSet(Path(root), tuple(files[i] for i in idx), crops, picked_labels)
+
+
+def preprocess(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """(N, H, W, 3) BGR uint8 crops → float32 model input per the card (colour order, mean/std, layout)."""
+    x = crops[..., ::-1] if spec.color_order == "RGB" else crops
+    x = (x.astype(np.float32) - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def random_crops(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """``n`` uniformly random uint8 BGR images of ``size`` (a check far from the calibration distribution)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, size[1], size[0], 3), dtype=np.uint8)
+
+
+__all__ = ["FaceSet", "list_faces", "load_faces", "preprocess", "random_crops", "spread"]

@@ -1,0 +1,96 @@
+"""The ``export`` typer sub-app: option table checks, clear errors, validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from facematch.export.cli import export_app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str]:
+    res = runner.invoke(export_app, list(args))
+    return res.exit_code, res.output + (res.stderr if res.stderr_bytes is not None else "")
+
+
+def test_formats_table() -> None:
+    code, out = _run("formats")
+    assert code == 0
+    for fmt in ("| onnx |", "| fp16 |", "| int8 |", "| trt |"):
+        assert fmt in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--with-norm"], "--with-norm needs --normalize"),
+        (["--opset", "9"], "--opset must be in [11, 20]"),
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--batch", "lots"], "--batch must be 'dynamic' or a positive integer"),
+        (["--input-size", "100"], "multiple of 16"),
+    ],
+)
+def test_onnx_bad_combinations_are_rejected(tmp_path: Path, extra: list[str], message: str) -> None:
+    code, out = _run(
+        "onnx", "--arch", "r18", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "x.onnx"), *extra
+    )
+    assert code == 1 and "error [invalid_argument]" in out and message in out
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_needs_calibration_data(tmp_path: Path) -> None:
+    code, out = _run("quantize", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"))
+    assert code != 0 and "--calib" in out
+
+
+def test_trt_rejects_bad_options_and_missing_backend(tmp_path: Path) -> None:
+    from facematch.cards import load_card, resolve_model_path
+
+    src = str(resolve_model_path(load_card("w600k_mbf")))
+    code, out = _run("trt", src, str(tmp_path / "m.engine"), "--precision", "int8")
+    assert code == 1 and "int8 TensorRT engines need --calib" in out
+    code, out = _run("trt", src, str(tmp_path / "m.engine"), "--min-batch", "8", "--opt-batch", "4")
+    assert code == 1 and "1 <= min <= opt <= max" in out
+    code, out = _run("trt", src, str(tmp_path / "m.onnx"))
+    assert code == 1 and ".engine" in out
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        code, out = _run("trt", src, str(tmp_path / "m.engine"), "--precision", "fp16")
+        assert code == 1 and "error [backend_unavailable]" in out and "TensorRT is not installed" in out
+        assert not (tmp_path / "m.engine").exists()
+    else:  # pragma: no cover - GPU machines
+        pytest.skip("tensorrt is installed: the missing-backend message cannot be checked here")
+
+
+def test_validate_onnx_against_checkpoint(tmp_path: Path, celeb24_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from facematch.export.backbones import build_backbone
+    from facematch.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_backbone("mbf")
+    ckpt = tmp_path / "mbf.pt"
+    torch.save(model.state_dict(), ckpt)
+    export_onnx("mbf", ckpt, tmp_path / "mbf.onnx")
+    small = tmp_path / "faces"
+    for ident in sorted(p for p in celeb24_dir.iterdir() if p.is_dir())[:3]:
+        (small / ident.name).mkdir(parents=True)
+        for f in sorted(ident.glob("*.png"))[:5]:
+            (small / ident.name / f.name).symlink_to(f)
+    code, out = _run(
+        "validate", str(tmp_path / "mbf.onnx"), str(ckpt), "--arch", "mbf", "--images", str(small), "--json"
+    )
+    assert code == 0, out
+    assert '"passed": true' in out and '"n_images": 15' in out
+    code, out = _run("validate", str(tmp_path / "mbf.onnx"), str(ckpt), "--images", str(small))
+    assert code == 1 and "--arch" in out
+    # a different checkpoint is a different model: the comparison fails with exit 1
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(build_backbone("mbf").state_dict(), other)
+    code, out = _run("validate", str(tmp_path / "mbf.onnx"), str(other), "--arch", "mbf", "--images", str(small))
+    assert code == 1 and out.startswith("FAIL")
