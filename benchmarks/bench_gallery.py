@@ -34,8 +34,9 @@ CONFIGS = {
     "ivf/fp32 nprobe=16": IndexConfig(kind="ivf", nprobe=16, device="cpu", min_train=1),
     "ivf/sq8 nprobe=64": IndexConfig(kind="ivf", storage="sq8", nprobe=64, device="cpu", min_train=1),
     "hnsw/fp32 M=32 efS=64": IndexConfig(kind="hnsw", device="cpu"),
-    "hnsw/sq8 M=16 efC=40 efS=64": IndexConfig(kind="hnsw", storage="sq8", hnsw_m=16, ef_construction=40,
-                                                device="cpu", min_train=1),
+    "hnsw/sq8 M=16 efC=40 efS=64": IndexConfig(
+        kind="hnsw", storage="sq8", hnsw_m=16, ef_construction=40, device="cpu", min_train=1
+    ),
 }
 SMALL_AT_1M = ("flat/fp32", "flat/sq8", "hnsw/sq8 M=16 efC=40 efS=64")
 
@@ -108,8 +109,14 @@ def bench_gallery(x: np.ndarray, q: np.ndarray, reps: int) -> dict[str, float]:
             max(5, reps // 8),
         )
         g.close()
-    return {"enroll_ms": enroll * 1e3, "db_B": db / x.shape[0], "p50_1": p1[0], "p99_1": p1[1],
-            "p50_64": p64[0], "p99_64": p64[1]}
+    return {
+        "enroll_ms": enroll * 1e3,
+        "db_B": db / x.shape[0],
+        "p50_1": p1[0],
+        "p99_1": p1[1],
+        "p50_64": p64[0],
+        "p99_64": p64[1],
+    }
 
 
 def main() -> None:
@@ -130,9 +137,12 @@ def main() -> None:
     for n in args.sizes:
         x, q = make_data(n, args.queries)
         reps = args.reps if n < 1_000_000 else max(20, args.reps // 5)
-        lines += [f"### N = {n:,}", "",
-                  "| index | build s | B/template mem | B/template disk | p50 1 | p99 1 | p50 64 | p99 64 | recall@1 |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### N = {n:,}",
+            "",
+            "| index | build s | B/template mem | B/template disk | p50 1 | p99 1 | p50 64 | p99 64 | recall@1 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         exact = None
         for name, cfg in CONFIGS.items():
             if n >= 1_000_000 and name not in SMALL_AT_1M:
@@ -140,8 +150,10 @@ def main() -> None:
             got, r = bench_index(name, cfg, x, q, exact, reps)
             if exact is None:
                 exact = got
-            row = (f"| {r['index']} | {r['build_s']:.2f} | {r['mem_B']:.0f} | {r['disk_B']:.0f} | {r['p50_1']:.2f} | "
-                   f"{r['p99_1']:.2f} | {r['p50_64']:.2f} | {r['p99_64']:.2f} | {r['recall']:.3f} |")
+            row = (
+                f"| {r['index']} | {r['build_s']:.2f} | {r['mem_B']:.0f} | {r['disk_B']:.0f} | {r['p50_1']:.2f} | "
+                f"{r['p99_1']:.2f} | {r['p50_64']:.2f} | {r['p99_64']:.2f} | {r['recall']:.3f} |"
+            )
             print(f"N={n} {row}", flush=True)
             lines.append(row)
         lines.append("")

@@ -29,12 +29,16 @@ app.add_typer(models_app, name="models")
 
 def _register_subcommands() -> None:
     """Sub-apps of the other rooms; their modules are light (heavy imports live inside commands)."""
+    from .eval.cli import calibrate, eval_app
+    from .export.cli import export_app
     from .gallery.cli import gallery_app
+    from .server.cli import serve
 
     app.add_typer(gallery_app, name="gallery")
-
-
-_register_subcommands()
+    app.add_typer(eval_app, name="eval")
+    app.add_typer(export_app, name="export")
+    app.command("serve")(serve)
+    app.command("calibrate")(calibrate)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -218,6 +222,9 @@ def demo(as_json: JsonOpt = False) -> None:
         )
     if len(matches) != 1:
         fail(f"expected exactly one matching face, found {len(matches)}")
+
+
+_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:

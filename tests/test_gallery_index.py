@@ -58,8 +58,12 @@ def test_flat_equals_bruteforce(data: tuple[np.ndarray, np.ndarray, np.ndarray])
 
 @pytest.mark.parametrize(
     "cfg",
-    [IndexConfig(min_train=1), IndexConfig(storage="sq8", min_train=1), IndexConfig(kind="ivf", min_train=1),
-     IndexConfig(kind="hnsw")],
+    [
+        IndexConfig(min_train=1),
+        IndexConfig(storage="sq8", min_train=1),
+        IndexConfig(kind="ivf", min_train=1),
+        IndexConfig(kind="hnsw"),
+    ],
     ids=lambda c: c.describe(),
 )
 def test_deletes_are_honoured(cfg: IndexConfig, data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
