@@ -1,9 +1,11 @@
 """SDK speed on this machine: detection, embedding, end-to-end verify, peak RSS.
 
-Side by side, in one run and on the same images, a reference pipeline built from the
-``insightface`` package's own SCRFD decoder and ``norm_crop`` with the same two ONNX
-files (install it for the comparison only: ``pip install --no-deps insightface==2.1
-scikit-image scipy requests``). Accuracy is compared on the same pairs.
+Three pipelines on the same pairs, in one run, taking turns one pass at a time:
+facematch's defaults (the two images of a pair side by side), ``FaceMatcher(workers=1)``
+(one after the other), and a reference built from the ``insightface`` package's own SCRFD
+decoder and ``norm_crop`` with the same two ONNX files (install it for the comparison only:
+``pip install --no-deps insightface==2.1 scikit-image scipy requests``). Accuracy is
+compared on the same pairs. Results go in benchmarks/README.md.
 
     python benchmarks/bench_sdk.py [--images ../shared/data/wild] [--rounds 3] [--json out.json]
 """
@@ -98,7 +100,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pairs = [pairs[i] for i in rng.permutation(len(pairs))[: args.max_pairs]]
     photos = sorted({p for pair in pairs for p in pair})
-    m = FaceMatcher(threads=args.threads)
+    m = FaceMatcher(threads=args.threads)  # default: verify runs its two images side by side
+    m_seq = FaceMatcher(threads=args.threads, workers=1)  # one image after the other, ORT's default threads
     out: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "pairs": len(pairs),
@@ -108,6 +111,7 @@ def main() -> None:
     # warm-up
     for p in photos[:3]:
         m.verify(p, p)
+        m_seq.verify(p, p)
 
     # detection ms per image (decode excluded), at the adaptive input size
     decoded = [m.load(p) for p in photos]
@@ -147,15 +151,24 @@ def main() -> None:
         out["reference"] = f"not measured: {exc}"
     lat_fm: list[float] = []
     lat_ref: list[float] = []
+    lat_seq: list[float] = []
     sims_fm: list[float] = []
     sims_ref: list[float] = []
+    # Interleaved by block (one pass over all pairs per pipeline, in turn, each round), not per
+    # pair: ONNX Runtime's default thread pools spin for a while after each run and would steal
+    # the cores from whichever pipeline runs right after them.
     for _ in range(args.rounds):
         for a, b in pairs:
             t0 = time.perf_counter()
             r = m.verify(a, b)
             lat_fm.append((time.perf_counter() - t0) * 1e3)
             sims_fm.append(r.similarity)
-            if ref is not None:
+        for a, b in pairs:
+            t0 = time.perf_counter()
+            m_seq.verify(a, b)
+            lat_seq.append((time.perf_counter() - t0) * 1e3)
+        if ref is not None:
+            for a, b in pairs:
                 t0 = time.perf_counter()
                 sims_ref.append(ref.verify(a, b))
                 lat_ref.append((time.perf_counter() - t0) * 1e3)
@@ -164,6 +177,8 @@ def main() -> None:
     out["facematch_verify_ms_p50"] = round(percentile(lat_fm, 50), 1)
     out["facematch_verify_ms_p95"] = round(percentile(lat_fm, 95), 1)
     out["facematch_pairs_per_s"] = round(1e3 * len(lat_fm) / sum(lat_fm), 2)
+    out["facematch_sequential_verify_ms_p50"] = round(percentile(lat_seq, 50), 1)
+    out["facematch_sequential_pairs_per_s"] = round(1e3 * len(lat_seq) / sum(lat_seq), 2)
     out["facematch_accuracy"] = round(float(np.mean([(s >= thr) == t for s, t in zip(sims_fm, truth, strict=True)])), 4)
     if ref is not None:
         out["reference_verify_ms_p50"] = round(percentile(lat_ref, 50), 1)
@@ -172,6 +187,7 @@ def main() -> None:
         ref_ok = [(s >= thr) == t for s, t in zip(sims_ref, truth, strict=True)]
         out["reference_accuracy"] = round(float(np.mean(ref_ok)), 4)
         out["speedup"] = round(out["facematch_pairs_per_s"] / out["reference_pairs_per_s"], 2)  # type: ignore[operator]
+        out["speedup_sequential"] = round(out["facematch_sequential_pairs_per_s"] / out["reference_pairs_per_s"], 2)  # type: ignore[operator]
         out["similarity_max_abs_diff_vs_reference"] = round(float(np.max(np.abs(np.subtract(sims_fm, sims_ref)))), 4)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     text = json.dumps(out, indent=2)

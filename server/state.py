@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from facematch.errors import FacematchError
+from facematch.runtime import THREADS_ENV
 
 from .batcher import Admission, MicroBatcher
 from .metrics import Metrics
@@ -61,8 +63,15 @@ class ServerState:
             from facematch.matcher import FaceMatcher
 
             start = time.perf_counter()
+            # Requests already run side by side on `inference_threads` threads: give each ONNX
+            # Runtime session its share of the cores rather than a pool per caller.
+            threads = None if os.environ.get(THREADS_ENV) else max(1, (os.cpu_count() or 1) // s.inference_threads)
             matcher = FaceMatcher(
-                detector=s.detector, embedder=s.embedder, max_pixels=s.max_pixels, max_batch=s.batch_max_size
+                detector=s.detector,
+                embedder=s.embedder,
+                max_pixels=s.max_pixels,
+                max_batch=s.batch_max_size,
+                threads=threads,
             )
             matcher.embed_aligned(np.zeros((1, 112, 112, 3), np.uint8))  # first run allocates; do it now
             self.matcher = matcher

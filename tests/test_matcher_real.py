@@ -223,3 +223,37 @@ def test_small_face_in_a_large_frame_falls_back_to_full_detection(matcher, packa
     assert emb.face is not None and 300 <= emb.face.box[0] < 300 + face_img.shape[1]
     ref = matcher.embed(package_images["yaoming.jpg"])[0]
     assert float(emb.vector @ ref.vector) > 0.8
+
+
+def test_side_by_side_verify_equals_sequential(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    """workers=2 runs verify's two images in parallel; the answer must not change, nor its errors."""
+    sequential = facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, workers=1)
+    parallel = facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, workers=2)
+    a, b, c = package_images["yaoming.jpg"], package_images["players.jpg"], package_images["gdp.jpg"]
+    for x, y in ((a, b), (a, a), (b, c)):
+        r1, r2 = sequential.verify(x, y), parallel.verify(x, y)
+        assert r1.similarity == pytest.approx(r2.similarity, abs=1e-5)
+        assert np.allclose(r1.face2.box, r2.face2.box) and r1.is_match == r2.is_match
+    blank = np.full((200, 200, 3), 127, np.uint8)
+    with pytest.raises(NoFaceError):
+        parallel.verify(a, blank)  # the pool thread's error reaches the caller
+    with pytest.raises(InvalidImageError):
+        parallel.verify(b"not an image", blank)  # the first image's error wins, as sequentially
+    assert parallel.verify(a, a).is_match  # still usable after errors
+    parallel.close()
+    assert parallel.verify(a, a).is_match  # and after close(): the pool restarts
+    with pytest.raises(InvalidArgumentError):
+        facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, workers=0)
+
+
+def test_split_embedding_equals_one_batch(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
+    """Batches are split over the worker threads; rows must come back in order, unchanged."""
+    crops = np.stack([cv2.imread(str(p)) for p in sorted(celeb24_dir.glob("*/*.png"))[:37]])
+    one = facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, workers=1)
+    three = facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, workers=3)
+    e1, n1 = one.embed_aligned_with_norms(crops)
+    e3, n3 = three.embed_aligned_with_norms(crops)
+    assert e3.shape == (37, matcher.dim)
+    assert np.allclose(e1, e3, atol=1e-5) and np.allclose(n1, n3, rtol=1e-5)
+    assert three.embed_aligned(crops[:1]).shape == (1, matcher.dim)
+    assert three.embed_aligned(crops[:0]).shape == (0, matcher.dim)
