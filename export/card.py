@@ -31,6 +31,9 @@ from facematch.cards import (
 )
 from facematch.errors import InvalidArgumentError, ModelError
 
+from .formats import check_source_precision
+from .onnx_utils import fix_declared_batch, is_float32, load_onnx
+
 logger = logging.getLogger(__name__)
 
 UNKNOWN_LICENSE = License(
@@ -134,6 +137,17 @@ def source_card(path: Path, card: str | None = None) -> ModelCard:
             f"{path} has no facematch card (metadata, sidecar, or a known sha256); pass --card CARD.json so the "
             "export knows its input size, colour order and normalisation"
         ) from None
+
+
+def load_float32_source(src: Path, card: str | None, fmt: str) -> tuple[ModelCard, Any]:
+    """The card and the ``onnx.ModelProto`` (card stripped, batch declared dynamic) of an fp32 source for ``fmt``."""
+    base = source_card(src, card)
+    check_source_precision(fmt, base.precision)
+    model = load_onnx(src)
+    if not is_float32(model):
+        raise InvalidArgumentError(f"{src} is not an fp32 model (fp16 or already quantized)")
+    strip_card(model)
+    return base, fix_declared_batch(model)
 
 
 def strip_card(model: Any) -> None:

@@ -7,12 +7,12 @@ Exit status 0 on success; 1 with a one-line ``error [code]: ...`` message otherw
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from facematch._cliutil import reported_errors
 
 if TYPE_CHECKING:
     from .onnx_export import ExportResult
@@ -36,17 +36,6 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Write the artifact even
 CardOpt = Annotated[str | None, typer.Option("--card", help="Card of the input model when it carries none.")]
 IdOpt = Annotated[str | None, typer.Option("--id", help="Card id of the output (default: the file stem).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    from facematch.errors import FacematchError
-
-    try:
-        yield
-    except FacematchError as exc:
-        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _faces(images: Path | None, size: int = 112) -> Any:
@@ -104,7 +93,7 @@ def onnx_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX and check it against PyTorch (min cosine >= 0.9999)."""
-    with _errors():
+    with reported_errors():
         from .onnx_export import export_onnx
 
         res = export_onnx(
@@ -136,7 +125,7 @@ def fp16_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert an fp32 ONNX model to fp16 and check it (min cosine >= 0.999)."""
-    with _errors():
+    with reported_errors():
         from .fp16 import convert_fp16
 
         _report(convert_fp16(src, out, faces=_faces(images), force=force, card=card, card_id=card_id), as_json)
@@ -158,7 +147,7 @@ def quantize_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Static int8 quantisation (ONNX Runtime QDQ) calibrated on aligned faces, checked (min cosine >= 0.99)."""
-    with _errors():
+    with reported_errors():
         from .quantize import quantize_int8
 
         res = quantize_int8(
@@ -196,7 +185,7 @@ def trt_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a TensorRT engine (needs tensorrt and an NVIDIA GPU) and check it against the ONNX source."""
-    with _errors():
+    with reported_errors():
         from .trt import build_engine
 
         res = build_engine(
@@ -232,7 +221,7 @@ def validate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare two models on real aligned faces: min/mean cosine and the TAR@FAR change. Exit 1 below the bar."""
-    with _errors():
+    with reported_errors():
         report = _validate(reference, candidate, images, arch=arch, card=card, far=far, min_cos=min_cos)
         typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
         if not report.passed:

@@ -17,15 +17,13 @@ from .card import (
     card_id_for,
     derived_card,
     library_versions,
-    source_card,
-    strip_card,
+    load_float32_source,
     tool_version,
     write_onnx_with_card,
 )
 from .faces import FaceSet
-from .formats import check_source_precision
 from .onnx_export import ExportResult
-from .onnx_utils import default_opset, fix_declared_batch, is_float32, load_onnx
+from .onnx_utils import default_opset, fix_declared_batch
 from .runners import OnnxRunner
 from .validate import ExportValidationError, compare
 
@@ -53,13 +51,7 @@ def convert_fp16(
     src, out = Path(src), Path(out)
     if out.suffix != ".onnx":
         raise InvalidArgumentError(f"output must end with .onnx, got {out.name}")
-    base = source_card(src, card)
-    check_source_precision("fp16", base.precision)
-    model = load_onnx(src)
-    if not is_float32(model):
-        raise InvalidArgumentError(f"{src} is not an fp32 model")
-    strip_card(model)
-    model = fix_declared_batch(model)
+    base, model = load_float32_source(src, card, "fp16")
     ref = OnnxRunner(model.SerializeToString(), base)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "float32 number ... truncated" for the tiny Clip eps

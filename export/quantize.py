@@ -19,11 +19,11 @@ import numpy as np
 
 from facematch.errors import BackendUnavailableError, InvalidArgumentError
 
-from .card import derived_card, library_versions, source_card, strip_card, tool_version, write_onnx_with_card
+from .card import derived_card, library_versions, load_float32_source, tool_version, write_onnx_with_card
 from .faces import FaceSet, load_faces, preprocess
-from .formats import QDQ_PER_CHANNEL_MIN_OPSET, check_source_precision
+from .formats import QDQ_PER_CHANNEL_MIN_OPSET
 from .onnx_export import ExportResult
-from .onnx_utils import convert_opset, default_opset, fix_declared_batch, is_float32, load_onnx
+from .onnx_utils import convert_opset, default_opset, fix_declared_batch
 from .runners import OnnxRunner
 from .validate import ExportValidationError, compare
 
@@ -105,13 +105,8 @@ def quantize_int8(
         raise InvalidArgumentError(f"--calib-count must be >= 16 faces, got {calib_count}")
     if out.suffix != ".onnx":
         raise InvalidArgumentError(f"output must end with .onnx, got {out.name}")
-    base = source_card(src, card)
-    check_source_precision("int8", base.precision)
-    model = load_onnx(src)
-    if not is_float32(model):
-        raise InvalidArgumentError(f"{src} is not an fp32 model (fp16 or already quantized)")
-    strip_card(model)
-    model = convert_opset(fix_declared_batch(model), QDQ_PER_CHANNEL_MIN_OPSET)
+    base, model = load_float32_source(src, card, "int8")
+    model = convert_opset(model, QDQ_PER_CHANNEL_MIN_OPSET)
     opset = default_opset(model)
     size = base.input.size or (112, 112)
     calib = load_faces(calib_dir, size, limit=calib_count)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from .._cliutil import reported_errors
 
 eval_app = typer.Typer(
     help="Measure accuracy, identification, fairness and embedding health on labelled images.",
@@ -38,17 +38,6 @@ FarOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    from ..errors import FacematchError
-
-    try:
-        yield
-    except FacematchError as exc:
-        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _cache_dir(cache_dir: Path | None, no_cache: bool) -> Path | None:
@@ -97,7 +86,7 @@ def aligned_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Verification (ROC, EER, TAR@FAR), identification (rank-k, DIR@FPIR), fairness and hypersphere health."""
-    with _errors():
+    with reported_errors():
         from .report import to_jsonable
         from .runner import run_aligned
 
@@ -172,7 +161,7 @@ def pairs_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """10-fold accuracy, AUC, EER and TAR@FAR on a list of pairs; images without a face reported apart."""
-    with _errors():
+    with reported_errors():
         from .report import to_jsonable
         from .runner import run_pairs
 
@@ -229,7 +218,7 @@ def calibrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure genuine/impostor scores on a calibration set and write thresholds + the FMR curve into the card."""
-    with _errors():
+    with reported_errors():
         from ..errors import FacematchError, InvalidArgumentError
         from .calibrate import card_destination, measure_calibration, write_calibration
         from .report import to_jsonable

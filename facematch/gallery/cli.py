@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from .._cliutil import reported_errors
+
 gallery_app = typer.Typer(help="Enrol faces into a gallery and identify probes (open-set).", no_args_is_help=True)
 
 _GALLERY = Annotated[Path, typer.Argument(help="Gallery directory (e.g. people.fmg); created by enroll when absent.")]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    from ..errors import FacematchError
-
-    try:
-        yield
-    except FacematchError as exc:
-        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _open(path: Path, *, read_only: bool, create: bool = False, **kwargs: Any) -> Any:
@@ -49,7 +39,7 @@ def enroll_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Enrol an identity from face images, reporting what each image gave."""
-    with _errors():
+    with reported_errors():
         from ..errors import InvalidArgumentError
 
         try:
@@ -83,7 +73,7 @@ def identify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Identify the (largest) face in IMAGE: ranked identities, or unknown."""
-    with _errors(), _open(gallery, read_only=True) as g:
+    with reported_errors(), _open(gallery, read_only=True) as g:
         res = g.identify(str(image), k=k, threshold=threshold, fpir=fpir, aligned=aligned)
 
         def text() -> str:
@@ -106,7 +96,7 @@ def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
 ) -> None:
     """List identities, a page at a time."""
-    with _errors(), _open(gallery, read_only=True) as g:
+    with reported_errors(), _open(gallery, read_only=True) as g:
         page = g.list(limit=limit, cursor=cursor)
 
         def text() -> str:
@@ -124,7 +114,7 @@ def delete_cmd(
     identity: Annotated[str, typer.Argument(help="Identity id to delete.")],
 ) -> None:
     """Delete an identity and all its templates."""
-    with _errors(), _open(gallery, read_only=False) as g:
+    with reported_errors(), _open(gallery, read_only=False) as g:
         info = g.delete(identity)
         typer.echo(f"deleted {info.identity_id} ({info.num_templates} template(s))")
 
@@ -135,7 +125,7 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Model, size and index of a gallery."""
-    with _errors(), _open(gallery, read_only=True) as g:
+    with reported_errors(), _open(gallery, read_only=True) as g:
         info = g.info()
         _emit(as_json, info.to_dict(), lambda: "\n".join(f"{k}: {v}" for k, v in info.to_dict().items()))
 
