@@ -230,7 +230,8 @@ _register_subcommands()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning facematch errors into one-line messages."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click *returns* the code of a ``typer.Exit`` instead of exiting.
+        exit_code = app(args=argv, standalone_mode=False)
     except FacematchError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(2)
@@ -246,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exit_code)
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    if isinstance(exit_code, int) and exit_code != 0:
+        sys.exit(exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover
