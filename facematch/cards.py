@@ -41,6 +41,8 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
+TAIL_MIN_EVENTS = 30  # impostor pairs at the finest point of the tail fit
+
 CARD_METADATA_KEY = "facematch.card"
 CARD_SCHEMA_VERSION = 1
 DEFAULT_DETECTOR = "scrfd_500m_bnkps"
@@ -146,17 +148,48 @@ class Calibration(_Strict):
         """The finest false-match rate this calibration can resolve: 1 / impostor pairs."""
         return 1.0 / self.n_impostor_pairs
 
-    def threshold_for(self, fmr: float) -> float:
-        """Similarity threshold whose observed impostor rate is at most ``fmr``."""
+    def tail_fit(self) -> tuple[float, float] | None:
+        """Exponential fit ``log FMR = a + b * s`` of the impostor tail, as ``(a, b)``.
+
+        Fitted on the curve's points with ``TAIL_MIN_EVENTS / n <= FMR <= 10 * TAIL_MIN_EVENTS / n``,
+        the finest decade that still rests on enough impostor pairs. Impostor cosine scores of
+        hyperspherical embeddings have a lighter-than-exponential tail, so extrapolating this line
+        to finer rates over-estimates the FMR: thresholds it gives are conservative (measured on
+        celeb24 in docs/gallery.md). ``None`` when the calibration is too small to fit.
+        """
+        lo = TAIL_MIN_EVENTS / self.n_impostor_pairs
+        hi = 10.0 * lo
+        if hi > 0.1:
+            return None
+        pts = [(s, f) for s, f in zip(self.curve_similarity, self.curve_fmr, strict=True) if lo <= f <= hi and f > 0]
+        if len({s for s, _ in pts}) < 5:
+            return None
+        slope, intercept = np.polyfit([s for s, _ in pts], np.log([f for _, f in pts]), 1)
+        if not slope < 0:
+            return None
+        return float(intercept), float(slope)
+
+    def threshold_for(self, fmr: float, *, extrapolate: bool = False) -> float:
+        """Similarity threshold whose observed impostor rate is at most ``fmr``.
+
+        A rate finer than ``1 / impostor pairs`` cannot be read off the calibration: it is
+        refused with :class:`CalibrationMissingError`, or with ``extrapolate=True`` taken from
+        the exponential tail fit (:meth:`tail_fit`), never below the finest measured threshold.
+        """
         if not (0.0 < fmr < 1.0) or not math.isfinite(fmr):
             raise InvalidArgumentError(f"target false-match rate must be in (0, 1), got {fmr}")
         if fmr < self.min_fmr:
-            raise CalibrationMissingError(
-                f"FMR {fmr:g} is finer than this calibration resolves "
-                f"(1/{self.n_impostor_pairs} impostor pairs on {self.set!r}); calibrate on a larger set"
-            )
+            fit = self.tail_fit() if extrapolate else None
+            if fit is None:
+                raise CalibrationMissingError(
+                    f"FMR {fmr:g} is finer than this calibration resolves "
+                    f"(1/{self.n_impostor_pairs} impostor pairs on {self.set!r}); calibrate on a larger set"
+                    + ("" if extrapolate else " or allow extrapolation of the impostor tail")
+                )
+            intercept, slope = fit
+            return max(float(self.curve_similarity[-1]), _ceil6((math.log(fmr) - intercept) / slope))
         key = _fmr_key(fmr)
-        if key in self.thresholds:
+        if key in self.thresholds and math.isclose(float(key), fmr, rel_tol=1e-9):
             return float(self.thresholds[key])
         # smallest similarity whose impostor rate <= fmr, with log-linear interpolation
         sims, fmrs = self.curve_similarity, self.curve_fmr
@@ -170,13 +203,19 @@ class Calibration(_Strict):
         return float(sims[-1])
 
     def fmr_at(self, similarity: float | np.ndarray) -> Any:
-        """Estimated per-comparison false-match rate at ``similarity`` (clipped to the curve's range)."""
+        """Estimated per-comparison false-match rate at ``similarity``.
+
+        Read off the curve inside its range; above the highest impostor score, from the
+        tail fit (at most half of ``1 / impostor pairs``).
+        """
         sims = np.asarray(self.curve_similarity, dtype=np.float64)
         logf = np.log(np.clip(np.asarray(self.curve_fmr, dtype=np.float64), 1e-300, None))
         s = np.asarray(similarity, dtype=np.float64)
         est = np.exp(np.interp(s, sims, logf))
-        # above the highest impostor score we only know the rate is below 1/n
-        est = np.where(s > sims[-1], min(float(np.exp(logf[-1])), 0.5 * self.min_fmr), est)
+        ceiling = min(float(np.exp(logf[-1])), 0.5 * self.min_fmr)
+        fit = self.tail_fit()
+        beyond = ceiling if fit is None else np.minimum(np.exp(fit[0] + fit[1] * s), ceiling)
+        est = np.where(s > sims[-1], beyond, est)
         out = np.clip(est, 0.0, 1.0)
         return float(out) if out.ndim == 0 else out
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailableError, ModelError
+from .errors import BackendUnavailableError, InvalidArgumentError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,13 @@ def session_options(threads: int | None = None) -> Any:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is None and os.environ.get(THREADS_ENV):
-        threads = int(os.environ[THREADS_ENV])
+        raw = os.environ[THREADS_ENV]
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise InvalidArgumentError(f"{THREADS_ENV} must be a whole number of threads, not {raw!r}") from None
+    if threads is not None and threads < 0:
+        raise InvalidArgumentError(f"threads must be >= 0 (0 lets ONNX Runtime choose), not {threads}")
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -71,13 +77,16 @@ def make_batch_dynamic(model_bytes: bytes) -> bytes:
     """Declare the first dimension of every graph input/output as symbolic.
 
     Some exported models (``w600k_mbf.onnx``) declare a fixed batch of 1 on their
-    output although the graph computes any batch; ONNX Runtime then warns on each
-    batched call. Only the declared shapes change, never the weights.
+    output and on the intermediate ``value_info`` shapes although the graph computes
+    any batch; ONNX Runtime then warns on each batched call and may plan buffers for
+    batch 1. The stale intermediate shapes are dropped (ONNX Runtime infers them
+    again). Only declared shapes change, never the weights.
     """
     import onnx
 
     model = onnx.load_from_string(model_bytes)
-    changed = False
+    changed = len(model.graph.value_info) > 0
+    del model.graph.value_info[:]
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
         if len(dims) and (dims[0].HasField("dim_value") or dims[0].dim_param != "batch"):

@@ -227,6 +227,7 @@ class IdentifyResult:
     face: Face | None = None
     target_fpir: float | None = None
     gallery_size: int = 0
+    threshold_extrapolated: bool = False  # the FPIR threshold lies beyond the calibration's measured range
 
     @property
     def best(self) -> Candidate | None:
@@ -246,6 +247,7 @@ class IdentifyResult:
             "is_unknown": self.is_unknown,
             "threshold": round(float(self.threshold), 6),
             "target_fpir": self.target_fpir,
+            "threshold_extrapolated": self.threshold_extrapolated,
             "gallery_size": self.gallery_size,
             "face": self.face.to_dict() if self.face is not None else None,
             "candidates": [c.to_dict() for c in self.candidates],

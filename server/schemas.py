@@ -146,6 +146,11 @@ class FaceIdentification(_Out):
     is_unknown: bool
     threshold: float
     target_fpir: float | None
+    threshold_extrapolated: bool = Field(
+        default=False,
+        description="true when the FPIR threshold lies beyond the calibration's measured range "
+        "(extrapolated from the impostor tail, conservatively)",
+    )
     candidates: list[CandidateOut]
 
     @classmethod
@@ -156,6 +161,7 @@ class FaceIdentification(_Out):
             is_unknown=r.is_unknown,
             threshold=r.threshold,
             target_fpir=r.target_fpir,
+            threshold_extrapolated=r.threshold_extrapolated,
             candidates=[CandidateOut.of(c) for c in r.candidates],
         )
 
@@ -180,6 +186,7 @@ class IdentifyResponse(_Out):
                             "is_unknown": False,
                             "threshold": 0.3751,
                             "target_fpir": 0.01,
+                            "threshold_extrapolated": False,
                             "candidates": [
                                 {
                                     "identity_id": "obama",

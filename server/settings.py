@@ -32,7 +32,7 @@ def hash_key(key: str) -> str:
 class ApiKey(BaseModel):
     """One API key: a name for logs, its sha256 (or the plaintext, hashed at load) and its scopes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str = Field(min_length=1, max_length=64)
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -69,7 +69,9 @@ def is_loopback(host: str) -> bool:
 class Settings(BaseSettings):
     """Everything the server can be told. Each field is ``FACEMATCH_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="FACEMATCH_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FACEMATCH_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     # where to listen (the CLI passes --host/--port here so the key check sees the bind address)
     host: str = "127.0.0.1"

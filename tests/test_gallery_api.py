@@ -70,6 +70,12 @@ def test_unknown_probes_and_thresholds(populated) -> None:  # type: ignore[no-un
         g.identify_embeddings(strangers[:1], MODEL, threshold=2.0)
     # a larger gallery needs a higher threshold for the same FPIR
     assert g.resolve_threshold(fpir=0.01)[0] > threshold_for_fpir(g.calibration, 0.01, 10)
+    assert not any(r.threshold_extrapolated for r in res)
+    # an FPIR finer than the calibration resolves over 180 templates: extrapolated from the tail, flagged
+    fine = g.identify_embeddings(strangers, MODEL, fpir=1e-4)
+    assert all(r.threshold_extrapolated for r in fine) and fine[0].to_dict()["threshold_extrapolated"] is True
+    assert fine[0].threshold > max(g.calibration.curve_similarity)
+    assert all(r.is_unknown for r in fine)
 
 
 def test_aggregations_and_rerank(tmp_path, cal) -> None:  # type: ignore[no-untyped-def]

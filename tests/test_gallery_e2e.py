@@ -26,46 +26,72 @@ def celeb_embeddings(celeb24_dir: Path, matcher) -> dict[str, np.ndarray]:  # ty
     return out
 
 
-def test_celeb24_rank1_and_open_set_fpir(tmp_path: Path, celeb_embeddings, matcher) -> None:  # type: ignore[no-untyped-def]
-    names = sorted(celeb_embeddings)
-    held = names[::HELD_OUT_EVERY]
-    enrolled = [n for n in names if n not in held]
-    # calibration from impostor pairs among the *enrolled* identities only: disjoint from the held-out probes
-    feats = np.concatenate([celeb_embeddings[n] for n in enrolled])
-    labels = np.concatenate([[i] * len(celeb_embeddings[n]) for i, n in enumerate(enrolled)])
+def _impostor_calibration(embeddings: dict[str, np.ndarray], names: list[str]) -> Calibration:
+    feats = np.concatenate([embeddings[n] for n in names])
+    labels = np.concatenate([[i] * len(embeddings[n]) for i, n in enumerate(names)])
     sims = feats @ feats.T
     iu = np.triu_indices(len(feats), 1)
     same = labels[iu[0]] == labels[iu[1]]
-    cal = Calibration.from_scores(sims[iu][same], sims[iu][~same], set_name="celeb24-enrolled", command="test")
+    return Calibration.from_scores(sims[iu][same], sims[iu][~same], set_name="celeb24-enrolled", command="test")
 
-    with Gallery(tmp_path / "celeb.fmg", calibration=cal) as g:
-        probes, truth = [], []
-        for n in enrolled:
-            e = celeb_embeddings[n]
-            g.enroll_embeddings(n, e[0::2], matcher.model_id, sources=[f"{n}#{i}" for i in range(0, len(e), 2)])
-            probes.append(e[1::2])
-            truth += [n] * len(e[1::2])
-        assert len(g) == 18 and g.num_templates == sum((len(celeb_embeddings[n]) + 1) // 2 for n in enrolled)
 
-        closed = g.identify_embeddings(np.concatenate(probes), matcher.model_id, k=5, threshold=-1.0)
-        rank1 = np.mean([r.candidates[0].identity_id == t for r, t in zip(closed, truth, strict=True)])
-        assert rank1 >= 0.98, f"rank-1 {rank1:.3f}"
+def test_celeb24_rank1_and_open_set_fpir(tmp_path: Path, celeb_embeddings, matcher) -> None:  # type: ignore[no-untyped-def]
+    """Each identity is held out once (4 rotations of 6): rank-1 on the enrolled, FPIR on the held out.
 
-        genuine = g.identify_embeddings(np.concatenate(probes), matcher.model_id, fpir=TARGET_FPIR)
-        impostors = g.identify_embeddings(
-            np.concatenate([celeb_embeddings[n] for n in held]), matcher.model_id, fpir=TARGET_FPIR
-        )
-        threshold = impostors[0].threshold
-        assert impostors[0].target_fpir == TARGET_FPIR
-        fpir = float(np.mean([not r.is_unknown for r in impostors]))
-        # one-sided binomial tolerance (3 sigma); the N = templates convention is conservative, so the
-        # observed FPIR is expected at or below the target rather than on it
-        n = len(impostors)
-        bound = TARGET_FPIR + 3 * math.sqrt(TARGET_FPIR * (1 - TARGET_FPIR) / n)
-        assert fpir <= bound, f"observed FPIR {fpir:.3f} over {n} held-out probes > {bound:.3f} (t={threshold:.3f})"
-        # ... and the threshold still lets enrolled people through (DIR at that FPIR)
-        dir_ = np.mean([r.identity_id == t for r, t in zip(genuine, truth, strict=True)])
-        assert dir_ >= 0.9, f"DIR {dir_:.3f} at FPIR {TARGET_FPIR} (threshold {threshold:.3f})"
+    The calibration comes from impostor pairs among the *enrolled* identities only, disjoint
+    from the held-out probes. Probes of one held-out person are correlated, so the observed FPIR
+    of one rotation swings widely; pooled over the rotations it must sit near the target: at most
+    target + 3 binomial sigma, and not so far below that the threshold is needlessly strict.
+    """
+    names = sorted(celeb_embeddings)
+    accepted = total = 0
+    for rotation in range(HELD_OUT_EVERY):
+        held = names[rotation::HELD_OUT_EVERY]
+        enrolled = [n for n in names if n not in held]
+        cal = _impostor_calibration(celeb_embeddings, enrolled)
+        with Gallery(tmp_path / f"celeb{rotation}.fmg", calibration=cal) as g:
+            probes, truth = [], []
+            for n in enrolled:
+                e = celeb_embeddings[n]
+                g.enroll_embeddings(n, e[0::2], matcher.model_id, sources=[f"{n}#{i}" for i in range(0, len(e), 2)])
+                probes.append(e[1::2])
+                truth += [n] * len(e[1::2])
+            assert len(g) == 18 and g.num_templates == sum((len(celeb_embeddings[n]) + 1) // 2 for n in enrolled)
+
+            closed = g.identify_embeddings(np.concatenate(probes), matcher.model_id, k=5, threshold=-1.0)
+            rank1 = np.mean([r.candidates[0].identity_id == t for r, t in zip(closed, truth, strict=True)])
+            assert rank1 >= 0.98, f"rank-1 {rank1:.3f} (rotation {rotation})"
+
+            genuine = g.identify_embeddings(np.concatenate(probes), matcher.model_id, fpir=TARGET_FPIR)
+            impostors = g.identify_embeddings(
+                np.concatenate([celeb_embeddings[n] for n in held]), matcher.model_id, fpir=TARGET_FPIR
+            )
+            assert impostors[0].target_fpir == TARGET_FPIR and not impostors[0].threshold_extrapolated
+            accepted += sum(not r.is_unknown for r in impostors)
+            total += len(impostors)
+            # the threshold still lets enrolled people through (DIR at that FPIR)
+            dir_ = np.mean([r.identity_id == t for r, t in zip(genuine, truth, strict=True)])
+            assert dir_ >= 0.9, f"DIR {dir_:.3f} at FPIR {TARGET_FPIR} (rotation {rotation})"
+    fpir = accepted / total
+    sigma = math.sqrt(TARGET_FPIR * (1 - TARGET_FPIR) / total)
+    assert TARGET_FPIR / 2 <= fpir <= TARGET_FPIR + 3 * sigma, f"observed FPIR {fpir:.4f} over {total} probes"
+
+
+def test_extrapolated_thresholds_are_conservative_on_real_impostors(celeb_embeddings) -> None:  # type: ignore[no-untyped-def]
+    """Calibrate on 20k of celeb24's 425k impostor pairs, extrapolate past 1/20k, check on all of them."""
+    names = sorted(celeb_embeddings)
+    feats = np.concatenate([celeb_embeddings[n] for n in names])
+    labels = np.concatenate([[i] * len(celeb_embeddings[n]) for i, n in enumerate(names)])
+    iu = np.triu_indices(len(feats), 1)
+    impostor = np.einsum("ij,ij->i", feats[iu[0]], feats[iu[1]])[labels[iu[0]] != labels[iu[1]]]
+    assert impostor.size > 400_000
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        sample = rng.choice(impostor, 20_000, replace=False)
+        sub = Calibration.from_scores(np.ones(1), sample, set_name="celeb24-sample", command="test")
+        for fmr in (3e-5, 1e-5):
+            t = sub.threshold_for(fmr, extrapolate=True)
+            assert float(np.mean(impostor >= t)) <= fmr, (fmr, t)
 
 
 def test_enroll_images_reports_each_image(tmp_path: Path, package_images, matcher) -> None:  # type: ignore[no-untyped-def]

@@ -31,8 +31,12 @@ def test_plaintext_keys_are_hashed_and_dropped() -> None:
     assert h.key_sha256 == hash_key("x" * 10)
     with pytest.raises(ValidationError):
         ApiKey(name="c")  # neither
-    with pytest.raises(ValidationError):
-        ApiKey(name="c", key="short")
+    with pytest.raises(ValidationError) as bad:
+        ApiKey(name="c", key="sh0rt")
+    assert "sh0rt" not in str(bad.value)  # pydantic would echo the input
+    with pytest.raises(ValidationError) as both:
+        Settings(api_keys=[{"name": "d", "key": "correct horse battery", "key_sha256": "00"}])
+    assert "horse" not in str(both.value)
     with pytest.raises(ValidationError):
         ApiKey(name="c", key="long enough key", scopes=("root",))  # type: ignore[arg-type]
 
@@ -235,5 +239,6 @@ def test_serve_refuses_public_bind_without_keys_and_shared_writers(tmp_path: Pat
     assert r.returncode == 2 and "without API keys" in r.stderr
     r = _serve("--gallery", str(tmp_path / "g.fmg"), "--workers", "2", "--port", "0")
     assert r.returncode == 2 and "--read-only" in r.stderr
-    r = _serve("--port", "0", env_extra={"FACEMATCH_API_KEYS": '[{"name": "x", "key": "short"}]'})
-    assert r.returncode == 2 and "invalid settings" in r.stderr and "short" in r.stderr
+    r = _serve("--port", "0", env_extra={"FACEMATCH_API_KEYS": '[{"name": "x", "key": "sh0rt"}]'})
+    assert r.returncode == 2 and "invalid settings" in r.stderr and "shorter than" in r.stderr
+    assert "sh0rt" not in r.stderr  # a rejected key is never echoed

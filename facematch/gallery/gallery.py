@@ -43,7 +43,7 @@ from ..types import Candidate, IdentifyResult
 from .config import AGGREGATIONS, Aggregation, IndexConfig
 from .index import FaissIndex, VectorIndex
 from .lock import WriterLock
-from .openset import aggregate, check_aggregation, threshold_for_fpir
+from .openset import aggregate, check_aggregation, needs_extrapolation, threshold_for_fpir
 from .owners import TemplateOwners
 from .store import Store, Synchronous, decode_cursor, dump_metadata, encode_cursor, validate_identity_id
 from .types import EnrollReport, GalleryInfo, IdentityInfo, ImageOutcome, Page
@@ -688,9 +688,11 @@ class Gallery:
                 return [IdentifyResult((), thr, True, target_fpir=target, gallery_size=0)] * n_probes
             q = self._check_embeddings(embeddings, model_id)
             thr, target = self.resolve_threshold(threshold, fpir)
+            n_templates = max(len(self._owners), 1)
             ranked = self._search(q, k, method)
             names = self._store.identities_by_rowid([r for rows in ranked for r, _, _ in rows])
         cal = self.calibration
+        extrapolated = target is not None and cal is not None and needs_extrapolation(cal, target, n_templates)
         out = []
         for rows in ranked:
             sims = np.asarray([s for _, s, _ in rows], np.float64)
@@ -714,6 +716,7 @@ class Gallery:
                     is_unknown=unknown,
                     target_fpir=target,
                     gallery_size=self._n_identities,
+                    threshold_extrapolated=extrapolated,
                 )
             )
         return out

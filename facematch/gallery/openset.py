@@ -16,6 +16,8 @@ cost of a slightly higher threshold than counting identities would give.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import numpy as np
@@ -23,6 +25,8 @@ import numpy as np
 from ..cards import Calibration
 from ..errors import InvalidArgumentError
 from .config import AGGREGATIONS, Aggregation
+
+logger = logging.getLogger(__name__)
 
 
 def per_comparison_fmr(fpir: float, n: int) -> float:
@@ -34,8 +38,33 @@ def per_comparison_fmr(fpir: float, n: int) -> float:
 
 
 def threshold_for_fpir(calibration: Calibration, fpir: float, n: int) -> float:
-    """Similarity threshold for a target FPIR over ``n`` template comparisons."""
-    return calibration.threshold_for(per_comparison_fmr(fpir, n))
+    """Similarity threshold for a target FPIR over ``n`` template comparisons.
+
+    Large galleries need per-comparison rates finer than the calibration set resolves
+    (``1 / impostor pairs``); those thresholds come from the calibration's exponential
+    tail fit, which over-estimates the FMR there (conservative) and is logged.
+    """
+    fmr = per_comparison_fmr(fpir, n)
+    if needs_extrapolation(calibration, fpir, n):
+        _warn_extrapolated(calibration.set, calibration.n_impostor_pairs, fpir)
+    return calibration.threshold_for(fmr, extrapolate=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_extrapolated(calibration_set: str, n_impostor_pairs: int, fpir: float) -> None:
+    """Log once per calibration and target, not on every search."""
+    logger.warning(
+        "FPIR %g on this gallery needs a per-comparison FMR finer than the calibration on %r resolves "
+        "(1/%d); thresholds are extrapolated from the impostor tail (conservative)",
+        fpir,
+        calibration_set,
+        n_impostor_pairs,
+    )
+
+
+def needs_extrapolation(calibration: Calibration, fpir: float, n: int) -> bool:
+    """Whether the threshold for ``fpir`` over ``n`` comparisons lies beyond the measured curve."""
+    return per_comparison_fmr(fpir, n) < calibration.min_fmr
 
 
 def check_aggregation(method: str, top_k: int) -> None:
@@ -76,4 +105,4 @@ def aggregate(
     return ident[rank], agg[rank], best_tid[rank]
 
 
-__all__ = ["aggregate", "check_aggregation", "per_comparison_fmr", "threshold_for_fpir"]
+__all__ = ["aggregate", "check_aggregation", "needs_extrapolation", "per_comparison_fmr", "threshold_for_fpir"]

@@ -1,0 +1,33 @@
+"""The ONNX Runtime wrapper: provider choice and thread settings, without model weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from facematch.errors import BackendUnavailableError, InvalidArgumentError
+from facematch.runtime import PREFERRED_PROVIDERS, available_providers, choose_providers, session_options
+
+
+def test_providers_follow_the_preference_order_of_what_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FACEMATCH_PROVIDERS", raising=False)
+    chosen = choose_providers()
+    installed = available_providers()
+    assert chosen == [p for p in PREFERRED_PROVIDERS if p in installed]
+    assert choose_providers(["cpu"]) == ["CPUExecutionProvider"]
+    monkeypatch.setenv("FACEMATCH_PROVIDERS", "cpu")
+    assert choose_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailableError, match="not available"):
+        choose_providers(["NoSuchExecutionProvider"])
+
+
+def test_thread_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FACEMATCH_THREADS", raising=False)
+    assert session_options(3).intra_op_num_threads == 3
+    monkeypatch.setenv("FACEMATCH_THREADS", "2")
+    assert session_options().intra_op_num_threads == 2
+    assert session_options(1).intra_op_num_threads == 1  # an explicit argument wins
+    monkeypatch.setenv("FACEMATCH_THREADS", "two")
+    with pytest.raises(InvalidArgumentError, match="FACEMATCH_THREADS"):
+        session_options()
+    with pytest.raises(InvalidArgumentError):
+        session_options(-1)
