@@ -143,7 +143,7 @@ def main() -> None:
     ]
     for c in rep.checks:
         lines.append(f"| {c.name} @ batch {c.batch} | {c.n} | {c.min_cos:.6f} | {c.mean_cos:.6f} |")
-    if tar:
+    if tar and tar.resolvable and tar.delta is not None:
         lines += [
             "",
             f"TAR@FAR {tar.far:g}: fp32 {tar.tar_reference:.4f} → int8 {tar.tar_candidate:.4f} "

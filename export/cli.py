@@ -29,7 +29,8 @@ ImagesOpt = Annotated[
     typer.Option(
         "--images",
         envvar=IMAGES_ENV,
-        help="Folder of aligned 112x112 faces (one subfolder per identity for TAR) to check the export on.",
+        help="Folder of aligned 112x112 faces (one subfolder per identity for TAR) to check the export on "
+        "[default: the faces in the photos shipped with the model pack].",
     ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write the artifact even when its check fails.")]
@@ -39,8 +40,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 
 
 def _faces(images: Path | None, size: int = 112) -> Any:
+    """The aligned faces to check an export on: ``--images``, else the faces in the model pack's photos."""
     if images is None:
-        return None
+        from .faces import pack_faces
+
+        return pack_faces((size, size))
     from .faces import load_faces
 
     return load_faces(images, (size, size))

@@ -52,6 +52,37 @@ def list_faces(root: str | Path) -> tuple[list[Path], list[str] | None]:
     return flat, None
 
 
+def pack_faces(size: tuple[int, int] = (112, 112)) -> FaceSet | None:
+    """Every face in the photos shipped with the default model pack, detected and aligned.
+
+    The default set of real faces an export is checked on when no ``--images`` folder is
+    given (unlabelled, so no TAR). ``None`` when the pack is not installed or the model
+    does not take the ArcFace 112x112 template.
+    """
+    if size != (112, 112):
+        return None
+    from facematch.cards import DEFAULT_EMBEDDER, load_card, resolve_model_path
+    from facematch.errors import FacematchError
+    from facematch.matcher import FaceMatcher
+
+    try:
+        pack = resolve_model_path(load_card(DEFAULT_EMBEDDER)).parent
+        matcher = FaceMatcher()
+    except FacematchError as exc:
+        logger.warning("no default model pack to take real faces from (%s)", exc)
+        return None
+    paths: list[Path] = []
+    crops: list[np.ndarray] = []
+    for photo in sorted(pack.glob("*.jpg")):
+        faces = matcher.detect(photo)
+        if len(faces):
+            crops.extend(matcher.align(photo, faces))
+            paths.extend(photo.with_name(f"{photo.name}#face{i}") for i in range(len(faces)))
+    if not crops:
+        return None
+    return FaceSet(pack, tuple(paths), np.stack(crops), None)
+
+
 def spread(n_total: int, n: int | None) -> np.ndarray:
     """``n`` indices spread evenly over ``range(n_total)`` (all of them when ``n`` is None or larger)."""
     if n is None or n >= n_total:

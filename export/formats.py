@@ -127,17 +127,23 @@ def check_source_precision(fmt: str, precision: str) -> None:
 
 
 def check_trt_options(
-    *, precision: str, min_batch: int, opt_batch: int, max_batch: int, calib: str | None, dynamic_source: bool
+    *, precision: str, min_batch: int, opt_batch: int, max_batch: int, calib: str | None, source_batch: int | None
 ) -> None:
-    """Validate ``export trt`` options (GPU capabilities are checked when the builder starts)."""
+    """Validate ``export trt`` options (GPU capabilities are checked when the builder starts).
+
+    ``source_batch`` is the source ONNX's fixed batch size, ``None`` when its batch is dynamic.
+    """
     if precision not in FORMATS["trt"].precisions:
         raise InvalidArgumentError(f"--precision must be one of {FORMATS['trt'].precisions}, got {precision!r}")
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise InvalidArgumentError(
             f"batch profile must satisfy 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}"
         )
-    if not dynamic_source and max_batch != min_batch:
-        raise InvalidArgumentError("the source ONNX has a fixed batch size: use min = opt = max = that size")
+    if source_batch is not None and not min_batch == opt_batch == max_batch == source_batch:
+        raise InvalidArgumentError(
+            f"the source ONNX has a fixed batch of {source_batch}: use --min-batch {source_batch} "
+            f"--opt-batch {source_batch} --max-batch {source_batch}, or export the source with --batch dynamic"
+        )
     if precision == "int8" and not calib:
         raise InvalidArgumentError("int8 TensorRT engines need --calib DIR (aligned faces for the entropy calibrator)")
     if precision != "int8" and calib:
@@ -148,16 +154,16 @@ def format_table() -> str:
     """The format table as Markdown (used by ``export formats`` and the docs)."""
     head = (
         "| format | command | source | precision | opset | batch | --normalize | --with-norm "
-        "| calibration | GPU | min cosine |"
+        "| calibration | GPU | min cosine | notes |"
     )
-    rows = [head, "|" + "---|" * 11]
+    rows = [head, "|" + "---|" * 12]
     for f in FORMATS.values():
         opsets = f"{f.opsets[0]}-{f.opsets[1]}" if f.opsets else "as source"
         rows.append(
             f"| {f.name} | `{f.command}` | {f.source} | {'/'.join(f.precisions)} | {opsets} | {f.batch} | "
             f"{'yes' if f.normalize else 'no'} | {'yes' if f.norm_output else 'no'} | "
             f"{'required' if f.needs_calibration else ('int8 only' if f.name == 'trt' else 'no')} | "
-            f"{'required' if f.needs_gpu else 'no'} | {f.min_cosine} |"
+            f"{'required' if f.needs_gpu else 'no'} | {f.min_cosine} | {f.notes} |"
         )
     return "\n".join(rows)
 

@@ -29,6 +29,12 @@ def has_dynamic_batch(model: Any) -> bool:
     return bool(len(dims)) and not dims[0].HasField("dim_value")
 
 
+def declared_batch(model: Any) -> int | None:
+    """The fixed batch size of the model's first input, ``None`` when it is symbolic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if len(dims) and dims[0].HasField("dim_value") else None
+
+
 def fix_declared_batch(model: Any) -> Any:
     """Declare a symbolic batch on every input/output when the input's batch is dynamic.
 

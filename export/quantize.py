@@ -10,6 +10,8 @@ histogram percentile (99.999 by default), which clips rare outliers that MinMax 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -131,18 +133,22 @@ def quantize_int8(
             "entropy": CalibrationMethod.Entropy,
         }[method]
         extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
-        quantize_static(
-            str(pre),
-            str(q),
-            _reader(batches, pre_model.graph.input[0].name),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=cm,
-            nodes_to_exclude=exclude,
-            extra_options=extra,
-        )
+        chatter = io.StringIO()  # the ORT calibrator print()s progress; keep stdout for --json
+        with contextlib.redirect_stdout(chatter):
+            quantize_static(
+                str(pre),
+                str(q),
+                _reader(batches, pre_model.graph.input[0].name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=cm,
+                nodes_to_exclude=exclude,
+                extra_options=extra,
+            )
+        for line in chatter.getvalue().splitlines():
+            logger.debug("onnxruntime quantization: %s", line)
         qmodel = fix_declared_batch(onnx.load(str(q)))
     n_conv = sum(n.op_type == "Conv" for n in pre_model.graph.node)
     n_quant = sum(n.op_type == "Conv" and n.name not in set(exclude) for n in pre_model.graph.node)

@@ -27,7 +27,7 @@ from .card import card_id_for, derived_card, library_versions, source_card, tool
 from .faces import FaceSet, load_faces, preprocess
 from .formats import check_source_precision, check_trt_options
 from .onnx_export import ExportResult
-from .onnx_utils import fix_declared_batch, has_dynamic_batch, load_onnx
+from .onnx_utils import declared_batch, fix_declared_batch, has_dynamic_batch, load_onnx
 from .runners import OnnxRunner
 from .validate import ExportValidationError, compare
 
@@ -155,7 +155,7 @@ def build_engine(
         opt_batch=opt_batch,
         max_batch=max_batch,
         calib=str(calib_dir) if calib_dir else None,
-        dynamic_source=has_dynamic_batch(model),
+        source_batch=None if has_dynamic_batch(model) else declared_batch(model),
     )
     trt, torch = require_tensorrt()
     log = trt.Logger(trt.Logger.WARNING)

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from facematch.cards import threshold_at_fmr
 from facematch.errors import FacematchError
+from facematch.eval.metrics import OperatingPoint
+from facematch.eval.metrics import tar_at_far as operating_points
 
 from .faces import FaceSet, preprocess, random_crops
 from .runners import Runner, run_batched
@@ -47,14 +48,18 @@ class CosineCheck:
 
 @dataclass(frozen=True)
 class TarCheck:
-    """Verification accuracy (TAR at a fixed FAR, all pairs of a labelled folder) of source and export."""
+    """Verification accuracy (TAR at a fixed FAR, all pairs of a labelled folder) of source and export.
+
+    ``resolvable`` is False when ``far`` is finer than ``1 / n_impostor``: the TARs are then None.
+    """
 
     far: float
-    tar_reference: float
-    tar_candidate: float
-    delta: float
+    tar_reference: float | None
+    tar_candidate: float | None
+    delta: float | None
     n_genuine: int
     n_impostor: int
+    resolvable: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,11 +91,12 @@ class ValidationReport:
 
     def summary(self) -> str:
         parts = [f"{c.name}@b{c.batch}: min {c.min_cos:.6f} mean {c.mean_cos:.6f}" for c in self.checks]
-        if self.tar:
-            parts.append(
-                f"TAR@FAR{self.tar.far:g} {self.tar.tar_reference:.4f} -> {self.tar.tar_candidate:.4f} "
-                f"({self.tar.delta:+.4f})"
-            )
+        t = self.tar
+        if t is not None and t.resolvable and t.tar_reference is not None and t.tar_candidate is not None:
+            change = t.tar_candidate - t.tar_reference
+            parts.append(f"TAR@FAR{t.far:g} {t.tar_reference:.4f} -> {t.tar_candidate:.4f} ({change:+.4f})")
+        elif t is not None:
+            parts.append(f"TAR@FAR{t.far:g} n/a (finer than 1/{t.n_impostor} impostor pairs)")
         if self.norm_max_rel_err is not None:
             parts.append(f"norm max rel err {self.norm_max_rel_err:.2e}")
         verdict = "PASS" if self.passed else "FAIL"
@@ -120,8 +126,8 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(unit(a) * unit(b), axis=1)
 
 
-def tar_at_far(emb: np.ndarray, labels: tuple[str, ...], far: float = DEFAULT_FAR) -> tuple[float, int, int]:
-    """TAR at ``far`` over all pairs of ``emb`` (threshold from the impostor scores), with pair counts."""
+def tar_at_far(emb: np.ndarray, labels: tuple[str, ...], far: float = DEFAULT_FAR) -> OperatingPoint:
+    """TAR at ``far`` over all pairs of ``emb`` (never at a FAR finer than ``1 / impostor pairs``)."""
     e = unit(emb)
     lab = np.asarray(labels)
     iu = np.triu_indices(len(e), 1)
@@ -129,9 +135,8 @@ def tar_at_far(emb: np.ndarray, labels: tuple[str, ...], far: float = DEFAULT_FA
     same = (lab[:, None] == lab[None, :])[iu]
     gen, imp = sims[same], sims[~same]
     if gen.size == 0 or imp.size == 0:
-        return float("nan"), int(gen.size), int(imp.size)
-    t = threshold_at_fmr(imp, far)
-    return float(np.mean(gen >= t)), int(gen.size), int(imp.size)
+        return OperatingPoint(far, False, None, None, None, None, int(gen.size), int(imp.size), 1.0)
+    return operating_points(gen, imp, [far])[0]
 
 
 def _check(name: str, a: np.ndarray, b: np.ndarray, batch: int, bar: float, gating: bool) -> CosineCheck:
@@ -179,15 +184,23 @@ def compare(
             truth = ref_norm if ref_norm is not None else np.linalg.norm(ref, axis=1)
             norm_err = float(np.max(np.abs(got_norm - truth) / np.maximum(truth, 1e-12)))
         if faces.labels is not None and len(set(faces.labels)) > 1:
-            t_ref, n_gen, n_imp = tar_at_far(ref, faces.labels, far)
-            t_got, _, _ = tar_at_far(got, faces.labels, far)
-            tar = TarCheck(far, t_ref, t_got, t_got - t_ref, n_gen, n_imp)
+            p_ref, p_got = tar_at_far(ref, faces.labels, far), tar_at_far(got, faces.labels, far)
+            ok = p_ref.resolvable and p_got.resolvable and p_ref.tar is not None and p_got.tar is not None
+            delta = p_got.tar - p_ref.tar if ok and p_got.tar is not None and p_ref.tar is not None else None
+            tar = TarCheck(far, p_ref.tar, p_got.tar, delta, p_ref.n_genuine, p_ref.n_impostor, ok)
+            if not ok:
+                notes.append(f"TAR@FAR {far:g} not measured: {p_ref.n_impostor} impostor pairs resolve FAR >= 1/n")
         else:
             notes.append("faces are unlabelled (flat folder): TAR not measured")
     else:
         notes.append("no aligned faces given: checked on random inputs only")
     rnd = preprocess(random_crops(max(batches), size, seed), spec)
-    ref_r, _ = run_batched(reference, rnd)
+    ref_r, ref_r_norm = run_batched(reference, rnd)
+    if norm_err is None:  # no faces: the norm output is still checked, on the random inputs
+        _, got_r_norm = run_batched(candidate, rnd)
+        if got_r_norm is not None:
+            truth = ref_r_norm if ref_r_norm is not None else np.linalg.norm(ref_r, axis=1)
+            norm_err = float(np.max(np.abs(got_r_norm - truth) / np.maximum(truth, 1e-12)))
     for b in batches:
         got_r = np.concatenate([run_batched(candidate, rnd[i : i + b], b)[0] for i in range(0, len(rnd), b)])
         checks.append(_check("random", ref_r, got_r, b, bar, random_gating))

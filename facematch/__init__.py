@@ -29,6 +29,7 @@ from .errors import (
     ModelNotFoundError,
     MultipleFacesError,
     NoFaceError,
+    NotAlignedError,
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NotAlignedError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
     "VerifyResult",

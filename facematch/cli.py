@@ -122,8 +122,12 @@ def _draw(pixels: Any, dets: Any, scale: tuple[float, float], out: Path) -> None
         cv2.rectangle(img, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), (0, 255, 0), 2)
         for x, y in (f.landmarks / s).astype(int):
             cv2.circle(img, (int(x), int(y)), 2, (0, 0, 255), -1)
-    if not cv2.imwrite(str(out), img):
-        fail(f"cannot write {out} (unknown extension or unwritable path)")
+    try:
+        written = cv2.imwrite(str(out), img)
+    except cv2.error:  # OpenCV raises, rather than returning False, for an unknown extension
+        written = False
+    if not written:
+        fail(f"cannot write {out} (unknown image extension or unwritable path)")
 
 
 @app.command()
@@ -138,9 +142,13 @@ def embed(
     """Embed faces onto the unit hypersphere. Embeddings are biometric data: they are only written to --out."""
     import numpy as np
 
-    embs = _matcher(detector, embedder).embed(image, aligned=aligned, faces="all" if all_faces else "largest")
+    embs = _matcher(detector, embedder).embed(image, aligned=aligned, faces="all" if all_faces else None)
     if out is not None:
-        np.save(out, np.stack([e.vector for e in embs]))
+        out = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")  # what np.save writes
+        try:
+            np.save(out, np.stack([e.vector for e in embs]))
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}")
     summary = {"count": len(embs), "faces": [e.to_dict() for e in embs], "out": str(out) if out else None}
     _echo_json(summary)
     if out is None:

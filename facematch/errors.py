@@ -48,6 +48,13 @@ class ImageTooSmallError(InvalidImageError):
     http_status = 422
 
 
+class NotAlignedError(InvalidImageError):
+    """An image passed as an aligned face crop does not have the embedder's crop shape."""
+
+    code = "not_aligned"
+    http_status = 422
+
+
 class NoFaceError(FacematchError):
     """No face was found where one was required."""
 
@@ -169,6 +176,7 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NotAlignedError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
 ]

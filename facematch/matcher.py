@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +21,7 @@ from .cards import (
     resolve_model_path,
     verify_file,
 )
-from .errors import InvalidArgumentError, InvalidImageError, MultipleFacesError, NoFaceError
+from .errors import InvalidArgumentError, MultipleFacesError, NoFaceError, NotAlignedError
 from .io import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image
 from .runtime import THREADS_ENV, create_session
 from .types import Detections, Face, FaceEmbedding, VerifyResult
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 ModelRef = str | os.PathLike[str] | ModelCard
 FacePolicy = Literal["largest", "best", "reject"]
 FACE_POLICIES = ("largest", "best", "reject")
+ALIGNED_ASPECT_TOLERANCE = 0.05  # an "aligned" crop of another size must keep the template's aspect ratio
 
 
 def _load_model(
@@ -233,7 +234,6 @@ class FaceMatcher:
         return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
     def _as_crops(self, crops: np.ndarray | Sequence[ImageInput]) -> np.ndarray:
-        import cv2
 
         w, h = self.embedder.size
         if isinstance(crops, np.ndarray) and crops.ndim == 4:
@@ -241,13 +241,30 @@ class FaceMatcher:
             if arr.dtype == np.uint8 and arr.shape[1:] == (h, w, 3):
                 return arr
             return np.stack([self._as_crops([c])[0] for c in arr]) if len(arr) else np.zeros((0, h, w, 3), np.uint8)
-        out = []
-        for item in crops:
-            px = self.load(item).pixels
-            if px.shape[:2] != (h, w):
-                px = cv2.resize(px, (w, h), interpolation=cv2.INTER_AREA)
-            out.append(px)
+        out = [self.aligned_crop(item) for item in crops]
         return np.stack(out) if out else np.zeros((0, h, w, 3), np.uint8)
+
+    def aligned_crop(self, image: ImageInput | DecodedImage) -> np.ndarray:
+        """An image given as an aligned face crop, as the embedder's BGR input (resized if needed).
+
+        Raises ``NotAlignedError`` when its aspect ratio is not the template's: a photo
+        passed as a crop would otherwise be squashed and embedded silently.
+        """
+        import cv2
+
+        w, h = self.embedder.size
+        px = self.load(image).pixels
+        if px.shape[:2] == (h, w):
+            return px
+        ph, pw = px.shape[:2]
+        if abs((pw / ph) / (w / h) - 1.0) > ALIGNED_ASPECT_TOLERANCE:
+            raise NotAlignedError(
+                f"a {pw}x{ph} image is not an aligned face crop (the embedder takes {w}x{h}); "
+                "detect and align it first (aligned=False, or --detect)",
+                width=pw,
+                height=ph,
+            )
+        return cv2.resize(px, (w, h), interpolation=cv2.INTER_AREA)  # e.g. 224x224 crops: same template
 
     def select_face(self, dets: Detections, policy: FacePolicy | None = None) -> Face:
         """The face an operation uses, per policy; raises NoFaceError / MultipleFacesError."""
@@ -267,9 +284,12 @@ class FaceMatcher:
         image: ImageInput | DecodedImage,
         *,
         aligned: bool = False,
-        faces: Literal["largest", "all"] | FacePolicy = "largest",
+        faces: Literal["all"] | FacePolicy | None = None,
     ) -> list[FaceEmbedding]:
         """Embeddings of the faces in an image: the selected one, or ``faces="all"`` (largest first).
+
+        ``faces`` is a face policy (``largest``, ``best``, ``reject``) or ``all``; by
+        default the matcher's ``face_policy``, the same face ``verify`` would use.
 
         With ``aligned=True`` the image is taken as an aligned crop (resized to the
         model input if needed) and no detection runs. Raises ``NoFaceError`` when
@@ -279,6 +299,10 @@ class FaceMatcher:
             crops = self._as_crops([image])
             emb, norms = self.embedder.embed(crops)
             return [FaceEmbedding(face=None, vector=emb[0], model_id=self.model_id, norm=float(norms[0]))]
+        if faces is None:
+            faces = self.face_policy
+        elif faces != "all" and faces not in FACE_POLICIES:
+            raise InvalidArgumentError(f"faces must be 'all' or one of {FACE_POLICIES}, got {faces!r}")
         decoded = self.load(image)
         if faces == "largest":
             chosen_face = self._largest_face_decoded(decoded)
@@ -342,6 +366,9 @@ class FaceMatcher:
     def _resolve_threshold(self, threshold: float | None, far: float | None) -> tuple[float, float | None]:
         if threshold is not None and far is not None:
             raise InvalidArgumentError("give either threshold or far, not both")
+        for name, value in (("threshold", threshold), ("far", far)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {value!r}")
         if threshold is not None:
             t = float(threshold)
             if not (-1.0 <= t <= 1.0) or not np.isfinite(t):
@@ -423,4 +450,3 @@ def verify(image1: ImageInput, image2: ImageInput, **kwargs: Any) -> VerifyResul
 
 
 __all__ = ["FaceMatcher", "cosine_similarity", "default_matcher", "scale_face", "verify"]
-_ = (Path, InvalidImageError)

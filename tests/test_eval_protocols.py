@@ -74,6 +74,9 @@ def test_verification_and_card_points() -> None:
     assert [p.resolvable for p in v.operating_points] == [True, True, False]
     assert [c.card_fmr for c in v.card_points] == ["1e-2", "1e-3"]
     assert v.card_points[0].tar == 1.0
+    # 375 impostor pairs resolve 1e-2 but not 1e-3: the report says so instead of "0.00e+00"
+    assert [c.far_resolvable for c in v.card_points] == [True, False]
+    assert v.card_points[1].observed_far_text() == "n/a (< 1/375 impostor pairs)"
 
 
 def test_hypersphere_tight_vs_loose_classes() -> None:

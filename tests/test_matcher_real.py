@@ -257,3 +257,36 @@ def test_split_embedding_equals_one_batch(matcher, celeb24_dir) -> None:  # type
     assert np.allclose(e1, e3, atol=1e-5) and np.allclose(n1, n3, rtol=1e-5)
     assert three.embed_aligned(crops[:1]).shape == (1, matcher.dim)
     assert three.embed_aligned(crops[:0]).shape == (0, matcher.dim)
+
+
+def test_embed_uses_the_matchers_face_policy(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    players = package_images["players.jpg"]
+    best = facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, face_policy="best")
+    dets = best.detect(players)
+    top_score = dets[int(np.argmax(dets.scores))]
+    emb = best.embed(players)[0]
+    assert emb.face is not None and np.allclose(emb.face.box, top_score.box, atol=1.0)
+    assert np.allclose(matcher.embed(players)[0].face.box, dets.largest().box, atol=1.0)
+    strict = facematch.FaceMatcher(detector=matcher.detector, embedder=matcher.embedder, face_policy="reject")
+    with pytest.raises(facematch.MultipleFacesError):
+        strict.embed(players)
+    assert len(strict.embed(players, faces="all")) == len(dets)
+    with pytest.raises(InvalidArgumentError):
+        matcher.embed(players, faces="smallest")  # type: ignore[arg-type]
+
+
+def test_threshold_arguments_are_type_checked(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    a = package_images["yaoming.jpg"]
+    for kwargs in ({"far": "x"}, {"threshold": "0.3"}, {"far": True}, {"threshold": None, "far": [1e-3]}):
+        with pytest.raises(InvalidArgumentError):
+            matcher.verify(a, a, **kwargs)
+
+
+def test_cli_reports_unwritable_outputs_in_one_line(wild_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad_ext = _cli("detect", str(wild_dir / "obama.jpg"), "--draw", str(tmp_path / "out.xyz"))
+    assert bad_ext.returncode == 1 and bad_ext.stderr.strip().count("\n") == 0, bad_ext.stderr
+    assert bad_ext.stderr.startswith("error: cannot write")
+    no_dir = _cli("embed", str(wild_dir / "obama.jpg"), "--out", str(tmp_path / "missing" / "e.npy"))
+    assert no_dir.returncode == 1 and "cannot write" in no_dir.stderr
+    plain = _cli("embed", str(wild_dir / "obama.jpg"), "--out", str(tmp_path / "noext"))
+    assert json.loads(plain.stdout)["out"] == str(tmp_path / "noext.npy") and (tmp_path / "noext.npy").exists()

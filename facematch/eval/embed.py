@@ -74,8 +74,7 @@ def _embed_aligned(matcher: Any, blobs: list[bytes]) -> list[CachedEmbedding]:
     out: list[CachedEmbedding | None] = []
     for data in blobs:
         try:
-            px = matcher.load(data).pixels
-            crops.append(px)
+            crops.append(matcher.aligned_crop(data))
             out.append(None)
         except FacematchError as exc:
             crops.append(None)

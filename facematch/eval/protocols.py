@@ -21,12 +21,24 @@ DEFAULT_FPIRS = (1e-1, 1e-2)
 
 @dataclass(frozen=True)
 class CardPoint:
-    """How a model card's calibrated threshold behaves on this evaluation set."""
+    """How a model card's calibrated threshold behaves on this evaluation set.
+
+    TAR at a fixed threshold is always measurable; the observed FAR is only meaningful
+    when the card's FMR is at least ``1 / n_impostor`` (``far_resolvable``).
+    """
 
     card_fmr: str
     threshold: float
     observed_far: float
     tar: float
+    n_impostor: int
+    far_resolvable: bool
+
+    def observed_far_text(self, digits: int = 2) -> str:
+        """The observed FAR for a report, or why it cannot be read off this set."""
+        if self.far_resolvable:
+            return f"{self.observed_far:.{digits}e}"
+        return f"n/a (< 1/{self.n_impostor} impostor pairs)"
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,9 @@ def verification(
     for key, thr in sorted((card_thresholds or {}).items(), key=lambda kv: -float(kv[0])):
         fnmr, fmr = M.rates_at_threshold(scores.genuine, scores.impostor, thr)
         assert fnmr is not None and fmr is not None
-        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr))
+        n_imp = int(np.asarray(scores.impostor).size)
+        resolvable = n_imp > 0 and float(key) >= 1.0 / n_imp
+        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr, n_imp, resolvable))
     return Verification(
         n_genuine=curve.n_genuine,
         n_impostor=curve.n_impostor,

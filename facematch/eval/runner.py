@@ -259,7 +259,7 @@ def aligned_markdown(r: AlignedReport) -> str:
             "",
             table(
                 ["card FMR", "threshold", "observed FAR", "TAR"],
-                [[c.card_fmr, num(c.threshold), f"{c.observed_far:.2e}", pct(c.tar)] for c in v.card_points],
+                [[c.card_fmr, num(c.threshold), c.observed_far_text(), pct(c.tar)] for c in v.card_points],
             ),
             "",
         ]
@@ -484,7 +484,7 @@ def pairs_markdown(r: PairsReport) -> str:
         lines += [
             table(
                 ["card FMR", "threshold", "observed FAR", "TAR"],
-                [[c.card_fmr, num(c.threshold), f"{c.observed_far:.3f}", pct(c.tar)] for c in res.card_points],
+                [[c.card_fmr, num(c.threshold), c.observed_far_text(), pct(c.tar)] for c in res.card_points],
             ),
             "",
         ]
