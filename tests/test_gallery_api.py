@@ -154,7 +154,25 @@ def test_bad_inputs(tmp_path, populated) -> None:  # type: ignore[no-untyped-def
         g.list(cursor="%%%")
     with pytest.raises(InvalidArgumentError):
         g.identify_embeddings(centres[:1], MODEL, k=0)
+    for bad_template in ("abc", 1.5, None, True):
+        with pytest.raises(InvalidArgumentError):
+            g.remove_template(bad_template)  # type: ignore[arg-type]
+    for bad_cursor in (5, b"abc"):
+        with pytest.raises(InvalidArgumentError):
+            g.list(cursor=bad_cursor)  # type: ignore[arg-type]
     assert "new" not in g  # nothing half-written by any failure above
+
+
+def test_index_options_are_validated_before_anything_is_opened(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for bad in ({"kind": "ivf", "nprobes": 8}, {"kind": "annoy"}, "flat", {"rerank": "no"}):
+        with pytest.raises(InvalidArgumentError):
+            Gallery(tmp_path / "g.fmg", index=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "g.fmg").exists()
+    for bad_option in ({"rerank": "no"}, {"nlist": True}, {"nprobe": 0}):
+        with pytest.raises(InvalidArgumentError):
+            IndexConfig(**bad_option)  # type: ignore[arg-type]
+    with Gallery(tmp_path / "g.fmg", index={"kind": "hnsw", "ef_search": 32}) as g:  # a dict is accepted
+        assert g.index_config == IndexConfig(kind="hnsw", ef_search=32)
 
 
 def test_empty_gallery_and_missing_calibration(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -54,7 +54,11 @@ class IndexConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-        if self.nlist is not None and (not isinstance(self.nlist, int) or self.nlist < 1):
+        if not isinstance(self.rerank, bool):
+            raise InvalidArgumentError(f"rerank must be True or False, got {self.rerank!r}")
+        if self.nlist is not None and (
+            not isinstance(self.nlist, int) or isinstance(self.nlist, bool) or self.nlist < 1
+        ):
             raise InvalidArgumentError(f"nlist must be a positive integer or None, got {self.nlist!r}")
 
     @property
@@ -95,8 +99,14 @@ class IndexConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IndexConfig:
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = False) -> IndexConfig:
+        """Build from a dict; ``strict`` rejects unknown keys (stored configs ignore them)."""
+        if not isinstance(data, dict):
+            raise InvalidArgumentError(f"an index configuration must be a dict, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in known)
+        if strict and unknown:
+            raise InvalidArgumentError(f"unknown index option(s) {unknown}; known: {sorted(known)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def structure_key(self) -> dict[str, Any]:

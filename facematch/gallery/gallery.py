@@ -15,9 +15,11 @@ import builtins
 import json
 import logging
 import math
+import numbers
 import os
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -109,7 +111,7 @@ class Gallery:
         path: str | os.PathLike[str],
         *,
         backend: Backend | None = None,
-        index: IndexConfig | None = None,
+        index: IndexConfig | dict[str, Any] | None = None,
         model: str | os.PathLike[str] | ModelCard | None = None,
         matcher: FaceMatcher | None = None,
         read_only: bool = False,
@@ -123,6 +125,10 @@ class Gallery:
         milvus_uri: str | None = None,
     ) -> None:
         check_aggregation(aggregation, aggregation_top_k)
+        if isinstance(index, dict):
+            index = IndexConfig.from_dict(index, strict=True)
+        elif index is not None and not isinstance(index, IndexConfig):
+            raise InvalidArgumentError(f"index must be an IndexConfig or a dict, got {type(index).__name__}")
         if multi_face not in MULTI_FACE_POLICIES:
             raise InvalidArgumentError(f"multi_face must be one of {MULTI_FACE_POLICIES}, got {multi_face!r}")
         if backend is not None and backend not in BACKENDS:
@@ -151,7 +157,10 @@ class Gallery:
             self.index_config = index or self._stored_index_config()
             self._bind_requested_model(model, matcher)
             if not read_only:
-                self._store.set_meta({"backend": self.backend, "index_config": json.dumps(self.index_config.to_dict())})
+                written = {"backend": self.backend, "index_config": json.dumps(self.index_config.to_dict())}
+                if self._store.get_meta("gallery_id") is None:
+                    written["gallery_id"] = uuid.uuid4().hex
+                self._store.set_meta(written)
             tids, owners = self._store.template_owners()
             self._owners = TemplateOwners(tids, owners)
             self._n_identities = self._store.counts()[0]
@@ -235,9 +244,18 @@ class Gallery:
         assert dim is not None
         index: VectorIndex | None
         if self.backend == "milvus":
-            from .milvus import MilvusIndex
+            from .milvus import MilvusIndex, collection_name
 
-            index = MilvusIndex(dim, self.index_config, uri=self._milvus_uri or str(self.path / "milvus.db"))
+            gallery_id = self._store.get_meta("gallery_id")
+            if gallery_id is None:
+                raise GalleryError(f"gallery {self.path} has no id yet; open it for writing once")
+            index = MilvusIndex(
+                dim,
+                self.index_config,
+                uri=self._milvus_uri or str(self.path / "milvus.db"),
+                collection=collection_name(gallery_id),
+                read_only=self.read_only,
+            )
         else:
             index = FaissIndex.load(self.path, dim, self.index_config)
             if index is None:
@@ -254,6 +272,18 @@ class Gallery:
         missing = np.setdiff1d(db_ids, idx_ids, assume_unique=True)
         extra = np.setdiff1d(idx_ids, db_ids, assume_unique=True)
         changed = bool(missing.size or extra.size)
+        if self.read_only and index.shared:
+            # another process owns this index (a Milvus collection): a reader never writes to it.
+            # Templates it lacks are not found until the writer repairs it; extras are never
+            # returned because search maps ids through the database.
+            if changed:
+                logger.warning(
+                    "%s lacks %d and has %d extra templates against the database; the writer repairs it",
+                    index.describe(),
+                    missing.size,
+                    extra.size,
+                )
+            return changed
         if changed and (missing.size + extra.size) > _REBUILD_FRACTION * max(db_ids.size, 1) and db_ids.size:
             logger.info("index disagrees with the database on %d templates; rebuilding", missing.size + extra.size)
             self._rebuild(index)
@@ -518,6 +548,8 @@ class Gallery:
     def remove_template(self, template_id: int) -> str:
         """Remove one template; returns the identity it belonged to (which is kept, even if empty)."""
         self._check_writable()
+        if not isinstance(template_id, numbers.Integral) or isinstance(template_id, bool):
+            raise InvalidArgumentError(f"a template id is an integer, got {template_id!r}")
         with self._lock:
             found = self._store.template_identity(int(template_id))
             if found is None:

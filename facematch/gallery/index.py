@@ -39,6 +39,7 @@ class VectorIndex(Protocol):
     """What the gallery needs from a search engine (FAISS, Milvus, ...)."""
 
     dim: int
+    shared: bool  # True when the index lives outside this process (other handles see it)
 
     def __len__(self) -> int: ...
 
@@ -107,6 +108,7 @@ class FaissIndex:
     def __init__(self, dim: int, config: IndexConfig, directory: Path | None = None) -> None:
         self._faiss = import_faiss()
         self.dim = int(dim)
+        self.shared = False
         self.config = config
         self.directory = directory
         self._index: Any = None
@@ -233,8 +235,8 @@ class FaissIndex:
         return scores, ids
 
     def _search_raw(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._use_gpu and k <= GPU_MAX_K:
-            gpu = self._gpu()
+        gpu = self._gpu() if self._use_gpu and k <= GPU_MAX_K else None
+        if gpu is not None:
             scores, pos = gpu.search(q, k)
             if self._native_ids:
                 return scores, pos.astype(np.int64)
@@ -260,13 +262,22 @@ class FaissIndex:
         self._gpu_ids = None
 
     def _gpu(self) -> Any:
-        """A GPU copy of the CPU index, made on first search after a change."""
+        """A GPU copy of the CPU index, made on first search after a change (``None``: search on CPU)."""
         if self._gpu_index is None:
             faiss = self._faiss
             if self._gpu_res is None:
                 self._gpu_res = faiss.StandardGpuResources()
             inner = self._index if self._native_ids else self._inner(self._index)
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, inner)
+            try:
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, inner)
+            except RuntimeError as exc:  # FAISS-GPU clones flat and IVF structures, not every codec
+                if self.config.device == "gpu":
+                    raise BackendUnavailableError(
+                        f"FAISS-GPU cannot hold a {self.config.describe()} index: {exc}"
+                    ) from exc
+                logger.warning("FAISS-GPU cannot hold a %s index; searching on CPU", self.config.describe())
+                self._use_gpu = False
+                return None
             if not self._native_ids:
                 self._gpu_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
             self._apply_search_params_gpu()

@@ -4,6 +4,10 @@
 deployments) or a server address (``http://host:19530``) for a Milvus cluster. The
 SQLite store stays the source of truth; the collection is derived from it and
 reconciled on open, exactly like the FAISS index file.
+
+Each gallery owns one collection, named from the random ``gallery_id`` its database
+keeps (``facematch_<id>``), so many galleries can share one Milvus. Read-only handles
+never create, drop or write a collection.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InvalidArgumentError
+from ..errors import BackendUnavailableError, GalleryCorruptError, GalleryError, InvalidArgumentError
 from .config import IndexConfig
 
 logger = logging.getLogger(__name__)
 
-COLLECTION = "facematch_templates"
+COLLECTION_PREFIX = "facematch_"
 _INSERT_BATCH = 5000
 _MAX_LIMIT = 16384  # Milvus' largest topk
 
@@ -34,24 +38,64 @@ def _client(uri: str) -> Any:
         raise BackendUnavailableError(f"cannot open Milvus at {uri}: {exc}") from exc
 
 
+def collection_name(gallery_id: str) -> str:
+    """The collection of the gallery whose database holds ``gallery_id`` (hex)."""
+    if not gallery_id or not all(c in "0123456789abcdef" for c in gallery_id):
+        raise GalleryCorruptError(f"gallery id {gallery_id!r} is not a hex string")
+    return COLLECTION_PREFIX + gallery_id
+
+
 class MilvusIndex:
     """Template vectors in a Milvus collection (int64 primary key ``id``, ``vector``, inner product)."""
 
-    def __init__(self, dim: int, config: IndexConfig, *, uri: str, collection: str = COLLECTION) -> None:
+    def __init__(self, dim: int, config: IndexConfig, *, uri: str, collection: str, read_only: bool = False) -> None:
         self.dim = int(dim)
         self.config = config
         self.uri = uri
         self.collection = collection
+        self.read_only = read_only
+        self.shared = True
         self._client = _client(uri)
         self._index_type = "FLAT"
-        if self._client.has_collection(collection) and self._collection_dim() != self.dim:
-            logger.warning("Milvus collection %s has another dimension; recreating it", collection)
-            self._client.drop_collection(collection)
-        if not self._client.has_collection(collection):
-            self._create()
+        try:
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
         self._ids: set[int] = set(self._query_ids().tolist())
 
     # ---- collection ------------------------------------------------------------------------
+    def _attach(self) -> None:
+        exists = self._client.has_collection(self.collection)
+        if exists and self._collection_dim() != self.dim:
+            if self.read_only:
+                raise GalleryCorruptError(f"Milvus collection {self.collection} does not hold {self.dim}-D vectors")
+            logger.warning("Milvus collection %s has another dimension; recreating it", self.collection)
+            self._client.drop_collection(self.collection)
+            exists = False
+        if exists:
+            self._index_type = self._described_index_type()
+        elif self.read_only:
+            raise GalleryError(
+                f"Milvus at {self.uri} has no collection {self.collection}; open the gallery for writing once"
+            )
+        else:
+            self._create()
+
+    def _described_index_type(self) -> str:
+        try:
+            names = self._client.list_indexes(self.collection, field_name="vector")
+            if names:
+                desc = self._client.describe_index(self.collection, index_name=names[0])
+                return str(desc.get("index_type", "FLAT"))
+        except Exception as exc:  # an engine that cannot describe its index is searched as FLAT
+            logger.debug("describing the index of %s: %s", self.collection, exc)
+        return "FLAT"
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise GalleryError(f"Milvus collection {self.collection} is open read-only")
+
     def _collection_dim(self) -> int | None:
         desc = self._client.describe_collection(self.collection)
         for f in desc.get("fields", []):
@@ -111,19 +155,23 @@ class MilvusIndex:
         return len(self._ids)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._check_writable()
         ids = np.asarray(ids, np.int64).reshape(-1)
         vecs = np.asarray(vectors, np.float32)
         if vecs.ndim != 2 or vecs.shape != (ids.size, self.dim):
             raise InvalidArgumentError(f"expected {ids.size} vectors of dim {self.dim}, got shape {vecs.shape}")
+        # Milvus does not enforce unique primary keys on insert: ids it may already hold are upserted
+        write = self._client.upsert if any(int(t) in self._ids for t in ids) else self._client.insert
         for i in range(0, ids.size, _INSERT_BATCH):
             rows = [
                 {"id": int(t), "vector": v.tolist()}
                 for t, v in zip(ids[i : i + _INSERT_BATCH], vecs[i : i + _INSERT_BATCH], strict=True)
             ]
-            self._client.insert(self.collection, rows)
+            write(self.collection, rows)
         self._ids.update(ids.tolist())
 
     def remove(self, ids: np.ndarray) -> None:
+        self._check_writable()
         keys = [int(i) for i in np.asarray(ids, np.int64).reshape(-1) if int(i) in self._ids]
         if keys:
             self._client.delete(self.collection, ids=keys)
@@ -156,6 +204,7 @@ class MilvusIndex:
         return np.asarray(sorted(self._ids), np.int64)
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._check_writable()
         self._client.drop_collection(self.collection)
         self._create()
         self._ids = set()
@@ -170,7 +219,8 @@ class MilvusIndex:
         return f"milvus:{self._index_type}@{where}"
 
     def save(self) -> None:
-        self._client.flush(self.collection)
+        if not self.read_only:
+            self._client.flush(self.collection)
 
     def close(self) -> None:
         try:
@@ -179,4 +229,4 @@ class MilvusIndex:
             logger.debug("closing Milvus client: %s", exc)
 
 
-__all__ = ["COLLECTION", "MilvusIndex"]
+__all__ = ["COLLECTION_PREFIX", "MilvusIndex", "collection_name"]

@@ -87,6 +87,8 @@ def encode_cursor(name: str) -> str:
 
 
 def decode_cursor(cursor: str) -> str:
+    if not isinstance(cursor, str):
+        raise InvalidArgumentError(f"a pagination cursor is the string a previous page returned, got {cursor!r}")
     try:
         pad = "=" * (-len(cursor) % 4)
         return base64.b64decode((cursor + pad).encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
