@@ -1,5 +1,8 @@
 """Request and response models (separate classes: what comes in is never what goes out).
 
+Optional response members default to ``None`` so the OpenAPI examples (from which FastAPI
+drops nulls) still validate; responses always carry them, as ``null`` when empty.
+
 Images travel as multipart file parts, or in JSON as base64 strings. Responses carry
 boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResponse``.
 """
@@ -12,13 +15,46 @@ from pydantic import BaseModel, ConfigDict, Field, Json
 
 from facematch.types import Candidate, Face, IdentifyResult
 
-B64_EXAMPLE = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # a base64 JPEG, shortened
+# Valid base64 of a 1x1 PNG: the shape of the field. A real request carries a face photo
+# (JPEG, PNG, WebP, ... up to the server's byte and pixel limits).
+B64_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mNoaGgAAAMEAYF1LgG8AAAAAElFTkSuQmCC"
 _FACE_EXAMPLE: dict[str, Any] = {
     "box": [412.3, 188.9, 605.2, 441.7],
     "score": 0.87121,
     "landmarks": [[470.1, 290.2], [553.8, 289.0], [513.4, 341.6], [480.5, 385.2], [547.0, 384.3]],
 }
 _TIMINGS_EXAMPLE: dict[str, Any] = {"total_ms": 41.2, "prepare_ms": 30.5, "embed_ms": 9.8, "search_ms": None}
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    """Model config that forbids extra members and documents ``examples`` in the OpenAPI schema."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+
+
+_CANDIDATE_EXAMPLE: dict[str, Any] = {
+    "identity_id": "obama",
+    "similarity": 0.74,
+    "estimated_fmr": 2.3e-6,
+    "template_id": 12,
+    "metadata": {"team": "red"},
+}
+_OUTCOME_EXAMPLE: dict[str, Any] = {
+    "index": 0,
+    "source": "alice1.jpg",
+    "status": "enrolled",
+    "template_id": 7,
+    "faces_found": 1,
+    "face": _FACE_EXAMPLE,
+    "error": None,
+}
+_IDENTITY_EXAMPLE: dict[str, Any] = {
+    "identity_id": "alice",
+    "template_ids": [1, 2],
+    "num_templates": 2,
+    "metadata": {"team": "red"},
+    "created_at": 1.7e9,
+    "updated_at": 1.7e9,
+}
 
 
 class _In(BaseModel):
@@ -47,6 +83,8 @@ class FaceOut(_Out):
 class Timings(_Out):
     """Server-side time spent on this request, in milliseconds."""
 
+    model_config = _examples(_TIMINGS_EXAMPLE)
+
     total_ms: float
     prepare_ms: float | None = Field(default=None, description="decode, detect and align")
     embed_ms: float | None = Field(default=None, description="waiting for and running the batched embedding call")
@@ -57,12 +95,16 @@ class ImageSize(_Out):
     width: int
     height: int
 
+    model_config = _examples({"width": 1280, "height": 720})
+
 
 # ---- verify ---------------------------------------------------------------------------------
 class VerifyParams(_In):
     """Options of POST /verify (multipart text fields or JSON members)."""
 
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, description="cosine threshold (overrides far)")
+    threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or far, not both"
+    )
     far: float | None = Field(
         default=None, gt=0.0, lt=1.0, description="target false-match rate (threshold from the card)"
     )
@@ -83,7 +125,9 @@ class VerifyResponse(_Out):
     is_match: bool
     similarity: float = Field(description="cosine similarity of the two faces, in [-1, 1]")
     threshold: float
-    target_fmr: float | None = Field(description="false-match rate the threshold was chosen for (None: caller's)")
+    target_fmr: float | None = Field(
+        default=None, description="false-match rate the threshold was chosen for (None: caller's)"
+    )
     model_id: str
     face1: FaceOut
     face2: FaceOut
@@ -113,7 +157,9 @@ class IdentifyParams(_In):
     """Options of POST /identify."""
 
     k: int = Field(default=5, ge=1, le=1000, description="candidates to return per face")
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, description="cosine threshold (overrides fpir)")
+    threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fpir, not both"
+    )
     fpir: float | None = Field(default=None, gt=0.0, lt=1.0, description="target false-positive identification rate")
     faces: Literal["largest", "all"] = Field(default="largest", description="identify the largest face, or every face")
 
@@ -129,9 +175,11 @@ class IdentifyJSON(IdentifyParams):
 class CandidateOut(_Out):
     identity_id: str
     similarity: float
-    estimated_fmr: float | None = Field(description="per-comparison false-match rate at this similarity")
-    template_id: int | None
+    estimated_fmr: float | None = Field(default=None, description="per-comparison false-match rate at this similarity")
+    template_id: int | None = None
     metadata: dict[str, Any]
+
+    model_config = _examples(_CANDIDATE_EXAMPLE)
 
     @classmethod
     def of(cls, c: Candidate) -> CandidateOut:
@@ -141,17 +189,29 @@ class CandidateOut(_Out):
 class FaceIdentification(_Out):
     """The answer for one face: the accepted identity, or ``is_unknown``; candidates ranked either way."""
 
-    face: FaceOut | None
-    identity_id: str | None
+    face: FaceOut | None = None
+    identity_id: str | None = None
     is_unknown: bool
     threshold: float
-    target_fpir: float | None
+    target_fpir: float | None = None
     threshold_extrapolated: bool = Field(
         default=False,
         description="true when the FPIR threshold lies beyond the calibration's measured range "
         "(extrapolated from the impostor tail, conservatively)",
     )
     candidates: list[CandidateOut]
+
+    model_config = _examples(
+        {
+            "face": _FACE_EXAMPLE,
+            "identity_id": None,
+            "is_unknown": True,
+            "threshold": 0.3751,
+            "target_fpir": 0.01,
+            "threshold_extrapolated": False,
+            "candidates": [{**_CANDIDATE_EXAMPLE, "similarity": 0.21, "estimated_fmr": 0.018}],
+        }
+    )
 
     @classmethod
     def of(cls, r: IdentifyResult) -> FaceIdentification:
@@ -187,15 +247,7 @@ class IdentifyResponse(_Out):
                             "threshold": 0.3751,
                             "target_fpir": 0.01,
                             "threshold_extrapolated": False,
-                            "candidates": [
-                                {
-                                    "identity_id": "obama",
-                                    "similarity": 0.74,
-                                    "estimated_fmr": 2.3e-6,
-                                    "template_id": 12,
-                                    "metadata": {"team": "red"},
-                                }
-                            ],
+                            "candidates": [_CANDIDATE_EXAMPLE],
                         }
                     ],
                     "faces_total": 1,
@@ -213,6 +265,8 @@ class IdentifyResponse(_Out):
 class DetectJSON(_In):
     image: str = Field(min_length=1, description="base64-encoded image")
 
+    model_config = _examples({"image": B64_EXAMPLE})
+
 
 class DetectResponse(_Out):
     faces: list[FaceOut] = Field(description="largest first")
@@ -220,6 +274,16 @@ class DetectResponse(_Out):
     truncated: bool
     image: ImageSize
     timings: Timings
+
+    model_config = _examples(
+        {
+            "faces": [_FACE_EXAMPLE],
+            "faces_total": 1,
+            "truncated": False,
+            "image": {"width": 1280, "height": 720},
+            "timings": {**_TIMINGS_EXAMPLE, "embed_ms": None},
+        }
+    )
 
 
 class EmbedParams(_In):
@@ -229,10 +293,17 @@ class EmbedParams(_In):
 class EmbedJSON(EmbedParams):
     image: str = Field(min_length=1, description="base64-encoded image")
 
+    model_config = _examples({"image": B64_EXAMPLE, "faces": "largest"})
+
+
+_EMBEDDING_EXAMPLE: dict[str, Any] = {"face": _FACE_EXAMPLE, "vector": [0.0213, -0.0471, 0.0032]}  # `dim` numbers
+
 
 class EmbeddingOut(_Out):
-    face: FaceOut | None
+    face: FaceOut | None = None
     vector: list[float] = Field(description="unit-norm embedding: biometric data")
+
+    model_config = _examples(_EMBEDDING_EXAMPLE)
 
 
 class EmbedResponse(_Out):
@@ -242,6 +313,17 @@ class EmbedResponse(_Out):
     faces_total: int
     truncated: bool
     timings: Timings
+
+    model_config = _examples(
+        {
+            "model_id": "w600k_mbf",
+            "dim": 512,
+            "embeddings": [_EMBEDDING_EXAMPLE],
+            "faces_total": 1,
+            "truncated": False,
+            "timings": _TIMINGS_EXAMPLE,
+        }
+    )
 
 
 # ---- gallery --------------------------------------------------------------------------------
@@ -275,15 +357,19 @@ class NoParams(_In):
 class AddFacesJSON(_In):
     images: list[str] = Field(min_length=1, description="base64-encoded face images")
 
+    model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]})
+
 
 class ImageOutcomeOut(_Out):
     index: int
     source: str
     status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
-    template_id: int | None
+    template_id: int | None = None
     faces_found: int
-    face: FaceOut | None
-    error: str | None
+    face: FaceOut | None = None
+    error: str | None = None
+
+    model_config = _examples(_OUTCOME_EXAMPLE)
 
 
 class EnrollResponse(_Out):
@@ -292,6 +378,27 @@ class EnrollResponse(_Out):
     template_ids: list[int]
     outcomes: list[ImageOutcomeOut]
     timings: Timings
+
+    model_config = _examples(
+        {
+            "identity_id": "alice",
+            "created": True,
+            "template_ids": [7],
+            "outcomes": [
+                _OUTCOME_EXAMPLE,
+                {
+                    "index": 1,
+                    "source": "alice-back.jpg",
+                    "status": "no_face",
+                    "template_id": None,
+                    "faces_found": 0,
+                    "face": None,
+                    "error": "no face found in the image",
+                },
+            ],
+            "timings": {"total_ms": 88.1, "prepare_ms": None, "embed_ms": None, "search_ms": None},
+        }
+    )
 
 
 class IdentityOut(_Out):
@@ -302,26 +409,16 @@ class IdentityOut(_Out):
     created_at: float
     updated_at: float
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "identity_id": "alice",
-                    "template_ids": [1, 2],
-                    "num_templates": 2,
-                    "metadata": {"team": "red"},
-                    "created_at": 1.7e9,
-                    "updated_at": 1.7e9,
-                }
-            ]
-        },
-    )
+    model_config = _examples(_IDENTITY_EXAMPLE)
 
 
 class IdentityPage(_Out):
     items: list[IdentityOut]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+    next_cursor: str | None = Field(
+        default=None, description="pass as ?cursor= for the next page; null on the last page"
+    )
+
+    model_config = _examples({"items": [_IDENTITY_EXAMPLE], "next_cursor": "YWxpY2U"})
 
 
 class DeletedFace(_Out):
@@ -329,16 +426,22 @@ class DeletedFace(_Out):
     face_id: int
     deleted: bool = True
 
+    model_config = _examples({"identity_id": "alice", "face_id": 2, "deleted": True})
+
 
 # ---- operations and errors ------------------------------------------------------------------
 class HealthResponse(_Out):
     status: Literal["ok", "failed"]
+
+    model_config = _examples({"status": "ok"})
 
 
 class GallerySummary(_Out):
     identities: int
     templates: int
     read_only: bool
+
+    model_config = _examples({"identities": 120, "templates": 355, "read_only": False})
 
 
 class ReadyResponse(_Out):
@@ -348,11 +451,26 @@ class ReadyResponse(_Out):
     gallery: GallerySummary | None = None
     detail: str | None = None
 
+    model_config = _examples(
+        {
+            "ready": True,
+            "status": "ready",
+            "model_id": "w600k_mbf",
+            "gallery": {"identities": 120, "templates": 355, "read_only": False},
+            "detail": None,
+        },
+        {"ready": False, "status": "loading", "model_id": None, "gallery": None, "detail": None},
+    )
+
 
 class ValidationIssue(_Out):
     loc: list[str]
     msg: str
     type: str
+
+    model_config = _examples(
+        {"loc": ["body", "k"], "msg": "Input should be less than or equal to 1000", "type": "less_than_equal"}
+    )
 
 
 class Problem(BaseModel):

@@ -228,7 +228,9 @@ def test_oversized_requests(client: httpx.Client, face: bytes) -> None:
 def test_gallery_bad_input(client: httpx.Client, face: bytes) -> None:
     r = client.post("/gallery/identities", data={"identity_id": "nobody"}, files={"images": ("g.png", gradient())})
     body = check_problem(r, 422, "no_face")
-    assert body["details"]["report"]["outcomes"][0]["status"] == "no_face"
+    report = body["details"]["report"]
+    assert report["outcomes"][0]["status"] == "no_face"
+    assert report["outcomes"][0]["source"] == "g.png" and report["created"] is False  # names the upload
     assert client.get("/gallery/identities/nobody").status_code == 404  # nothing written
     check_problem(
         client.post(

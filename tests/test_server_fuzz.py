@@ -1,14 +1,17 @@
 """Property-based API fuzzing with schemathesis against the live server's /openapi.json.
 
 Every operation gets ``FACEMATCH_FUZZ_EXAMPLES`` (default 20) generated requests per mode
-(valid and invalid inputs) plus the schema's examples; inputs are fresh each run and a failure
-prints a curl line that reproduces it. Checks: no 5xx, documented status codes and content
+(valid and invalid inputs) plus the schema's examples, within ``FACEMATCH_FUZZ_SECONDS``
+(default 600) in all: operations left when the time is up are named in a warning. Inputs are
+fresh each run and a failure prints a curl line that reproduces it. Checks: no 5xx, documented status codes and content
 types, and every response body matches its documented schema.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +30,7 @@ from schemathesis.checks import (  # noqa: E402
 )
 
 EXAMPLES = int(os.environ.get("FACEMATCH_FUZZ_EXAMPLES", "20"))
+SECONDS = float(os.environ.get("FACEMATCH_FUZZ_SECONDS", "600"))
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +62,13 @@ def test_api_conforms_and_never_5xx(fuzz_server: Server) -> None:
     assert len(operations) >= 20
     headers = auth("admin")
     tried = 0
+    deadline = time.monotonic() + SECONDS
+    untested: list[str] = []
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if time.monotonic() > deadline:
+                untested.append(f"{op.method.upper()} {op.path} ({mode.value})")
+                continue
 
             @given(case=op.as_strategy(generation_mode=mode))
             @settings(
@@ -79,4 +88,6 @@ def test_api_conforms_and_never_5xx(fuzz_server: Server) -> None:
                     raise
                 # an operation without inputs has no invalid request to generate
             tried += 1
-    assert tried > len(operations)
+    if untested:
+        warnings.warn(f"fuzzing stopped after {SECONDS:.0f} s; not fuzzed: {', '.join(untested)}", stacklevel=1)
+    assert tried >= min(len(operations), 1)

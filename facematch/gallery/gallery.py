@@ -463,6 +463,7 @@ class Gallery:
         *,
         aligned: bool = False,
         strict: bool = False,
+        sources: Sequence[str] | None = None,
     ) -> EnrollReport:
         """Create ``identity_id`` from face images (paths, bytes, BGR arrays, PIL images).
 
@@ -471,12 +472,25 @@ class Gallery:
         ``strict=True`` and any image fails, nothing is written and ``NoFaceError`` /
         ``MultipleFacesError`` / ``InvalidImageError`` is raised with the report in
         ``details["report"]``. ``aligned=True`` takes the images as aligned 112x112 crops.
+        ``sources`` names the images in the report (default: their paths, or ``#i``).
         """
-        return self._enroll_images(identity_id, images, metadata, aligned=aligned, strict=strict, create=True)
+        return self._enroll_images(
+            identity_id, images, metadata, aligned=aligned, strict=strict, create=True, sources=sources
+        )
 
-    def add_faces(self, identity_id: str, images: Any, *, aligned: bool = False, strict: bool = False) -> EnrollReport:
+    def add_faces(
+        self,
+        identity_id: str,
+        images: Any,
+        *,
+        aligned: bool = False,
+        strict: bool = False,
+        sources: Sequence[str] | None = None,
+    ) -> EnrollReport:
         """Add templates from face images to an existing identity (see :meth:`enroll`)."""
-        return self._enroll_images(identity_id, images, None, aligned=aligned, strict=strict, create=False)
+        return self._enroll_images(
+            identity_id, images, None, aligned=aligned, strict=strict, create=False, sources=sources
+        )
 
     def _enroll_images(
         self,
@@ -487,6 +501,7 @@ class Gallery:
         aligned: bool,
         strict: bool,
         create: bool,
+        sources: Sequence[str] | None = None,
     ) -> EnrollReport:
         self._check_writable()
         validate_identity_id(identity_id)
@@ -495,6 +510,10 @@ class Gallery:
         items = _as_image_list(images)
         if not items:
             raise InvalidArgumentError("no images given")
+        if sources is not None and (
+            isinstance(sources, str) or len(sources) != len(items) or not all(isinstance(x, str) for x in sources)
+        ):
+            raise InvalidArgumentError(f"sources must be {len(items)} strings, one per image")
         exists = self._store.identity_rowid(identity_id) is not None
         if create and exists:
             raise DuplicateIdentityError(
@@ -506,7 +525,7 @@ class Gallery:
         outcomes: builtins.list[ImageOutcome] = []
         vectors: builtins.list[np.ndarray] = []
         for i, image in enumerate(items):
-            label = _source_label(image, i)
+            label = sources[i] if sources is not None else _source_label(image, i)
             try:
                 embs = matcher.embed(image, aligned=aligned, faces="all")
             except NoFaceError as exc:
@@ -524,7 +543,7 @@ class Gallery:
             vectors.append(chosen.vector)
         report = EnrollReport(identity_id=identity_id, outcomes=tuple(outcomes), created=create)
         if not vectors or (strict and report.failed):
-            self._raise_for(report)
+            self._raise_for(replace(report, created=False))  # nothing was written
         vecs = self._check_embeddings(np.stack(vectors), matcher.model_id)
         ok = [o for o in outcomes if o.ok]
         tids = self._write_templates(identity_id, vecs, [o.source for o in ok], create=create, metadata=metadata)

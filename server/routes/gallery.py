@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -40,16 +39,26 @@ def _identity(info: IdentityInfo) -> IdentityOut:
     return IdentityOut(**info.to_dict())
 
 
-def _response(report: EnrollReport, parsed: ParsedRequest[Any], started: float) -> EnrollResponse:
-    """The gallery's report, with upload file names as sources."""
-    names = parsed.names.get("images", [])
-    outcomes = tuple(replace(o, source=names[o.index]) if o.index < len(names) else o for o in report.outcomes)
-    data = replace(report, outcomes=outcomes).to_dict()
+def _response(report: EnrollReport, started: float) -> EnrollResponse:
+    data = report.to_dict()
     return EnrollResponse(**data, timings=Timings(total_ms=round((time.perf_counter() - started) * 1000.0, 3)))
 
 
-def _enroll(gallery: Gallery, identity_id: str, images: list[bytes], metadata: dict[str, Any] | None) -> EnrollReport:
-    return gallery.enroll(identity_id, images, metadata)
+def _sources(parsed: ParsedRequest[Any]) -> list[str]:
+    """How the report names each image: its upload file name, else ``#i``."""
+    names = parsed.names.get("images", [])
+    n = len(parsed.images["images"])
+    return [names[i] if i < len(names) and names[i] else f"#{i}" for i in range(n)]
+
+
+def _enroll(
+    gallery: Gallery, identity_id: str, images: list[bytes], metadata: dict[str, Any] | None, sources: list[str]
+) -> EnrollReport:
+    return gallery.enroll(identity_id, images, metadata, sources=sources)
+
+
+def _add(gallery: Gallery, identity_id: str, images: list[bytes], sources: list[str]) -> EnrollReport:
+    return gallery.add_faces(identity_id, images, sources=sources)
 
 
 @router.post(
@@ -71,8 +80,9 @@ async def create_identity(
     started = time.perf_counter()
     parsed = await parse_images_request(request, state.settings, IMAGES, EnrollForm, EnrollJSON)
     p = parsed.params
-    report = await run_in_pool(state, _enroll, gallery, p.identity_id, parsed.images["images"], p.metadata)
-    return _response(report, parsed, started)
+    images = parsed.images["images"]
+    report = await run_in_pool(state, _enroll, gallery, p.identity_id, images, p.metadata, _sources(parsed))
+    return _response(report, started)
 
 
 @router.post(
@@ -89,8 +99,8 @@ async def add_faces(
     """Add templates to an existing identity (404 `identity_not_found` otherwise), with a per-image report."""
     started = time.perf_counter()
     parsed = await parse_images_request(request, state.settings, IMAGES, NoParams, AddFacesJSON)
-    report = await run_in_pool(state, gallery.add_faces, identity_id, parsed.images["images"])
-    return _response(report, parsed, started)
+    report = await run_in_pool(state, _add, gallery, identity_id, parsed.images["images"], _sources(parsed))
+    return _response(report, started)
 
 
 @router.get(
