@@ -100,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: FastAPI's default page loads them from a CDN
+        redoc_url=None,
         openapi_tags=[
             {"name": "matching", "description": "verify, identify, detect, embed"},
             {"name": "gallery", "description": "enrolled identities (scope `enroll`)"},
@@ -112,9 +114,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in ("", "/v1"):
         app.include_router(match.router, prefix=prefix)
         app.include_router(gallery.router, prefix=prefix)
+    _install_docs(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI from the installed ``swagger-ui-bundle-v2`` files (works offline)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        logger.warning("swagger-ui-bundle-v2 is not installed: /docs is off (/openapi.json still is served)")
+        return
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
 
 
 def _version() -> str:

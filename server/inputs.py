@@ -131,6 +131,8 @@ async def _parse_multipart(
         text = str(exc.detail)
         if "Too many files" in text:
             raise TooManyImagesError(f"more than {limit} images in one request") from None
+        if "exceeded maximum size" in text:  # a text field over max_part_size (files are spooled, not capped)
+            raise PayloadTooLargeError(f"a multipart text field is too large: {text}", limit=1024 * 1024) from None
         raise InvalidRequestError(f"malformed multipart body: {text}") from None
     try:
         file_names = {f.name for f in files}

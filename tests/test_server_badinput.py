@@ -217,6 +217,9 @@ def test_oversized_requests(client: httpx.Client, face: bytes) -> None:
     check_problem(
         client.post("/verify", content=chunks(), headers={"content-type": "application/json"}), 413, "payload_too_large"
     )
+    huge_field = {"identity_id": "x", "metadata": '{"note": "' + "n" * (1024 * 1024 + 10) + '"}'}
+    r = client.post("/gallery/identities", data=huge_field, files={"images": ("a.jpg", face)})
+    check_problem(r, 413, "payload_too_large")  # a text field over the 1 MiB part cap
     many = [("images", (f"{i}.jpg", face)) for i in range(4)]  # max_images_per_request=3
     check_problem(client.post("/gallery/identities", data={"identity_id": "x"}, files=many), 413, "too_many_images")
     b64 = base64.b64encode(face).decode()

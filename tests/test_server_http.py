@@ -33,6 +33,12 @@ def test_health_ready_and_openapi(server: Server) -> None:
         assert ready["ready"] is True and ready["model_id"] == "w600k_mbf"
         assert ready["gallery"]["read_only"] is False
         spec = c.get("/openapi.json").json()
+        docs = c.get("/docs")  # Swagger UI from local files: it renders on an air-gapped machine
+        assert docs.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in docs.text
+        assert "cdn." not in docs.text and "https://" not in docs.text.split("<body>")[0]
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            got = c.get(f"/docs/assets/{asset}")
+            assert got.status_code == 200 and len(got.content) > 10_000, asset
     for path in (
         "/verify",
         "/identify",
