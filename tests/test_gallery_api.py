@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from _gallery_util import DIM, MODEL, calibration, identities, noisy, unit
@@ -247,3 +249,25 @@ def test_index_repaired_and_rebuilt_on_open(tmp_path, cal) -> None:  # type: ign
         assert g.info().index.startswith("faiss:hnsw") and g.verify_consistency() == (58, 58)
     with Gallery(path, calibration=cal) as g:  # the last configuration is remembered
         assert g.index_config.kind == "hnsw"
+
+
+def test_ivf_retrains_with_more_lists_as_the_gallery_grows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An IVF trained on the first templates gets more lists (and stays exact on re-rank) as N grows 4x."""
+    rng = np.random.default_rng(21)
+    templates, centres = identities(800, 1, rng)
+    cfg = IndexConfig(kind="ivf", min_train=200, nprobe=16, rerank=True)
+    path = tmp_path / "grow.fmg"
+    lists = []
+    with Gallery(path, index=cfg) as g:
+        for i in range(800):
+            g.enroll_embeddings(f"i{i:03d}", templates[i], MODEL)
+            nlist = g._index._nlist  # type: ignore[union-attr]
+            if nlist is not None and (not lists or lists[-1] != nlist):
+                lists.append(nlist)
+        g.verify_consistency()
+        hits = g.identify_embeddings(centres[::50], MODEL, k=1, threshold=-1.0)
+        assert [h.identity_id for h in hits] == [f"i{i:03d}" for i in range(0, 800, 50)]
+    assert lists[0] == cfg.nlist_for(200) and lists[-1] == cfg.nlist_for(800)  # trained at 200, retrained
+    assert len(lists) >= 3 and all(b >= 2 * a for a, b in itertools.pairwise(lists))  # geometric
+    with Gallery(path) as g:  # the trained list count survives a reopen (no needless retrain)
+        assert g._index._nlist == lists[-1] and not g._index.needs_rebuild  # type: ignore[union-attr]

@@ -118,6 +118,7 @@ class FaissIndex:
         self._gpu_res: Any = None
         self._gpu_index: Any = None
         self._gpu_ids: np.ndarray | None = None
+        self._nlist: int | None = None  # lists of the trained IVF (None: not an IVF, or not trained yet)
         self._use_gpu = config.device != "cpu" and config.kind != "hnsw" and gpu_available(self._faiss)
         if config.device == "gpu" and not self._use_gpu:
             raise BackendUnavailableError("device='gpu' was asked for, but FAISS sees no GPU (or HNSW was chosen)")
@@ -139,6 +140,7 @@ class FaissIndex:
             faiss.downcast_index(inner).hnsw.efConstruction = cfg.ef_construction
         if not inner.is_trained:
             inner.train(train)
+        self._nlist = int(faiss.downcast_index(inner).nlist) if use_structure and cfg.kind == "ivf" else None
         self._trained_structure = use_structure
         self._native_ids = use_structure and cfg.kind == "ivf"
         index = inner if self._native_ids else faiss.IndexIDMap2(inner)
@@ -170,6 +172,8 @@ class FaissIndex:
         n = len(self)
         if self.config.needs_training and not self._trained_structure and n >= self.config.min_train:
             return True
+        if self._nlist is not None and self.config.nlist is None and self.config.nlist_for(n) >= 2 * self._nlist:
+            return True  # grown ~4x since k-means ran: retrain with more lists (keeps IVF lists short)
         return bool(self._tombstones) and len(self._tombstones) > TOMBSTONE_REBUILD_FRACTION * max(n, 1)
 
     # ---- content ---------------------------------------------------------------------------
@@ -350,6 +354,8 @@ class FaissIndex:
         if raw.size != manifest.get("count") or ids_digest(raw) != manifest.get("ids_sha256"):
             logger.warning("index file and manifest disagree (interrupted save?); the index will be rebuilt")
             return None
+        if self._trained_structure and config.kind == "ivf":
+            self._nlist = int(self._inner(index).nlist)
         self._apply_search_params(index)
         return self
 
