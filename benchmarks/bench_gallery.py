@@ -8,6 +8,8 @@ A full ``Gallery`` (SQLite + index + per-identity aggregation) is also timed at 
 smallest N to show the end-to-end overhead and the database's bytes per template.
 
     python benchmarks/bench_gallery.py --sizes 10000 100000 --out benchmarks/gallery_results.md
+    python benchmarks/bench_gallery.py --sizes 1000000 --configs flat/fp16 "ivf/fp32 nprobe=16" --nlist 1024
+    python benchmarks/bench_gallery.py --device gpu      # FAISS-GPU mirror (flat and IVF kinds; needs faiss-gpu)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +128,14 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None, help="index types to run")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu: search on the FAISS-GPU mirror")
+    ap.add_argument("--nlist", type=int, default=None, help="IVF lists (default: min(4 sqrt N, N/39))")
+    ap.add_argument("--no-gallery", action="store_true", help="skip the full-Gallery timing")
     args = ap.parse_args()
     faiss = import_faiss()
+    if args.device == "gpu" and not gpu_available(faiss):
+        ap.error("--device gpu needs a FAISS build with GPU support and a visible GPU")
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs "
         f"while measuring), FAISS {faiss.__version__}, GPU: {'yes' if gpu_available(faiss) else 'none'}.",
@@ -143,11 +152,24 @@ def main() -> None:
             "| index | build s | B/template mem | B/template disk | p50 1 | p99 1 | p50 64 | p99 64 | recall@1 |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
+        chosen = args.configs or [c for c in CONFIGS if n < 1_000_000 or c in SMALL_AT_1M]
         exact = None
-        for name, cfg in CONFIGS.items():
-            if n >= 1_000_000 and name not in SMALL_AT_1M:
-                continue
-            got, r = bench_index(name, cfg, x, q, exact, reps)
+        if "flat/fp32" not in chosen:  # the reference answer still comes from exact search
+            ref = FaissIndex(D, CONFIGS["flat/fp32"])
+            ref.rebuild(np.arange(n, dtype=np.int64) + 1, x)
+            exact = ref.search(q, 1)[1][:, 0]
+            del ref
+        for name in chosen:
+            cfg = CONFIGS[name]
+            if args.device == "gpu":
+                if cfg.kind == "hnsw":
+                    print(f"N={n} {name}: FAISS-GPU has no HNSW; skipped", flush=True)
+                    continue
+                cfg = replace(cfg, device="gpu")
+            if args.nlist is not None and cfg.kind == "ivf":
+                cfg = replace(cfg, nlist=args.nlist)
+                name = f"{name} nlist={args.nlist}"
+            got, r = bench_index(name + (" @gpu" if args.device == "gpu" else ""), cfg, x, q, exact, reps)
             if exact is None:
                 exact = got
             row = (
@@ -157,7 +179,7 @@ def main() -> None:
             print(f"N={n} {row}", flush=True)
             lines.append(row)
         lines.append("")
-        if n == min(args.sizes):
+        if n == min(args.sizes) and not args.no_gallery:
             r = bench_gallery(x, q, args.reps)
             lines += [
                 f"Full Gallery at N = {n:,} (flat/fp32, 4 templates per identity, SQLite synchronous=FULL): "

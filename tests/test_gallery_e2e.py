@@ -109,6 +109,11 @@ def test_enroll_images_reports_each_image(tmp_path: Path, package_images, matche
             g.enroll("ghost", [b"\x00\x01"])
         res = g.identify(yao, threshold=0.5)
         assert res.identity_id == "yao" and res.face is not None and res.candidates[0].similarity > 0.9
+        batch = g.identify_batch([yao, package_images["gdp.jpg"]], threshold=0.5)
+        assert [r.identity_id for r in batch] == ["yao", None] and all(r.face is not None for r in batch)
+        with pytest.raises(NoFaceError) as bad:  # a batch is checked whole; the error names the image
+            g.identify_batch([yao, blank])
+        assert bad.value.details["index"] == 1 and "#1" in bad.value.message
 
     players = package_images.get("players.jpg")
     if players is not None and len(matcher.detect(players)) > 1:

@@ -700,13 +700,26 @@ class Gallery:
         fpir: float | None = None,
         aligned: bool = False,
     ) -> builtins.list[IdentifyResult]:
-        """Identify many images with one index search. Raises on the first image without a face."""
+        """Identify many images with one index search.
+
+        All images are checked before the search: the first one without a usable face raises
+        its error (``NoFaceError``, ``InvalidImageError``, ...) naming it, with
+        ``details["index"]`` and ``details["source"]``.
+        """
         items = _as_image_list(images)
         if not items:
             return []
         matcher = self._get_matcher()
         policy: Literal["largest", "reject"] = "reject" if self.multi_face == "reject" else "largest"
-        embs = [matcher.embed(img, aligned=aligned, faces=policy)[0] for img in items]
+        embs = []
+        for i, img in enumerate(items):
+            try:
+                embs.append(matcher.embed(img, aligned=aligned, faces=policy)[0])
+            except FacematchError as exc:
+                source = _source_label(img, i)
+                raise type(exc)(
+                    f"image {source}: {exc.message}", **{**exc.details, "index": i, "source": source}
+                ) from exc
         results = self.identify_embeddings(
             np.stack([e.vector for e in embs]), matcher.model_id, k=k, threshold=threshold, fpir=fpir
         )
