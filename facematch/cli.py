@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a missing or unreadable file named on the command line
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
     except Exception as exc:  # usage errors from click (typer may vendor it), aborts, bugs
         if type(exc).__name__ == "Abort":
             sys.exit(130)

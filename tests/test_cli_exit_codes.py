@@ -65,3 +65,10 @@ def test_failures_exit_non_zero(
     assert r.returncode != 0, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     assert "error" in r.stderr.lower(), r.stderr
+
+
+def test_a_missing_model_file_is_one_plain_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.onnx"
+    r = run_cli("export", "fp16", str(missing), str(tmp_path / "out.onnx"))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"error: No such file or directory: {missing}"]
