@@ -39,6 +39,25 @@ IdOpt = Annotated[str | None, typer.Option("--id", help="Card id of the output (
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+def _channels(text: str, what: str) -> tuple[float, float, float]:
+    """``"127.5"`` or ``"123.7,116.3,103.5"`` → three per-channel values (in the card's colour order)."""
+    from facematch.errors import InvalidArgumentError
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidArgumentError(
+            f"--{what} takes one number or three comma-separated numbers, got {text!r}"
+        ) from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(abs(v) < 1e6 for v in values):
+        raise InvalidArgumentError(f"--{what} takes one number or three comma-separated numbers, got {text!r}")
+    if what == "std" and not all(v > 0 for v in values):
+        raise InvalidArgumentError(f"--std must be positive, got {text!r}")
+    return values[0], values[1], values[2]
+
+
 def _faces(images: Path | None, size: int = 112) -> Any:
     """The aligned faces to check an export on: ``--images``, else the faces in the model pack's photos."""
     if images is None:
@@ -94,11 +113,28 @@ def onnx_cmd(
     card_id: IdOpt = None,
     key: Annotated[str | None, typer.Option(help="Checkpoint key holding the state_dict.")] = None,
     ema: Annotated[bool, typer.Option("--ema", help="Prefer EMA weights when the checkpoint has them.")] = False,
+    color_order: Annotated[
+        str, typer.Option("--color-order", help="Channel order the model was trained on: RGB or BGR.")
+    ] = "RGB",
+    mean: Annotated[str, typer.Option(help="Pixel mean: one value or three (per channel, in that order).")] = "127.5",
+    std: Annotated[str, typer.Option(help="Pixel std: input = (pixel - mean) / std.")] = "127.5",
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to ONNX and check it against PyTorch (min cosine >= 0.9999)."""
+    """Export a checkpoint to ONNX and check it against PyTorch (min cosine >= 0.9999).
+
+    The defaults (RGB, (x - 127.5) / 127.5) are what arcface_torch and opensphere train with;
+    set --color-order/--mean/--std for checkpoints trained otherwise: they go into the card,
+    which the SDK follows.
+    """
     with reported_errors():
+        from facematch.cards import InputSpec
+        from facematch.errors import InvalidArgumentError
+
         from .onnx_export import export_onnx
+
+        if color_order not in ("RGB", "BGR"):
+            raise InvalidArgumentError(f"--color-order must be RGB or BGR, got {color_order!r}")
+        spec = InputSpec(color_order=color_order, mean=_channels(mean, "mean"), std=_channels(std, "std"))  # type: ignore[arg-type]
 
         res = export_onnx(
             arch,
@@ -114,6 +150,7 @@ def onnx_cmd(
             card_id=card_id,
             key=key,
             prefer_ema=ema,
+            input_spec=spec,
         )
         _report(res, as_json)
 

@@ -31,6 +31,10 @@ def test_formats_table() -> None:
         (["--batch", "0"], "--batch must be >= 1"),
         (["--batch", "lots"], "--batch must be 'dynamic' or a positive integer"),
         (["--input-size", "100"], "multiple of 16"),
+        (["--color-order", "RGBA"], "--color-order must be RGB or BGR"),
+        (["--std", "0"], "--std must be positive"),
+        (["--mean", "1,2"], "--mean takes one number or three"),
+        (["--mean", "nan"], "--mean takes one number or three"),
     ],
 )
 def test_onnx_bad_combinations_are_rejected(tmp_path: Path, extra: list[str], message: str) -> None:
@@ -121,9 +125,15 @@ def test_exports_are_checked_on_real_faces_by_default_and_json_stays_clean(tmp_p
     torch.save(build_backbone("mbf").state_dict(), ckpt)
     res = runner.invoke(
         export_app,
-        ["onnx", "--arch", "mbf", "--checkpoint", str(ckpt), "--out", str(tmp_path / "mbf.onnx"), "--json"],
+        [
+            *("onnx", "--arch", "mbf", "--checkpoint", str(ckpt), "--out", str(tmp_path / "mbf.onnx"), "--json"),
+            *("--color-order", "BGR", "--mean", "127.5", "--std", "128"),  # an opensphere-era convention
+        ],
     )
     assert res.exit_code == 0, res.output
+    card = json.loads(res.stdout)["card"]
+    assert card["input"]["color_order"] == "BGR" and card["input"]["std"] == [128.0, 128.0, 128.0]
+    _sdk_follows_the_card(tmp_path / "mbf.onnx")
     report = json.loads(res.stdout)["validation"]
     faces = [c for c in report["checks"] if c["name"] == "faces"]
     assert faces and faces[0]["n"] >= 20 and all(c["passed"] for c in faces)
@@ -139,3 +149,20 @@ def test_exports_are_checked_on_real_faces_by_default_and_json_stays_clean(tmp_p
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["card"]["precision"] == "int8"  # nothing printed around the JSON
+
+
+def _sdk_follows_the_card(model: Path) -> None:
+    """The SDK feeds the exported model BGR pixels, (x - 127.5) / 128, as its card says."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from facematch import FaceMatcher
+
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)  # BGR, as the SDK takes arrays
+    got = FaceMatcher(embedder=str(model)).embed_aligned(crops)
+    x = ((crops.astype(np.float32) - 127.5) / 128.0).transpose(0, 3, 1, 2)  # BGR kept: no channel flip
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    raw = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    want = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
