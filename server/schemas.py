@@ -327,18 +327,19 @@ class EmbedResponse(_Out):
 
 
 # ---- gallery --------------------------------------------------------------------------------
-IDENTITY_ID_DESC = "identity id (1-256 characters, no control characters)"
+IDENTITY_ID_DESC = "identity id (1-256 characters, no control characters, no '/': it names the identity in URLs)"
+IDENTITY_ID_PATTERN = r"^[^/]+$"
 
 
 class EnrollForm(_In):
     """Text fields of a multipart enrolment."""
 
-    identity_id: str = Field(min_length=1, max_length=256, description=IDENTITY_ID_DESC)
+    identity_id: str = Field(min_length=1, max_length=256, pattern=IDENTITY_ID_PATTERN, description=IDENTITY_ID_DESC)
     metadata: Json[dict[str, Any]] | None = Field(default=None, description="JSON object stored with the identity")
 
 
 class EnrollJSON(_In):
-    identity_id: str = Field(min_length=1, max_length=256, description=IDENTITY_ID_DESC)
+    identity_id: str = Field(min_length=1, max_length=256, pattern=IDENTITY_ID_PATTERN, description=IDENTITY_ID_DESC)
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
     metadata: dict[str, Any] | None = None
 

@@ -247,6 +247,14 @@ def test_gallery_bad_input(client: httpx.Client, face: bytes) -> None:
         422,
         "invalid_argument",
     )
+    for slashed in (
+        {"data": {"identity_id": "team/alice"}, "files": {"images": ("a.jpg", face)}},
+        {"json": {"identity_id": "team/alice", "images": [base64.b64encode(face).decode()]}},
+    ):
+        r = client.post("/gallery/identities", **slashed)  # type: ignore[arg-type]
+        body = check_problem(r, 422, "invalid_request")  # it could never be addressed as /identities/{id}
+        assert body["errors"][0]["loc"][-1] == "identity_id"
+    assert "team/alice" not in client.get("/gallery/identities").text
     check_problem(
         client.post("/gallery/identities/nobody/faces", files={"images": ("a", face)}), 404, "identity_not_found"
     )
