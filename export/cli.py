@@ -43,16 +43,15 @@ def _channels(text: str, what: str) -> tuple[float, float, float]:
     """``"127.5"`` or ``"123.7,116.3,103.5"`` → three per-channel values (in the card's colour order)."""
     from facematch.errors import InvalidArgumentError
 
+    bad = f"--{what} takes one number or three comma-separated numbers, got {text!r}"
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise InvalidArgumentError(
-            f"--{what} takes one number or three comma-separated numbers, got {text!r}"
-        ) from None
+        raise InvalidArgumentError(bad) from None
     if len(values) == 1:
         values *= 3
-    if len(values) != 3 or not all(abs(v) < 1e6 for v in values):
-        raise InvalidArgumentError(f"--{what} takes one number or three comma-separated numbers, got {text!r}")
+    if len(values) != 3 or not all(abs(v) < 1e6 for v in values):  # also refuses nan and inf
+        raise InvalidArgumentError(bad)
     if what == "std" and not all(v > 0 for v in values):
         raise InvalidArgumentError(f"--std must be positive, got {text!r}")
     return values[0], values[1], values[2]

@@ -74,9 +74,10 @@ def pack_faces(size: tuple[int, int] = (112, 112)) -> FaceSet | None:
     paths: list[Path] = []
     crops: list[np.ndarray] = []
     for photo in sorted(pack.glob("*.jpg")):
-        faces = matcher.detect(photo)
+        decoded = matcher.load(photo)  # decoded once for detection and alignment
+        faces = matcher.detect(decoded)
         if len(faces):
-            crops.extend(matcher.align(photo, faces))
+            crops.extend(matcher.align(decoded, faces))
             paths.extend(photo.with_name(f"{photo.name}#face{i}") for i in range(len(faces)))
     if not crops:
         return None

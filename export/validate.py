@@ -92,9 +92,8 @@ class ValidationReport:
     def summary(self) -> str:
         parts = [f"{c.name}@b{c.batch}: min {c.min_cos:.6f} mean {c.mean_cos:.6f}" for c in self.checks]
         t = self.tar
-        if t is not None and t.resolvable and t.tar_reference is not None and t.tar_candidate is not None:
-            change = t.tar_candidate - t.tar_reference
-            parts.append(f"TAR@FAR{t.far:g} {t.tar_reference:.4f} -> {t.tar_candidate:.4f} ({change:+.4f})")
+        if t is not None and t.delta is not None:  # delta is set exactly when both TARs were measured
+            parts.append(f"TAR@FAR{t.far:g} {t.tar_reference:.4f} -> {t.tar_candidate:.4f} ({t.delta:+.4f})")
         elif t is not None:
             parts.append(f"TAR@FAR{t.far:g} n/a (finer than 1/{t.n_impostor} impostor pairs)")
         if self.norm_max_rel_err is not None:
@@ -185,8 +184,9 @@ def compare(
             norm_err = float(np.max(np.abs(got_norm - truth) / np.maximum(truth, 1e-12)))
         if faces.labels is not None and len(set(faces.labels)) > 1:
             p_ref, p_got = tar_at_far(ref, faces.labels, far), tar_at_far(got, faces.labels, far)
-            ok = p_ref.resolvable and p_got.resolvable and p_ref.tar is not None and p_got.tar is not None
-            delta = p_got.tar - p_ref.tar if ok and p_got.tar is not None and p_ref.tar is not None else None
+            # an operating point's TAR is None exactly where its FAR is not resolvable
+            delta = p_got.tar - p_ref.tar if p_got.tar is not None and p_ref.tar is not None else None
+            ok = delta is not None
             tar = TarCheck(far, p_ref.tar, p_got.tar, delta, p_ref.n_genuine, p_ref.n_impostor, ok)
             if not ok:
                 notes.append(f"TAR@FAR {far:g} not measured: {p_ref.n_impostor} impostor pairs resolve FAR >= 1/n")

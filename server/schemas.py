@@ -73,7 +73,7 @@ class FaceOut(_Out):
     score: float
     landmarks: list[list[float]] = Field(min_length=5, max_length=5)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_FACE_EXAMPLE]})
+    model_config = _examples(_FACE_EXAMPLE)
 
     @classmethod
     def of(cls, face: Face | None) -> FaceOut | None:
@@ -116,9 +116,7 @@ class VerifyJSON(VerifyParams):
     image1: str = Field(min_length=1, description="base64-encoded image (a data: URL prefix is accepted)")
     image2: str = Field(min_length=1, description="base64-encoded image")
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"image1": B64_EXAMPLE, "image2": B64_EXAMPLE, "far": 0.001}]}
-    )
+    model_config = _examples({"image1": B64_EXAMPLE, "image2": B64_EXAMPLE, "far": 0.001})
 
 
 class VerifyResponse(_Out):
@@ -133,22 +131,17 @@ class VerifyResponse(_Out):
     face2: FaceOut
     timings: Timings
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "is_match": True,
-                    "similarity": 0.7093,
-                    "threshold": 0.260985,
-                    "target_fmr": 0.001,
-                    "model_id": "w600k_mbf",
-                    "face1": _FACE_EXAMPLE,
-                    "face2": _FACE_EXAMPLE,
-                    "timings": _TIMINGS_EXAMPLE,
-                }
-            ]
-        },
+    model_config = _examples(
+        {
+            "is_match": True,
+            "similarity": 0.7093,
+            "threshold": 0.260985,
+            "target_fmr": 0.001,
+            "model_id": "w600k_mbf",
+            "face1": _FACE_EXAMPLE,
+            "face2": _FACE_EXAMPLE,
+            "timings": _TIMINGS_EXAMPLE,
+        }
     )
 
 
@@ -167,9 +160,7 @@ class IdentifyParams(_In):
 class IdentifyJSON(IdentifyParams):
     image: str = Field(min_length=1, description="base64-encoded image")
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"image": B64_EXAMPLE, "k": 5, "fpir": 0.01}]}
-    )
+    model_config = _examples({"image": B64_EXAMPLE, "k": 5, "fpir": 0.01})
 
 
 class CandidateOut(_Out):
@@ -234,30 +225,25 @@ class IdentifyResponse(_Out):
     model_id: str
     timings: Timings
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
+    model_config = _examples(
+        {
+            "results": [
                 {
-                    "results": [
-                        {
-                            "face": _FACE_EXAMPLE,
-                            "identity_id": "obama",
-                            "is_unknown": False,
-                            "threshold": 0.3751,
-                            "target_fpir": 0.01,
-                            "threshold_extrapolated": False,
-                            "candidates": [_CANDIDATE_EXAMPLE],
-                        }
-                    ],
-                    "faces_total": 1,
-                    "truncated": False,
-                    "gallery_size": 5,
-                    "model_id": "w600k_mbf",
-                    "timings": _TIMINGS_EXAMPLE,
+                    "face": _FACE_EXAMPLE,
+                    "identity_id": "obama",
+                    "is_unknown": False,
+                    "threshold": 0.3751,
+                    "target_fpir": 0.01,
+                    "threshold_extrapolated": False,
+                    "candidates": [_CANDIDATE_EXAMPLE],
                 }
-            ]
-        },
+            ],
+            "faces_total": 1,
+            "truncated": False,
+            "gallery_size": 5,
+            "model_id": "w600k_mbf",
+            "timings": _TIMINGS_EXAMPLE,
+        }
     )
 
 
@@ -343,12 +329,7 @@ class EnrollJSON(_In):
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
     metadata: dict[str, Any] | None = None
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}}]
-        },
-    )
+    model_config = _examples({"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}})
 
 
 class NoParams(_In):

@@ -61,17 +61,17 @@ def verification(
     """ROC, AUC, EER and TAR at each FAR (floored at 1/impostors), plus the card's thresholds checked."""
     curve = M.roc(scores.genuine, scores.impostor)
     e = M.eer(curve)
+    far_floor = 1.0 / curve.n_impostor
     card_points = []
     for key, thr in sorted((card_thresholds or {}).items(), key=lambda kv: -float(kv[0])):
         fnmr, fmr = M.rates_at_threshold(scores.genuine, scores.impostor, thr)
         assert fnmr is not None and fmr is not None
-        n_imp = int(np.asarray(scores.impostor).size)
-        resolvable = n_imp > 0 and float(key) >= 1.0 / n_imp
-        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr, n_imp, resolvable))
+        resolvable = float(key) >= far_floor
+        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr, curve.n_impostor, resolvable))
     return Verification(
         n_genuine=curve.n_genuine,
         n_impostor=curve.n_impostor,
-        far_floor=1.0 / curve.n_impostor,
+        far_floor=far_floor,
         auc=M.auc(curve),
         eer=e.eer,
         eer_threshold=e.threshold,

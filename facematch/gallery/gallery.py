@@ -677,7 +677,11 @@ class Gallery:
             raise CalibrationMissingError(
                 f"model {self.model_id!r} has no impostor calibration; pass threshold= or calibrate the model card"
             )
-        return threshold_for_fpir(cal, target, max(len(self._owners), 1)), target
+        return threshold_for_fpir(cal, target, self._fpir_comparisons()), target
+
+    def _fpir_comparisons(self) -> int:
+        """How many comparisons an identification makes, for FPIR → FMR: the template count."""
+        return max(len(self._owners), 1)
 
     def identify(
         self,
@@ -752,7 +756,7 @@ class Gallery:
                 return [IdentifyResult((), thr, True, target_fpir=target, gallery_size=0)] * n_probes
             q = self._check_embeddings(embeddings, model_id)
             thr, target = self.resolve_threshold(threshold, fpir)
-            n_templates = max(len(self._owners), 1)
+            n_templates = self._fpir_comparisons()
             ranked = self._search(q, k, method)
             names = self._store.identities_by_rowid([r for rows in ranked for r, _, _ in rows])
         cal = self.calibration

@@ -118,7 +118,6 @@ class FaissIndex:
         self._gpu_res: Any = None
         self._gpu_index: Any = None
         self._gpu_ids: np.ndarray | None = None
-        self._nlist: int | None = None  # lists of the trained IVF (None: not an IVF, or not trained yet)
         self._use_gpu = config.device != "cpu" and config.kind != "hnsw" and gpu_available(self._faiss)
         if config.device == "gpu" and not self._use_gpu:
             raise BackendUnavailableError("device='gpu' was asked for, but FAISS sees no GPU (or HNSW was chosen)")
@@ -140,7 +139,6 @@ class FaissIndex:
             faiss.downcast_index(inner).hnsw.efConstruction = cfg.ef_construction
         if not inner.is_trained:
             inner.train(train)
-        self._nlist = int(faiss.downcast_index(inner).nlist) if use_structure and cfg.kind == "ivf" else None
         self._trained_structure = use_structure
         self._native_ids = use_structure and cfg.kind == "ivf"
         index = inner if self._native_ids else faiss.IndexIDMap2(inner)
@@ -166,6 +164,13 @@ class FaissIndex:
         if ids.size:
             self._index.add_with_ids(vectors, ids)
         self._invalidate_gpu()
+
+    @property
+    def _nlist(self) -> int | None:
+        """Lists of the trained IVF (None: not an IVF, or still the exact fallback)."""
+        if not (self._trained_structure and self.config.kind == "ivf"):
+            return None
+        return int(self._inner(self._index).nlist)
 
     @property
     def needs_rebuild(self) -> bool:
@@ -354,8 +359,6 @@ class FaissIndex:
         if raw.size != manifest.get("count") or ids_digest(raw) != manifest.get("ids_sha256"):
             logger.warning("index file and manifest disagree (interrupted save?); the index will be rebuilt")
             return None
-        if self._trained_structure and config.kind == "ivf":
-            self._nlist = int(self._inner(index).nlist)
         self._apply_search_params(index)
         return self
 

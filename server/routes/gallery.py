@@ -11,7 +11,7 @@ from facematch.errors import TemplateNotFoundError
 from facematch.gallery import EnrollReport, Gallery, IdentityInfo
 
 from ..deps import Admitted, GalleryDep, StateDep, scoped
-from ..inputs import FileField, ParsedRequest, parse_images_request, request_body
+from ..inputs import FileField, parse_images_request, request_body
 from ..pipeline import run_in_pool
 from ..schemas import (
     AddFacesJSON,
@@ -44,13 +44,6 @@ def _response(report: EnrollReport, started: float) -> EnrollResponse:
     return EnrollResponse(**data, timings=Timings(total_ms=round((time.perf_counter() - started) * 1000.0, 3)))
 
 
-def _sources(parsed: ParsedRequest[Any]) -> list[str]:
-    """How the report names each image: its upload file name, else ``#i``."""
-    names = parsed.names.get("images", [])
-    n = len(parsed.images["images"])
-    return [names[i] if i < len(names) and names[i] else f"#{i}" for i in range(n)]
-
-
 def _enroll(
     gallery: Gallery, identity_id: str, images: list[bytes], metadata: dict[str, Any] | None, sources: list[str]
 ) -> EnrollReport:
@@ -80,8 +73,8 @@ async def create_identity(
     started = time.perf_counter()
     parsed = await parse_images_request(request, state.settings, IMAGES, EnrollForm, EnrollJSON)
     p = parsed.params
-    images = parsed.images["images"]
-    report = await run_in_pool(state, _enroll, gallery, p.identity_id, images, p.metadata, _sources(parsed))
+    images, names = parsed.images["images"], parsed.names["images"]  # names: upload file names, else "#i"
+    report = await run_in_pool(state, _enroll, gallery, p.identity_id, images, p.metadata, names)
     return _response(report, started)
 
 
@@ -99,7 +92,8 @@ async def add_faces(
     """Add templates to an existing identity (404 `identity_not_found` otherwise), with a per-image report."""
     started = time.perf_counter()
     parsed = await parse_images_request(request, state.settings, IMAGES, NoParams, AddFacesJSON)
-    report = await run_in_pool(state, _add, gallery, identity_id, parsed.images["images"], _sources(parsed))
+    images, names = parsed.images["images"], parsed.names["images"]
+    report = await run_in_pool(state, _add, gallery, identity_id, images, names)
     return _response(report, started)
 
 
