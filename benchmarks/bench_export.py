@@ -25,7 +25,7 @@ import numpy as np
 from facematch.export.faces import load_faces, preprocess
 from facematch.export.runners import OnnxRunner
 
-from facematch.cards import load_card, resolve_model_path
+from facematch.model_files import load_card, resolve_model_path
 
 
 def cpu_throughput(runners: dict[str, OnnxRunner], x: np.ndarray, batch: int, seconds: float) -> dict[str, float]:

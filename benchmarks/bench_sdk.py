@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from facematch import FaceMatcher
-from facematch.cards import load_card, resolve_model_path
+from facematch.model_files import load_card, resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 """Model cards of exported models: built from the export facts, embedded in ONNX metadata and written beside the file.
 
 An ONNX file cannot hold its own sha256. The card embedded in ``metadata_props`` therefore records
-the *content* hash (:func:`facematch.cards.onnx_content_sha256`: the file serialised without the
-card entry), which :func:`facematch.cards.verify_file` accepts; the sidecar ``<stem>.card.json``
+the *content* hash (:func:`facematch.model_files.onnx_content_sha256`: the file serialised without the
+card entry), which :func:`facematch.model_files.verify_file` accepts; the sidecar ``<stem>.card.json``
 records the plain file sha256. Calibration is never copied from another model: an exported card
 has no thresholds until ``facematch calibrate`` runs on it.
 """
@@ -23,13 +23,11 @@ from facematch.cards import (
     License,
     ModelCard,
     Source,
-    file_sha256,
-    list_cards,
-    load_card,
     sidecar_path,
     write_card,
 )
 from facematch.errors import InvalidArgumentError, ModelError
+from facematch.model_files import file_sha256, list_cards, load_card
 
 from .formats import check_source_precision
 from .onnx_utils import fix_declared_batch, is_float32, load_onnx

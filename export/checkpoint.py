@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facematch.cards import file_sha256
 from facematch.errors import InvalidArgumentError, ModelNotFoundError
+from facematch.model_files import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -61,9 +61,10 @@ def pack_faces(size: tuple[int, int] = (112, 112)) -> FaceSet | None:
     """
     if size != (112, 112):
         return None
-    from facematch.cards import DEFAULT_EMBEDDER, load_card, resolve_model_path
+    from facematch.cards import DEFAULT_EMBEDDER
     from facematch.errors import FacematchError
     from facematch.matcher import FaceMatcher
+    from facematch.model_files import load_card, resolve_model_path
 
     try:
         pack = resolve_model_path(load_card(DEFAULT_EMBEDDER)).parent

@@ -33,7 +33,7 @@ from .errors import (
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
-from .types import Candidate, Detections, Face, FaceEmbedding, IdentifyResult, VerifyResult
+from .types import Candidate, Detections, Face, FaceEmbedding, IdentifyResult, PreparedImage, VerifyResult
 
 if TYPE_CHECKING:
     from .gallery import Gallery
@@ -44,10 +44,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "FaceMatcher": ("facematch.matcher", "FaceMatcher"),
     "default_matcher": ("facematch.matcher", "default_matcher"),
-    "cosine_similarity": ("facematch.matcher", "cosine_similarity"),
+    "cosine_similarity": ("facematch.similarity", "cosine_similarity"),
     "Gallery": ("facematch.gallery", "Gallery"),
     "load_image": ("facematch.io", "load_image"),
-    "load_card": ("facematch.cards", "load_card"),
+    "load_card": ("facematch.model_files", "load_card"),
 }
 
 
@@ -64,7 +64,7 @@ def verify(image1: Any, image2: Any, **kwargs: Any) -> VerifyResult:
     """Are the faces in two images the same person? Uses the default model pack.
 
     Images may be paths, bytes, BGR numpy arrays or PIL images. Keyword arguments go
-    to :meth:`FaceMatcher.verify` (``threshold=``, ``far=``, ``aligned=``).
+    to :meth:`FaceMatcher.verify` (``threshold=``, ``fmr=``, ``aligned=``).
     """
     from .matcher import default_matcher
 
@@ -111,6 +111,7 @@ __all__ = [
     "MultipleFacesError",
     "NoFaceError",
     "NotAlignedError",
+    "PreparedImage",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
     "VerifyResult",

@@ -158,7 +158,7 @@ def embed(
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """List the known model cards and whether their files are installed and intact."""
-    from .cards import list_cards
+    from .model_files import list_cards
 
     rows = []
     for card in list_cards():
@@ -171,7 +171,7 @@ def models_list(as_json: JsonOpt = False) -> None:
 
 
 def _file_status(card: Any) -> dict[str, Any]:
-    from .cards import resolve_model_path, verify_file
+    from .model_files import resolve_model_path, verify_file
 
     try:
         path = resolve_model_path(card)
@@ -186,7 +186,8 @@ def models_check(
     model: Annotated[list[str] | None, typer.Argument(help="Card ids or paths (default: the default pack).")] = None,
 ) -> None:
     """Verify that model files exist and match their cards' sha256."""
-    from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS, load_card
+    from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS
+    from .model_files import load_card
 
     bad = 0
     for ref in model or [DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS]:
@@ -201,7 +202,8 @@ def models_check(
 @app.command()
 def demo(as_json: JsonOpt = False) -> None:
     """Run the default pack end to end on the photos shipped with it: find Yao Ming among the players."""
-    from .cards import DEFAULT_EMBEDDER, load_card, resolve_model_path
+    from .cards import DEFAULT_EMBEDDER
+    from .model_files import load_card, resolve_model_path
 
     pack = resolve_model_path(load_card(DEFAULT_EMBEDDER)).parent
     probe, group = pack / "yaoming.jpg", pack / "players.jpg"

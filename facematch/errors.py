@@ -19,6 +19,22 @@ class FacematchError(Exception):
         self.message = message
         self.details = details
 
+    def about(self, label: str, **details: object) -> FacematchError:
+        """The same error, of the same type, naming what it is about (an image, a file).
+
+        ``NoFaceError("no face found")`` becomes ``NoFaceError("image2: no face found")`` with
+        ``details["image"] = "image2"`` (plus ``details``). Used wherever several inputs are
+        processed together, so the caller learns which one failed.
+        """
+        merged = {**self.details, "image": label, **details}
+        try:
+            out = type(self)(f"{label}: {self.message}", **merged)
+        except TypeError:  # a subclass with another constructor
+            out = FacematchError(f"{label}: {self.message}", **merged)
+            out.code, out.http_status = self.code, self.http_status
+        out.__cause__ = self
+        return out
+
 
 class InvalidImageError(FacematchError):
     """The input is not a decodable image (empty, text, truncated, unsupported)."""

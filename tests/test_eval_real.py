@@ -13,9 +13,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from facematch.cards import DEFAULT_EMBEDDER, load_card, resolve_model_path, sidecar_path
+from facematch.cards import DEFAULT_EMBEDDER, sidecar_path
 from facematch.eval.cli import calibrate, eval_app
 from facematch.eval.runner import AlignedReport, run_aligned, run_pairs
+from facematch.model_files import load_card, resolve_model_path
 
 app = typer.Typer()
 app.add_typer(eval_app, name="eval")

@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 from _export_util import tame_random_checkpoint  # noqa: E402
 from facematch.export.backbones import ARCHS, build_backbone, canonical_arch  # noqa: E402
 
-from facematch.cards import load_card  # noqa: E402
 from facematch.errors import InvalidArgumentError  # noqa: E402
+from facematch.model_files import load_card  # noqa: E402
 
 # keys that arcface_torch / opensphere checkpoints contain (spot checks of every part of each layout)
 EXPECTED_KEYS = {

@@ -51,7 +51,7 @@ def test_quantize_needs_calibration_data(tmp_path: Path) -> None:
 
 
 def test_trt_rejects_bad_options_and_missing_backend(tmp_path: Path) -> None:
-    from facematch.cards import load_card, resolve_model_path
+    from facematch.model_files import load_card, resolve_model_path
 
     src = str(resolve_model_path(load_card("w600k_mbf")))
     code, out = _run("trt", src, str(tmp_path / "m.engine"), "--precision", "int8")

@@ -14,15 +14,9 @@ from facematch.export.faces import FaceSet, load_faces, preprocess  # noqa: E402
 from facematch.export.runners import OnnxRunner, TorchRunner, run_batched  # noqa: E402
 from facematch.export.validate import ExportValidationError, compare, row_cosines  # noqa: E402
 
-from facematch.cards import (  # noqa: E402
-    CARD_METADATA_KEY,
-    load_card,
-    read_onnx_card,
-    resolve_model_path,
-    sidecar_path,
-    verify_file,
-)
+from facematch.cards import CARD_METADATA_KEY, read_onnx_card, sidecar_path  # noqa: E402
 from facematch.errors import CalibrationMissingError  # noqa: E402
+from facematch.model_files import load_card, resolve_model_path, verify_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")

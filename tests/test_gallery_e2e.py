@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facematch.cards import Calibration
+from facematch.calibration import Calibration
 from facematch.errors import InvalidImageError, NoFaceError
 from facematch.gallery import Gallery
 

@@ -167,7 +167,7 @@ def test_celeb24_tar_at_far_1e3(matcher, celeb24_dir) -> None:  # type: ignore[n
 
 
 def test_landmarks106_points_fall_on_the_face(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
-    from facematch.cards import load_card, resolve_model_path, verify_file
+    from facematch.model_files import load_card, resolve_model_path, verify_file
     from facematch.runtime import create_session
 
     card = load_card("2d106det")

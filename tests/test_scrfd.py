@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facematch.cards import load_card
 from facematch.errors import InvalidArgumentError
+from facematch.model_files import load_card
 from facematch.zoo.scrfd import SCRFD, anchor_centers, choose_input_size, distance_to_box, nms
 
 

@@ -1,7 +1,7 @@
 """Calibrate a model's thresholds on a labelled set and write them into its card.
 
 Genuine and impostor scores come from every pair of an identity-folder set; the
-card's :class:`~facematch.cards.Calibration` keeps the thresholds for target FMRs and
+card's :class:`~facematch.calibration.Calibration` keeps the thresholds for target FMRs and
 the impostor curve (similarity → FMR) that verification and the gallery's open-set
 decisions use.
 """
@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cards import Calibration, ModelCard, load_card, write_card
+from ..calibration import Calibration
+from ..cards import ModelCard, write_card
 from ..errors import InvalidArgumentError, ModelError
+from ..model_files import load_card
 from . import metrics as M
 from .data import list_identity_dir
 from .embed import ImageFailure

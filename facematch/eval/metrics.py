@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..calibration import thresholds_at_fmr
 from ..errors import InvalidArgumentError
 
 # ---- score sets --------------------------------------------------------------------------
@@ -161,26 +162,6 @@ def eer(curve: Roc) -> Eer:
 # ---- operating points -------------------------------------------------------------------
 
 
-def thresholds_at_far(impostor: np.ndarray | Sequence[float], fars: Sequence[float]) -> np.ndarray:
-    """For each target rate ``f``: the smallest ``t`` with ``mean(impostor >= t) <= f``.
-
-    Returns NaN where ``f < 1 / len(impostor)`` (not resolvable). ``t`` lies just above
-    an impostor score (the next float64), so exactly ``floor(f * n)`` impostors pass.
-    """
-    imp = np.sort(_scores(impostor, "impostor"))
-    n = imp.size
-    if n == 0:
-        raise InvalidArgumentError("need at least one impostor score")
-    f = np.asarray(fars, dtype=np.float64).reshape(-1)
-    if np.any(~np.isfinite(f)) or np.any(f <= 0) or np.any(f >= 1):
-        raise InvalidArgumentError(f"target rates must be in (0, 1), got {list(f)}")
-    allowed = np.floor(f * n + 1e-9).astype(np.int64)
-    idx = np.clip(n - allowed - 1, 0, n - 1)
-    thr = np.nextafter(imp[idx], np.inf)
-    thr = np.where(allowed >= n, imp[0], thr)
-    return np.where(allowed < 1, np.nan, thr)
-
-
 @dataclass(frozen=True)
 class OperatingPoint:
     """TAR at a target FAR, with the threshold and what was actually observed there.
@@ -205,7 +186,7 @@ def tar_at_far(
 ) -> list[OperatingPoint]:
     """TAR at each target FAR, never reporting a FAR finer than ``1 / n_impostor``."""
     g, i = _both(genuine, impostor)
-    thr = thresholds_at_far(i, fars)
+    thr = thresholds_at_fmr(i, fars)
     out = []
     for f, t in zip(fars, thr, strict=True):
         if not np.isfinite(t):
@@ -305,7 +286,7 @@ def dir_at_fpir(
         raise InvalidArgumentError("mated_top_score and mated_correct disagree in length")
     if ms.size == 0 or ns.size == 0:
         raise InvalidArgumentError(f"need mated and non-mated probes, got {ms.size} and {ns.size}")
-    thr = thresholds_at_far(ns, fpirs)
+    thr = thresholds_at_fmr(ns, fpirs)
     out = []
     for f, t in zip(fpirs, thr, strict=True):
         if not np.isfinite(t):
@@ -385,7 +366,7 @@ def fairness(
         own_t: float | None = None
         own_fnmr: float | None = None
         if i.size:
-            t = float(thresholds_at_far(i, [target_far])[0])
+            t = float(thresholds_at_fmr(i, [target_far])[0])
             if math.isfinite(t):
                 own_t = t
                 own_fnmr = float(np.mean(g < t)) if g.size else None
@@ -599,7 +580,6 @@ __all__ = [
     "rates_at_threshold",
     "roc",
     "tar_at_far",
-    "thresholds_at_far",
     "uniformity",
     "wilson_interval",
 ]

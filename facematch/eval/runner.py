@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration import thresholds_at_fmr
 from ..errors import InvalidArgumentError
 from . import metrics as M
 from . import protocols as P
@@ -140,7 +141,7 @@ def run_aligned(
     if groups is not None:
         shared = threshold
         if shared is None:
-            shared = float(M.thresholds_at_far(scores.impostor, [target_far])[0])
+            shared = float(thresholds_at_fmr(scores.impostor, [target_far])[0])
             if not np.isfinite(shared):
                 raise InvalidArgumentError(
                     f"target FAR {target_far:g} is finer than 1/{scores.impostor.size} impostor pairs; "

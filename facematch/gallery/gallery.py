@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..cards import Calibration, ModelCard, load_card
+from ..calibration import Calibration
+from ..cards import ModelCard
 from ..errors import (
     CalibrationMissingError,
     DuplicateIdentityError,
@@ -41,6 +42,7 @@ from ..errors import (
     NoFaceError,
     TemplateNotFoundError,
 )
+from ..model_files import load_card
 from ..types import Candidate, IdentifyResult
 from .config import AGGREGATIONS, Aggregation, IndexConfig
 from .index import FaissIndex, VectorIndex

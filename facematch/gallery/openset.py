@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..cards import Calibration
+from ..calibration import Calibration
 from ..errors import InvalidArgumentError
 from .config import AGGREGATIONS, Aggregation
 

@@ -8,12 +8,7 @@ import numpy as np
 
 from ..cards import ModelCard
 from ..errors import InvalidArgumentError, InvalidImageError
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``x`` projected onto the unit hypersphere, and their original norms."""
-    norms = np.linalg.norm(x, axis=1)
-    return (x / np.maximum(norms, eps)[:, None]).astype(np.float32), norms.astype(np.float32)
+from ..similarity import l2_normalize
 
 
 class ArcFaceEmbedder:
@@ -82,4 +77,4 @@ class ArcFaceEmbedder:
         return np.concatenate(feats), np.concatenate(norms)
 
 
-__all__ = ["ArcFaceEmbedder", "l2_normalize"]
+__all__ = ["ArcFaceEmbedder"]
