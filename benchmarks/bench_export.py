@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from facematch.export.faces import load_faces, preprocess
+from facematch.export.faces import load_faces
 from facematch.export.runners import OnnxRunner
 
 from facematch.model_files import load_card, resolve_model_path
+from facematch.preprocess import to_blob
 
 
 def cpu_throughput(runners: dict[str, OnnxRunner], x: np.ndarray, batch: int, seconds: float) -> dict[str, float]:
@@ -113,7 +114,7 @@ def main() -> None:
             "fp32": OnnxRunner(src, card, threads=args.threads),
             "int8": OnnxRunner(res.path, res.card, threads=args.threads),
         }
-        x = preprocess(faces.crops[:32], card.input)
+        x = to_blob(faces.crops[:32], card.input)
         speed = {b: cpu_throughput(runners, x, b, args.seconds) for b in (1, 32)}
     rep = res.report
     gpu = gpu_part()

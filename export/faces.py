@@ -1,4 +1,4 @@
-"""Folders of aligned face crops for calibration and validation, and the model-input preprocessing."""
+"""Folders of aligned face crops for calibration and validation (models get them through ``to_blob``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facematch.cards import InputSpec
 from facematch.errors import InvalidArgumentError, InvalidImageError
 
 logger = logging.getLogger(__name__)
@@ -116,19 +115,10 @@ def load_faces(root: str | Path, size: tuple[int, int] = (112, 112), limit: int 
     return FaceSet(Path(root), tuple(files[i] for i in idx), crops, picked_labels)
 
 
-def preprocess(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """(N, H, W, 3) BGR uint8 crops → float32 model input per the card (colour order, mean/std, layout)."""
-    x = crops[..., ::-1] if spec.color_order == "RGB" else crops
-    x = (x.astype(np.float32) - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    if spec.layout == "NCHW":
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def random_crops(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """``n`` uniformly random uint8 BGR images of ``size`` (a check far from the calibration distribution)."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(n, size[1], size[0], 3), dtype=np.uint8)
 
 
-__all__ = ["FaceSet", "list_faces", "load_faces", "preprocess", "random_crops", "spread"]
+__all__ = ["FaceSet", "list_faces", "load_faces", "random_crops", "spread"]

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from facematch.errors import BackendUnavailableError, InvalidArgumentError
+from facematch.preprocess import to_blob
 
 from .card import derived_card, library_versions, load_float32_source, tool_version, write_onnx_with_card
-from .faces import FaceSet, load_faces, preprocess
+from .faces import FaceSet, load_faces
 from .formats import QDQ_PER_CHANNEL_MIN_OPSET
 from .onnx_export import ExportResult
 from .onnx_utils import convert_opset, default_opset, fix_declared_batch
@@ -115,7 +116,7 @@ def quantize_int8(
     fp32_bytes = model.SerializeToString()
     ref = OnnxRunner(fp32_bytes, base)
     step = ref.fixed_batch or 8
-    x = preprocess(calib.crops, base.input)
+    x = to_blob(calib.crops, base.input, size)
     batches = (
         [x[i : i + step] for i in range(0, len(x) - step + 1, step)]
         if ref.fixed_batch

@@ -22,9 +22,10 @@ import numpy as np
 
 from facematch.cards import InputSpec, ModelCard
 from facematch.errors import BackendUnavailableError, InvalidArgumentError, ModelError
+from facematch.preprocess import to_blob
 
 from .card import card_id_for, derived_card, library_versions, source_card, tool_version, write_sidecar
-from .faces import FaceSet, load_faces, preprocess
+from .faces import FaceSet, load_faces
 from .formats import check_source_precision, check_trt_options
 from .onnx_export import ExportResult
 from .onnx_utils import declared_batch, fix_declared_batch, has_dynamic_batch, load_onnx
@@ -183,7 +184,7 @@ def build_engine(
     if precision == "int8":
         assert calib_dir is not None
         calib = load_faces(calib_dir, (w, h), limit=calib_count)
-        x = preprocess(calib.crops, base.input)
+        x = to_blob(calib.crops, base.input, (w, h)).astype(np.float32, copy=False)  # the calibrator's buffer
         step = min(opt_batch, 32)
         batches = [x[i : i + step] for i in range(0, len(x) - step + 1, step)]
         if not batches:

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from facematch.errors import FacematchError
-from facematch.eval.metrics import OperatingPoint
-from facematch.eval.metrics import tar_at_far as operating_points
+from facematch.eval.metrics import OperatingPoint, tar_at_far
+from facematch.preprocess import to_blob
+from facematch.similarity import l2_normalize
 
-from .faces import FaceSet, preprocess, random_crops
+from .faces import FaceSet, random_crops
 from .runners import Runner, run_batched
 
 logger = logging.getLogger(__name__)
@@ -112,30 +113,24 @@ def _rounded(obj: Any) -> Any:
     return obj
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (float64 for stable cosines)."""
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of matching rows of ``a`` and ``b``."""
+    """Cosine similarity of matching rows of ``a`` and ``b`` (in float64: the bars sit a few 1e-6 below 1)."""
     if a.shape != b.shape:
         raise ExportValidationError(f"output shapes differ: {a.shape} vs {b.shape}")
-    return np.sum(unit(a) * unit(b), axis=1)
+    return np.sum(l2_normalize(a, dtype=np.float64)[0] * l2_normalize(b, dtype=np.float64)[0], axis=1)
 
 
-def tar_at_far(emb: np.ndarray, labels: tuple[str, ...], far: float = DEFAULT_FAR) -> OperatingPoint:
-    """TAR at ``far`` over all pairs of ``emb`` (never at a FAR finer than ``1 / impostor pairs``)."""
-    e = unit(emb)
+def pair_operating_point(emb: np.ndarray, labels: tuple[str, ...], fmr: float = DEFAULT_FAR) -> OperatingPoint:
+    """TAR at false-match rate ``fmr`` over all pairs of ``emb`` (never finer than ``1 / impostor pairs``)."""
+    e = l2_normalize(emb, dtype=np.float64)[0]
     lab = np.asarray(labels)
     iu = np.triu_indices(len(e), 1)
     sims = (e @ e.T)[iu]
     same = (lab[:, None] == lab[None, :])[iu]
     gen, imp = sims[same], sims[~same]
     if gen.size == 0 or imp.size == 0:
-        return OperatingPoint(far, False, None, None, None, None, int(gen.size), int(imp.size), 1.0)
-    return operating_points(gen, imp, [far])[0]
+        return OperatingPoint(fmr, False, None, None, None, None, int(gen.size), int(imp.size), 1.0)
+    return tar_at_far(gen, imp, [fmr])[0]
 
 
 def _check(name: str, a: np.ndarray, b: np.ndarray, batch: int, bar: float, gating: bool) -> CosineCheck:
@@ -171,7 +166,7 @@ def compare(
     tar: TarCheck | None = None
     norm_err: float | None = None
     if faces is not None and len(faces):
-        x = preprocess(faces.crops, spec)
+        x = to_blob(faces.crops, spec, size)
         ref, ref_norm = run_batched(reference, x)
         got, got_norm = run_batched(candidate, x)
         checks.append(_check("faces", ref, got, candidate.fixed_batch or 32, bar, True))
@@ -183,7 +178,7 @@ def compare(
             truth = ref_norm if ref_norm is not None else np.linalg.norm(ref, axis=1)
             norm_err = float(np.max(np.abs(got_norm - truth) / np.maximum(truth, 1e-12)))
         if faces.labels is not None and len(set(faces.labels)) > 1:
-            p_ref, p_got = tar_at_far(ref, faces.labels, far), tar_at_far(got, faces.labels, far)
+            p_ref, p_got = pair_operating_point(ref, faces.labels, far), pair_operating_point(got, faces.labels, far)
             # an operating point's TAR is None exactly where its FAR is not resolvable
             delta = p_got.tar - p_ref.tar if p_got.tar is not None and p_ref.tar is not None else None
             ok = delta is not None
@@ -194,7 +189,7 @@ def compare(
             notes.append("faces are unlabelled (flat folder): TAR not measured")
     else:
         notes.append("no aligned faces given: checked on random inputs only")
-    rnd = preprocess(random_crops(max(batches), size, seed), spec)
+    rnd = to_blob(random_crops(max(batches), size, seed), spec)
     ref_r, ref_r_norm = run_batched(reference, rnd)
     if norm_err is None:  # no faces: the norm output is still checked, on the random inputs
         _, got_r_norm = run_batched(candidate, rnd)
@@ -234,7 +229,6 @@ __all__ = [
     "TarCheck",
     "ValidationReport",
     "compare",
+    "pair_operating_point",
     "row_cosines",
-    "tar_at_far",
-    "unit",
 ]

@@ -10,13 +10,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from facematch.export.faces import FaceSet, load_faces, preprocess  # noqa: E402
+from facematch.export.faces import FaceSet, load_faces  # noqa: E402
 from facematch.export.runners import OnnxRunner, TorchRunner, run_batched  # noqa: E402
 from facematch.export.validate import ExportValidationError, compare, row_cosines  # noqa: E402
 
 from facematch.cards import CARD_METADATA_KEY, read_onnx_card, sidecar_path  # noqa: E402
 from facematch.errors import CalibrationMissingError  # noqa: E402
 from facematch.model_files import load_card, resolve_model_path, verify_file  # noqa: E402
+from facematch.preprocess import to_blob  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_ported_checkpoint_matches_original_onnx(w600k: Path, ported: Path, face
     model, info = load_backbone("mbf_fc", ported)
     assert info.container == "state_dict" and info.stripped_prefix == "module."
     card = load_card("w600k_mbf")
-    x = preprocess(faces.crops[::3], card.input)  # every third face keeps the PyTorch pass short
+    x = to_blob(faces.crops[::3], card.input)  # every third face keeps the PyTorch pass short
     ref, _ = run_batched(OnnxRunner(w600k, card), x, 64)
     got, _ = run_batched(TorchRunner(model, card.input), x, 64)
     cos = row_cosines(ref, got)

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..cards import ModelCard
 from ..errors import InvalidArgumentError, InvalidImageError
+from ..preprocess import to_blob
 from ..similarity import l2_normalize
 
 
@@ -23,30 +24,6 @@ class ArcFaceEmbedder:
         self.size: tuple[int, int] = card.input.size
         self.max_batch = max_batch if card.input.dynamic_batch else 1
         self._input_name = session.get_inputs()[0].name
-        self._dtype = np.float16 if card.input.dtype == "float16" else np.float32
-
-    def preprocess(self, crops: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) BGR uint8 crops → the model's normalised input tensor."""
-        import cv2
-
-        inp = self.card.input
-        swap = inp.color_order == "RGB"
-        mean = np.array(inp.mean, np.float32)
-        std = np.array(inp.std, np.float32)
-        if np.all(std == std[0]):
-            blob = cv2.dnn.blobFromImages(
-                list(crops),
-                1.0 / float(std[0]),
-                self.size,
-                tuple(float(m) for m in (mean if swap else mean[::-1])),
-                swapRB=swap,
-            )
-        else:
-            x = crops[..., ::-1] if swap else crops
-            blob = ((x.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
-        if inp.layout == "NHWC":
-            blob = blob.transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(blob, dtype=self._dtype)
 
     def check_crops(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
@@ -67,7 +44,8 @@ class ArcFaceEmbedder:
         assert spec is not None
         feats, norms = [], []
         for start in range(0, n, self.max_batch):
-            outs = self.session.run(None, {self._input_name: self.preprocess(crops[start : start + self.max_batch])})
+            blob = to_blob(crops[start : start + self.max_batch], self.card.input, self.size)
+            outs = self.session.run(None, {self._input_name: blob})
             raw = np.asarray(outs[0], dtype=np.float32).reshape(-1, self.dim)
             emb, nrm = l2_normalize(raw)
             if spec.norm_output_index is not None:

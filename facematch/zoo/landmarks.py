@@ -8,6 +8,7 @@ import numpy as np
 
 from ..cards import ModelCard
 from ..errors import InvalidArgumentError
+from ..preprocess import to_blob
 from ..types import Face
 
 
@@ -41,9 +42,7 @@ class Landmarks106:
             return np.zeros((0, k, 2), np.float32)
         mats = [box_crop_matrix(f.box, self.size, spec.box_scale) for f in faces]
         crops = [cv2.warpAffine(image, m, (self.size, self.size), borderValue=(0, 0, 0)) for m in mats]
-        inp = self.card.input
-        swap = inp.color_order == "RGB"
-        blob = cv2.dnn.blobFromImages(crops, 1.0 / inp.std[0], (self.size, self.size), inp.mean, swapRB=swap)
+        blob = to_blob(crops, self.card.input)
         raw = np.asarray(self.session.run(None, {self._input_name: blob})[0], np.float32).reshape(len(faces), k, 2)
         pts = (raw + 1.0) * (self.size / 2.0)
         out = np.empty_like(pts)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..cards import DetectionSpec, ModelCard
 from ..errors import InvalidArgumentError
+from ..preprocess import to_blob
 from ..types import Detections
 
 
@@ -81,8 +82,8 @@ class SCRFD:
         self._input_name = session.get_inputs()[0].name
         self._centers: dict[tuple[int, int, int], np.ndarray] = {}
 
-    def preprocess(self, image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
-        """Resize (keeping aspect) into the top-left of an input canvas; returns the blob and the scale."""
+    def letterbox(self, image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+        """Resize (keeping aspect) into the top-left of a black ``input_size`` canvas; returns it and the scale."""
         import cv2
 
         w_in, h_in = input_size
@@ -92,11 +93,7 @@ class SCRFD:
         resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         canvas = np.zeros((h_in, w_in, 3), dtype=np.uint8)
         canvas[:nh, :nw] = resized
-        inp = self.card.input
-        swap = inp.color_order == "RGB"
-        mean = inp.mean[::-1] if not swap else inp.mean
-        blob = cv2.dnn.blobFromImage(canvas, 1.0 / inp.std[0], (w_in, h_in), mean, swapRB=swap)
-        return blob, scale
+        return canvas, scale
 
     def _anchor_centers(self, h: int, w: int, stride: int) -> np.ndarray:
         key = (h, w, stride)
@@ -161,8 +158,8 @@ class SCRFD:
         nms_thr = self.spec.nms_threshold if nms_threshold is None else float(nms_threshold)
         if not (0.0 <= thr <= 1.0 and 0.0 <= nms_thr <= 1.0):
             raise InvalidArgumentError("score and NMS thresholds must be in [0, 1]")
-        blob, scale = self.preprocess(image, size)
-        outputs = self.session.run(None, {self._input_name: blob})
+        canvas, scale = self.letterbox(image, size)
+        outputs = self.session.run(None, {self._input_name: to_blob(canvas[None], self.card.input)})
         boxes, scores, kps = self.decode(outputs, size, thr)
         if len(boxes) == 0:
             return Detections.empty()
