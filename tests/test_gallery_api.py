@@ -115,7 +115,7 @@ def test_templates_list_delete_metadata(populated) -> None:  # type: ignore[no-u
     # pagination walks every identity once, in order
     seen, cursor = [], None
     while True:
-        page = g.list(limit=7, cursor=cursor)
+        page = g.list_identities(limit=7, cursor=cursor)
         seen += [i.identity_id for i in page.items]
         cursor = page.next_cursor
         if cursor is None:
@@ -153,7 +153,7 @@ def test_bad_inputs(tmp_path, populated) -> None:  # type: ignore[no-untyped-def
     with pytest.raises(InvalidArgumentError):
         g.enroll_embeddings("new", centres[:1], MODEL, metadata={"x": object()})
     with pytest.raises(InvalidArgumentError):
-        g.list(cursor="%%%")
+        g.list_identities(cursor="%%%")
     with pytest.raises(InvalidArgumentError):
         g.identify_embeddings(centres[:1], MODEL, k=0)
     for bad_template in ("abc", 1.5, None, True):
@@ -161,7 +161,7 @@ def test_bad_inputs(tmp_path, populated) -> None:  # type: ignore[no-untyped-def
             g.remove_template(bad_template)  # type: ignore[arg-type]
     for bad_cursor in (5, b"abc"):
         with pytest.raises(InvalidArgumentError):
-            g.list(cursor=bad_cursor)  # type: ignore[arg-type]
+            g.list_identities(cursor=bad_cursor)  # type: ignore[arg-type]
     assert "new" not in g  # nothing half-written by any failure above
 
 
