@@ -115,7 +115,7 @@ def test_templates_list_delete_metadata(populated) -> None:  # type: ignore[no-u
     # pagination walks every identity once, in order
     seen, cursor = [], None
     while True:
-        page = g.list(limit=7, cursor=cursor)
+        page = g.list_identities(limit=7, cursor=cursor)
         seen += [i.identity_id for i in page.items]
         cursor = page.next_cursor
         if cursor is None:
@@ -144,7 +144,8 @@ def test_bad_inputs(tmp_path, populated) -> None:  # type: ignore[no-untyped-def
         g.enroll_embeddings("new", centres[:1], "another-model")
     with pytest.raises(ModelMismatchError):
         g.identify_embeddings(np.ones((1, 64), np.float32), MODEL)
-    for bad in (np.zeros((1, DIM)), np.full((1, DIM), np.nan), np.zeros((0, DIM)), "not an array"):
+    non_finite = (np.full((1, DIM), np.nan), np.full((1, DIM), np.inf))
+    for bad in (np.zeros((1, DIM)), *non_finite, np.zeros((0, DIM)), "not an array"):
         with pytest.raises(InvalidArgumentError):
             g.enroll_embeddings("new", bad, MODEL)
     for bad_id in ("", "x" * 300, "tab\there", 5):
@@ -153,7 +154,7 @@ def test_bad_inputs(tmp_path, populated) -> None:  # type: ignore[no-untyped-def
     with pytest.raises(InvalidArgumentError):
         g.enroll_embeddings("new", centres[:1], MODEL, metadata={"x": object()})
     with pytest.raises(InvalidArgumentError):
-        g.list(cursor="%%%")
+        g.list_identities(cursor="%%%")
     with pytest.raises(InvalidArgumentError):
         g.identify_embeddings(centres[:1], MODEL, k=0)
     for bad_template in ("abc", 1.5, None, True):
@@ -161,8 +162,24 @@ def test_bad_inputs(tmp_path, populated) -> None:  # type: ignore[no-untyped-def
             g.remove_template(bad_template)  # type: ignore[arg-type]
     for bad_cursor in (5, b"abc"):
         with pytest.raises(InvalidArgumentError):
-            g.list(cursor=bad_cursor)  # type: ignore[arg-type]
+            g.list_identities(cursor=bad_cursor)  # type: ignore[arg-type]
     assert "new" not in g  # nothing half-written by any failure above
+
+
+def test_thresholds_and_rates_follow_the_one_rule(tmp_path, populated) -> None:  # type: ignore[no-untyped-def]
+    """resolve_threshold validates as calibration.threshold_or_rate does (type, range, not both)."""
+    g, centres, _ = populated
+    assert g.resolve_threshold(threshold=np.float32(0.25)) == (pytest.approx(0.25), None)
+    assert g.resolve_threshold(fpir=0.05)[1] == 0.05
+    for bad in ({"threshold": True}, {"threshold": "0.5"}, {"threshold": float("nan")}, {"threshold": -1.5}):
+        with pytest.raises(InvalidArgumentError):
+            g.resolve_threshold(**bad)  # type: ignore[arg-type]
+    for bad in ({"fpir": 0.0}, {"fpir": 1.0}, {"fpir": True}, {"fpir": float("inf")}, {"fpir": "0.01"}):
+        with pytest.raises(InvalidArgumentError):
+            g.identify_embeddings(centres[:1], MODEL, **bad)  # type: ignore[arg-type]
+    for bad_default in (0.0, 1.0, True):
+        with pytest.raises(InvalidArgumentError):
+            Gallery(tmp_path / "other.fmg", default_fpir=bad_default)
 
 
 def test_index_options_are_validated_before_anything_is_opened(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ def enroll_cmd(
     identity: Annotated[str, typer.Argument(help="Identity id to create (or extend with --add).")],
     images: Annotated[list[Path], typer.Argument(help="Face images of this identity, one template each.")],
     metadata: Annotated[str | None, typer.Option(help="JSON object stored with the identity.")] = None,
-    add: Annotated[bool, typer.Option("--add", help="Add the faces to an existing identity.")] = False,
+    add: Annotated[bool, typer.Option("--add", help="Add templates to an existing identity.")] = False,
     aligned: Annotated[bool, typer.Option(help="Images are aligned 112x112 face crops (no detection).")] = False,
     multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
     strict: Annotated[bool, typer.Option(help="Write nothing unless every image gives a template.")] = False,
@@ -48,7 +48,7 @@ def enroll_cmd(
             raise InvalidArgumentError(f"--metadata is not valid JSON: {exc}") from exc
         with _open(gallery, read_only=False, create=True, multi_face=multi_face) as g:
             if add:
-                report = g.add_faces(identity, [str(p) for p in images], aligned=aligned, strict=strict)
+                report = g.add_templates(identity, [str(p) for p in images], aligned=aligned, strict=strict)
             else:
                 report = g.enroll(identity, [str(p) for p in images], meta, aligned=aligned, strict=strict)
 
@@ -97,7 +97,7 @@ def list_cmd(
 ) -> None:
     """List identities, a page at a time."""
     with reported_errors(), _open(gallery, read_only=True) as g:
-        page = g.list(limit=limit, cursor=cursor)
+        page = g.list_identities(limit=limit, cursor=cursor)
 
         def text() -> str:
             lines = [f"{i.identity_id}\t{i.num_templates} template(s)\t{json.dumps(i.metadata)}" for i in page.items]

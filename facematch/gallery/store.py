@@ -1,14 +1,21 @@
-"""SQLite store: the gallery's source of truth.
+"""The gallery's source of truth: the :class:`Store` interface and the rules on what it stores.
 
-One database file in WAL mode holds the gallery's model binding, identities (with
-JSON metadata), and every template's fp32 embedding as a little-endian BLOB.
-Template ids come from ``AUTOINCREMENT`` and are never reused, so a stale index can
-never point a deleted template's id at a new face.
+A store holds the gallery's settings (model binding, backend, index configuration),
+its identities (with JSON metadata) and every template's fp32 embedding. The gallery
+talks to it only through :class:`Store`: plain Python values and numpy arrays in and
+out, never a connection or a cursor, so another database (PostgreSQL) is one more
+class beside :class:`~facematch.gallery.sqlite_store.SQLiteStore`, the embedded one.
+The rules every implementation keeps:
 
-Durability: each public write is one transaction committed before the call returns.
-``synchronous=FULL`` (the default) fsyncs the WAL at every commit, so an acknowledged
-enrolment survives a process kill *and* a power cut; ``NORMAL`` survives a process
-kill (the WAL is in the OS page cache) but may lose the last commits on power loss.
+- each write method is one transaction, committed before it returns; a failure rolls
+  all of it back;
+- identity ids are unique by the store's own constraint (a concurrent duplicate is a
+  :class:`DuplicateIdentityError`, not a second row); callers pass ids already checked
+  by :func:`validate_identity_id`, metadata is stored as :func:`dump_metadata` checks it;
+- template ids increase and are never reused, so a stale derived index can never
+  point a deleted template's id at a new face;
+- each identity also has an integer *key* assigned by the store (stable while the
+  identity exists): the in-memory template → identity map and searches use it.
 """
 
 from __future__ import annotations
@@ -16,59 +23,62 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import sqlite3
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Literal
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..errors import GalleryCorruptError, GalleryError, InvalidArgumentError
+from ..errors import DuplicateIdentityError, IdentityNotFoundError, InvalidArgumentError
 from .types import IdentityInfo
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 MAX_METADATA_BYTES = 64 * 1024
 MAX_IDENTITY_LEN = 256
-_SQL_CHUNK = 900  # stay below SQLite's bound-parameter limit
-
-Synchronous = Literal["FULL", "NORMAL"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS identities (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    metadata TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS templates (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    identity INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
-    embedding BLOB NOT NULL,
-    source TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS templates_identity ON templates(identity);
-"""
+# Unicode categories refused in identity ids: control (C0, C1, U+0085), format (zero-width
+# characters, BOM, bidi controls), line and paragraph separators.
+_REFUSED_CATEGORIES = {
+    "Cc": "control",
+    "Cf": "format",
+    "Zl": "line separator",
+    "Zp": "paragraph separator",
+}
 
 
 def validate_identity_id(identity_id: object) -> str:
-    if not isinstance(identity_id, str) or not identity_id.strip():
-        raise InvalidArgumentError("identity id must be a non-empty string")
-    if len(identity_id) > MAX_IDENTITY_LEN:
+    """The identity id in its one stored form (Unicode NFC), or ``InvalidArgumentError``.
+
+    The rule of the SDK, the CLI and the server: a string of 1 to 256 characters after NFC
+    normalisation (so a decomposed and a precomposed "é" are the same id), not only
+    whitespace, not ``.`` or ``..``, without ``/``, and without characters of the Unicode
+    categories Cc (control, including U+0085), Cf (format: zero-width characters, BOM, the
+    bidi controls), Zl and Zp (line and paragraph separators).
+    """
+    if not isinstance(identity_id, str):
+        raise InvalidArgumentError(f"identity id must be a string, got {type(identity_id).__name__}")
+    if len(identity_id) > 4 * MAX_IDENTITY_LEN:  # before normalising: NFC never shrinks a string this much
         raise InvalidArgumentError(f"identity id is longer than {MAX_IDENTITY_LEN} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in identity_id):
-        raise InvalidArgumentError("identity id must not contain control characters")
-    return identity_id
+    nid = unicodedata.normalize("NFC", identity_id)
+    if not nid.strip():
+        raise InvalidArgumentError("identity id must be a non-empty string (not only whitespace)")
+    if len(nid) > MAX_IDENTITY_LEN:
+        raise InvalidArgumentError(f"identity id is longer than {MAX_IDENTITY_LEN} characters")
+    if nid in (".", ".."):
+        raise InvalidArgumentError(f"identity id must not be {nid!r}")
+    if "/" in nid:
+        raise InvalidArgumentError("identity id must not contain '/'")
+    for c in nid:
+        kind = _REFUSED_CATEGORIES.get(unicodedata.category(c))
+        if kind is not None:
+            raise InvalidArgumentError(f"identity id must not contain {kind} characters (U+{ord(c):04X})")
+    return nid
 
 
 def dump_metadata(metadata: object) -> str:
+    """Identity metadata as the JSON text stored (``{}`` for ``None``), or ``InvalidArgumentError``."""
     if metadata is None:
         return "{}"
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
@@ -96,243 +106,122 @@ def decode_cursor(cursor: str) -> str:
         raise InvalidArgumentError("invalid pagination cursor") from exc
 
 
-class Store:
-    """Thread-safe access to one gallery database (one connection, serialised by a lock)."""
+def duplicate_identity(identity_id: str) -> DuplicateIdentityError:
+    """The one duplicate-identity error (the SDK, CLI and server each name the 'add' action differently)."""
+    return DuplicateIdentityError(
+        f"identity {identity_id!r} already exists; add templates to it instead", identity_id=identity_id
+    )
 
-    def __init__(self, path: Path, *, read_only: bool = False, synchronous: Synchronous = "FULL") -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise InvalidArgumentError("synchronous must be 'FULL' or 'NORMAL'")
-        self.path = path
-        self.read_only = read_only
-        self._lock = threading.RLock()
-        try:
-            if read_only:
-                self._conn = sqlite3.connect(
-                    f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
-                )
-            else:
-                self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA busy_timeout=10000")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            if not read_only:
-                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise GalleryError(f"could not put {path} in WAL mode (got {mode!r})")
-                self._conn.execute(f"PRAGMA synchronous={synchronous}")
-                self._conn.executescript(_SCHEMA)
-            self._check_schema()
-        except sqlite3.DatabaseError as exc:
-            raise GalleryCorruptError(f"{path} is not a usable gallery database: {exc}") from exc
 
-    def _check_schema(self) -> None:
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"meta", "identities", "templates"} <= tables:
-            raise GalleryCorruptError(f"{self.path} is not a facematch gallery (tables missing)")
-        version = self.get_meta("schema_version")
-        if version is None and not self.read_only:
-            self.set_meta({"schema_version": str(SCHEMA_VERSION), "created_at": repr(time.time())})
-        elif version is not None and int(version) > SCHEMA_VERSION:
-            raise GalleryError(f"{self.path} has gallery schema {version}, newer than this facematch")
+def identity_not_found(identity_id: str) -> IdentityNotFoundError:
+    return IdentityNotFoundError(f"no identity {identity_id!r}", identity_id=identity_id)
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
-    # ---- transactions ----------------------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+@dataclass(frozen=True)
+class TemplatesWritten:
+    """What a committed template write gave: the identity's key and the new template ids, in input order."""
 
-    # ---- meta ------------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+    identity_key: int
+    template_ids: tuple[int, ...]
 
-    def set_meta(self, values: dict[str, str]) -> None:
-        with self.transaction() as c:
-            c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", list(values.items()))
+
+class Store(ABC):
+    """The operations the gallery needs from its source of truth (see the module docstring for the rules).
+
+    Embeddings go in as ``(n, dim)`` float32 arrays of unit vectors and come back as
+    float32; ``dim`` is the gallery's bound dimension.
+    """
+
+    read_only: bool
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # ---- settings (model binding, backend, index configuration, gallery id) -------------
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        """Set several settings in one transaction."""
 
     # ---- identities ------------------------------------------------------------------------
-    def identity_rowid(self, name: str) -> int | None:
-        with self._lock:
-            row = self._conn.execute("SELECT id FROM identities WHERE name=?", (name,)).fetchone()
-        return None if row is None else int(row[0])
+    @abstractmethod
+    def identity_key(self, identity_id: str) -> int | None:
+        """The identity's key, ``None`` when it does not exist."""
 
-    @staticmethod
-    def insert_identity(c: sqlite3.Connection, name: str, metadata_json: str) -> int:
-        now = time.time()
-        cur = c.execute(
-            "INSERT INTO identities(name, metadata, created_at, updated_at) VALUES(?, ?, ?, ?)",
-            (name, metadata_json, now, now),
-        )
-        assert cur.lastrowid is not None
-        return int(cur.lastrowid)
+    @abstractmethod
+    def get_identity(self, identity_id: str) -> IdentityInfo | None: ...
 
-    @staticmethod
-    def insert_templates(
-        c: sqlite3.Connection, identity_rowid: int, embeddings: np.ndarray, sources: Sequence[str | None]
-    ) -> list[int]:
-        now = time.time()
-        ids = []
-        emb = np.ascontiguousarray(embeddings, dtype="<f4")
-        for vec, src in zip(emb, sources, strict=True):
-            cur = c.execute(
-                "INSERT INTO templates(identity, embedding, source, created_at) VALUES(?, ?, ?, ?)",
-                (identity_rowid, vec.tobytes(), src, now),
-            )
-            assert cur.lastrowid is not None
-            ids.append(int(cur.lastrowid))
-        c.execute("UPDATE identities SET updated_at=? WHERE id=?", (now, identity_rowid))
-        return ids
-
-    def _info_rows(self, rows: list[tuple[Any, ...]]) -> list[IdentityInfo]:
-        if not rows:
-            return []
-        by_id: dict[int, list[int]] = {int(r[0]): [] for r in rows}
-        keys = list(by_id)
-        for i in range(0, len(keys), _SQL_CHUNK):
-            chunk = keys[i : i + _SQL_CHUNK]
-            q = f"SELECT identity, id FROM templates WHERE identity IN ({','.join('?' * len(chunk))}) ORDER BY id"
-            for ident, tid in self._conn.execute(q, chunk):
-                by_id[int(ident)].append(int(tid))
-        return [
-            IdentityInfo(
-                identity_id=str(r[1]),
-                template_ids=tuple(by_id[int(r[0])]),
-                metadata=json.loads(r[2]),
-                created_at=float(r[3]),
-                updated_at=float(r[4]),
-            )
-            for r in rows
-        ]
-
-    def get_identity(self, name: str) -> IdentityInfo | None:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, name, metadata, created_at, updated_at FROM identities WHERE name=?", (name,)
-            ).fetchall()
-            infos = self._info_rows(rows)
-        return infos[0] if infos else None
-
+    @abstractmethod
     def list_identities(self, after: str | None, limit: int) -> list[IdentityInfo]:
-        with self._lock:
-            if after is None:
-                rows = self._conn.execute(
-                    "SELECT id, name, metadata, created_at, updated_at FROM identities ORDER BY name LIMIT ?",
-                    (limit,),
-                ).fetchall()
-            else:
-                rows = self._conn.execute(
-                    "SELECT id, name, metadata, created_at, updated_at FROM identities WHERE name > ? "
-                    "ORDER BY name LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-            return self._info_rows(rows)
+        """Up to ``limit`` identities with ids greater than ``after``, ordered by id."""
 
-    def identities_by_rowid(self, rowids: Sequence[int]) -> dict[int, tuple[str, dict[str, Any]]]:
-        """rowid -> (identity id, metadata) for the given rowids."""
-        out: dict[int, tuple[str, dict[str, Any]]] = {}
-        keys = sorted(set(int(r) for r in rowids))
-        with self._lock:
-            for i in range(0, len(keys), _SQL_CHUNK):
-                chunk = keys[i : i + _SQL_CHUNK]
-                q = f"SELECT id, name, metadata FROM identities WHERE id IN ({','.join('?' * len(chunk))})"
-                for rid, name, meta in self._conn.execute(q, chunk):
-                    out[int(rid)] = (str(name), json.loads(meta))
-        return out
+    @abstractmethod
+    def identities_by_key(self, keys: Sequence[int]) -> dict[int, tuple[str, dict[str, Any]]]:
+        """key -> (identity id, metadata) for the given keys that exist."""
 
+    @abstractmethod
     def counts(self) -> tuple[int, int]:
         """(identities, templates)."""
-        with self._lock:
-            n_id = self._conn.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
-            n_t = self._conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
-        return int(n_id), int(n_t)
 
     # ---- templates -------------------------------------------------------------------------
+    @abstractmethod
     def template_owners(self) -> tuple[np.ndarray, np.ndarray]:
-        """All template ids (sorted) and their identity rowids."""
-        with self._lock:
-            rows = self._conn.execute("SELECT id, identity FROM templates ORDER BY id").fetchall()
-        if not rows:
-            return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
-        arr = np.asarray(rows, dtype=np.int64)
-        return arr[:, 0].copy(), arr[:, 1].copy()
+        """All template ids (int64, ascending) and the key of the identity each belongs to."""
 
-    def template_identity(self, template_id: int) -> tuple[int, str] | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT t.identity, i.name FROM templates t JOIN identities i ON i.id = t.identity WHERE t.id=?",
-                (int(template_id),),
-            ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
-
+    @abstractmethod
     def embeddings(self, template_ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, fp32 embeddings) for the given template ids that exist, in ascending id order."""
-        keys = sorted(set(int(t) for t in template_ids))
-        found: list[int] = []
-        blobs: list[bytes] = []
-        with self._lock:
-            for i in range(0, len(keys), _SQL_CHUNK):
-                chunk = keys[i : i + _SQL_CHUNK]
-                q = f"SELECT id, embedding FROM templates WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id"
-                for tid, blob in self._conn.execute(q, chunk):
-                    found.append(int(tid))
-                    blobs.append(blob)
-        return np.asarray(found, np.int64), self._decode(blobs, dim)
+        """(ids, fp32 embeddings) of the given template ids that exist, in ascending id order."""
 
-    def embeddings_of_identities(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(template ids, identity rowids, embeddings) of every template of the given identities."""
-        keys = sorted(set(int(r) for r in rowids))
-        tids: list[int] = []
-        owners: list[int] = []
-        blobs: list[bytes] = []
-        with self._lock:
-            for i in range(0, len(keys), _SQL_CHUNK):
-                chunk = keys[i : i + _SQL_CHUNK]
-                q = f"SELECT id, identity, embedding FROM templates WHERE identity IN ({','.join('?' * len(chunk))})"
-                for tid, owner, blob in self._conn.execute(q, chunk):
-                    tids.append(int(tid))
-                    owners.append(int(owner))
-                    blobs.append(blob)
-        return np.asarray(tids, np.int64), np.asarray(owners, np.int64), self._decode(blobs, dim)
+    @abstractmethod
+    def embeddings_of_identities(self, keys: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(template ids, identity keys, embeddings) of every template of the given identities."""
 
+    @abstractmethod
     def iter_embeddings(self, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All (template ids, embeddings) in id order, in batches (for index rebuilds)."""
-        last = -1
-        while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT id, embedding FROM templates WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
-                ).fetchall()
-            if not rows:
-                return
-            last = int(rows[-1][0])
-            yield np.asarray([r[0] for r in rows], np.int64), self._decode([r[1] for r in rows], dim)
+        """All (template ids, embeddings) in id order, ``batch`` at a time (for index rebuilds)."""
 
-    def _decode(self, blobs: list[bytes], dim: int) -> np.ndarray:
-        if not blobs:
-            return np.zeros((0, dim), np.float32)
-        joined = b"".join(blobs)
-        if len(joined) != len(blobs) * dim * 4:
-            raise GalleryCorruptError(f"stored embeddings in {self.path} do not have dimension {dim}")
-        return np.frombuffer(joined, dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+    # ---- writes: one transaction each --------------------------------------------------------
+    @abstractmethod
+    def create_identity(
+        self,
+        identity_id: str,
+        embeddings: np.ndarray,
+        sources: Sequence[str | None],
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> TemplatesWritten:
+        """Create the identity with one template per row; ``DuplicateIdentityError`` if it exists."""
+
+    @abstractmethod
+    def add_templates(
+        self, identity_id: str, embeddings: np.ndarray, sources: Sequence[str | None]
+    ) -> TemplatesWritten:
+        """Add one template per row to an existing identity; ``IdentityNotFoundError`` otherwise."""
+
+    @abstractmethod
+    def delete_identity(self, identity_id: str) -> IdentityInfo:
+        """Delete the identity and its templates; returns what was deleted (``IdentityNotFoundError``)."""
+
+    @abstractmethod
+    def delete_template(self, template_id: int) -> str:
+        """Delete one template; returns its identity's id, which is kept (``TemplateNotFoundError``)."""
+
+    @abstractmethod
+    def set_metadata(self, identity_id: str, metadata: dict[str, Any]) -> IdentityInfo:
+        """Replace the identity's metadata; returns the updated identity (``IdentityNotFoundError``)."""
 
 
 __all__ = [
+    "MAX_IDENTITY_LEN",
     "MAX_METADATA_BYTES",
     "Store",
-    "Synchronous",
+    "TemplatesWritten",
     "decode_cursor",
     "dump_metadata",
+    "duplicate_identity",
     "encode_cursor",
+    "identity_not_found",
     "validate_identity_id",
 ]

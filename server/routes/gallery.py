@@ -51,7 +51,7 @@ def _enroll(
 
 
 def _add(gallery: Gallery, identity_id: str, images: list[bytes], sources: list[str]) -> EnrollReport:
-    return gallery.add_faces(identity_id, images, sources=sources)
+    return gallery.add_templates(identity_id, images, sources=sources)
 
 
 @router.post(
@@ -113,7 +113,7 @@ async def list_identities(
 
     def page() -> IdentityPage:
         state.maybe_refresh(gallery)
-        result = gallery.list(limit=limit, cursor=cursor)
+        result = gallery.list_identities(limit=limit, cursor=cursor)
         return IdentityPage(items=[_identity(i) for i in result.items], next_cursor=result.next_cursor)
 
     return await run_in_pool(state, page)

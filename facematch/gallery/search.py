@@ -1,0 +1,261 @@
+"""Identification search: index shortlist, exact re-rank, per-identity aggregation, results.
+
+A probe is searched in the derived index for enough templates to cover ``k`` identities
+(widened when one identity dominates the shortlist), re-scored exactly against the
+stored fp32 embeddings when the index is approximate and ``rerank`` is set, aggregated
+per identity (:func:`~facematch.gallery.openset.aggregate`: ``max``, ``mean``,
+``topk_mean``; the latter two re-score every template of the shortlisted identities),
+and turned into :class:`IdentifyResult` / :class:`Candidate` with the open-set decision.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import numpy as np
+
+from ..calibration import Calibration, threshold_or_rate
+from ..errors import CalibrationMissingError, FacematchError, GalleryError, InvalidArgumentError
+from ..types import Candidate, IdentifyResult
+from .binding import ModelBinding
+from .config import AGGREGATIONS, Aggregation
+from .enrol import MultiFacePolicy, as_image_list, source_label
+from .openset import aggregate, needs_extrapolation, threshold_for_fpir
+from .store import Store
+from .sync import IndexSync
+
+MAX_K = 1000
+
+Ranked = list[tuple[int, float, int]]  # (identity key, similarity, best template id), best first
+
+
+def search(
+    sync: IndexSync, q: np.ndarray, k: int, method: Aggregation, *, n_identities: int, top_k: int
+) -> list[Ranked]:
+    """Per probe row of ``q``: up to ``k`` (identity key, aggregated similarity, best template id), ranked."""
+    index, owners_map, config = sync.index, sync.owners, sync.config
+    n_templates = len(owners_map)
+    if index is None or n_templates == 0:
+        return [[] for _ in range(q.shape[0])]
+    per_identity = max(1.0, n_templates / max(n_identities, 1))
+    want = k if method == "max" else max(2 * k, 10)  # identities in the shortlist
+    fetch = min(n_templates, math.ceil(want * per_identity * 2) + 16)
+    if config.rerank:
+        fetch = min(n_templates, fetch * config.rerank_factor)
+    scores, tids = index.search(q, fetch)
+    exact: dict[int, np.ndarray] = {}
+    if config.rerank:
+        exact = _exact_embeddings(sync, np.unique(tids[tids >= 0]))
+    out = []
+    for r in range(q.shape[0]):
+        s, t = scores[r], tids[r]
+        f = fetch
+        while True:
+            valid = t >= 0
+            s_v, t_v = s[valid], t[valid]
+            owners = owners_map.lookup(t_v)
+            known = owners >= 0
+            s_v, t_v, owners = s_v[known], t_v[known], owners[known]
+            if np.unique(owners).size >= want or f >= n_templates:
+                break
+            f = min(n_templates, f * 4)  # one identity dominated the shortlist: widen it
+            s2, t2 = index.search(q[r : r + 1], f)
+            s, t = s2[0], t2[0]
+            if config.rerank:
+                exact.update(_exact_embeddings(sync, np.setdiff1d(t[t >= 0], np.fromiter(exact, np.int64))))
+        if config.rerank and t_v.size:
+            s_v = np.stack([exact[int(x)] for x in t_v]) @ q[r]
+        if method == "max":
+            ident, agg, best = aggregate(owners, s_v, t_v, "max")
+        else:
+            shortlist = aggregate(owners, s_v, t_v, "max")[0][:want]
+            all_t, all_o, all_v = sync.store.embeddings_of_identities(shortlist.tolist(), q.shape[1])
+            ident, agg, best = aggregate(all_o, all_v @ q[r], all_t, method, top_k)
+        out.append([(int(i), float(a), int(b)) for i, a, b in zip(ident[:k], agg[:k], best[:k], strict=True)])
+    return out
+
+
+def _exact_embeddings(sync: IndexSync, tids: np.ndarray) -> dict[int, np.ndarray]:
+    assert sync.dim is not None
+    ids, vecs = sync.store.embeddings(tids.tolist(), sync.dim)
+    return {int(i): v for i, v in zip(ids, vecs, strict=True)}
+
+
+def build_results(
+    ranked: list[Ranked],
+    names: dict[int, tuple[str, dict[str, object]]],
+    *,
+    threshold: float,
+    target_fpir: float | None,
+    calibration: Calibration | None,
+    extrapolated: bool,
+    gallery_size: int,
+) -> list[IdentifyResult]:
+    """One :class:`IdentifyResult` per probe: candidates (named through ``names``) and the open-set decision.
+
+    Identities deleted since the search (absent from ``names``) are dropped; each candidate's
+    ``estimated_fmr`` is the calibration's false-match rate at its similarity.
+    """
+    out = []
+    for rows in ranked:
+        sims = np.asarray([s for _, s, _ in rows], np.float64)
+        fmrs = np.atleast_1d(calibration.fmr_at(sims)) if (calibration is not None and sims.size) else None
+        cands = tuple(
+            Candidate(
+                identity_id=names[r][0],
+                similarity=float(s),
+                estimated_fmr=float(fmrs[j]) if fmrs is not None else None,
+                template_id=int(t),
+                metadata=names[r][1],
+            )
+            for j, (r, s, t) in enumerate(rows)
+            if r in names
+        )
+        out.append(
+            IdentifyResult(
+                candidates=cands,
+                threshold=threshold,
+                is_unknown=not cands or cands[0].similarity < threshold,
+                target_fpir=target_fpir,
+                gallery_size=gallery_size,
+                threshold_extrapolated=extrapolated,
+            )
+        )
+    return out
+
+
+class Identification:
+    """The gallery's identification methods (a part of :class:`~facematch.gallery.Gallery`).
+
+    Images are prepared with the matcher's shared step (``prepare``, policy ``largest``, or
+    ``reject`` under ``multi_face="reject"``) and embedded in one ``embed_crops`` call;
+    probes are searched (:func:`search`) and decided (:func:`build_results`) here.
+    """
+
+    # provided by Gallery
+    aggregation: Aggregation
+    aggregation_top_k: int
+    default_fpir: float
+    multi_face: MultiFacePolicy
+    _closed: bool
+    _lock: threading.RLock
+    _model: ModelBinding
+    _n_identities: int
+    _store: Store
+    _sync: IndexSync
+
+    def resolve_threshold(
+        self, threshold: float | None = None, fpir: float | None = None
+    ) -> tuple[float, float | None]:
+        """(threshold, target FPIR or None) for the current gallery size.
+
+        With neither given, the gallery's ``default_fpir`` is used; FPIR needs a calibration
+        (the embedder card's, or the one given to the gallery) or raises ``CalibrationMissingError``.
+        """
+        thr, rate = threshold_or_rate(threshold, fpir, "fpir")
+        if thr is not None:
+            return thr, None
+        target = self.default_fpir if rate is None else rate
+        cal = self._model.calibration
+        if cal is None:
+            raise CalibrationMissingError(
+                f"model {self._model.model_id!r} has no impostor calibration; "
+                "pass threshold= or calibrate the model card"
+            )
+        return threshold_for_fpir(cal, target, self._fpir_comparisons()), target
+
+    def _fpir_comparisons(self) -> int:
+        """How many comparisons an identification makes, for FPIR → FMR: the template count."""
+        return max(len(self._sync.owners), 1)
+
+    def identify(
+        self,
+        image: Any,
+        *,
+        k: int = 5,
+        threshold: float | None = None,
+        fpir: float | None = None,
+        aligned: bool = False,
+    ) -> IdentifyResult:
+        """Identify the face in an image (the largest one; ``multi_face="reject"`` refuses several)."""
+        return self.identify_batch([image], k=k, threshold=threshold, fpir=fpir, aligned=aligned)[0]
+
+    def identify_batch(
+        self,
+        images: Sequence[Any],
+        *,
+        k: int = 5,
+        threshold: float | None = None,
+        fpir: float | None = None,
+        aligned: bool = False,
+    ) -> list[IdentifyResult]:
+        """Identify many images with one embedding call and one index search.
+
+        All images are prepared before the search: the first one without a usable face
+        raises its error (``NoFaceError``, ``InvalidImageError``, ...) naming it, with
+        ``details["index"]`` and ``details["source"]``.
+        """
+        items = as_image_list(images)
+        if not items:
+            return []
+        matcher = self._model.matcher()
+        policy: Literal["largest", "reject"] = "reject" if self.multi_face == "reject" else "largest"
+        prepared = []
+        for i, img in enumerate(items):
+            try:
+                prepared.append(matcher.prepare(img, policy, aligned=aligned))
+            except FacematchError as exc:
+                source = source_label(img, i)
+                raise exc.about(source, index=i, source=source) from exc
+        embeddings, _ = matcher.embed_crops(np.concatenate([p.crops[:1] for p in prepared]))
+        results = self.identify_embeddings(embeddings, matcher.model_id, k=k, threshold=threshold, fpir=fpir)
+        return [replace(r, face=p.face(0)) for r, p in zip(results, prepared, strict=True)]
+
+    def identify_embeddings(
+        self,
+        embeddings: Any,
+        model_id: str | None = None,
+        *,
+        k: int = 5,
+        threshold: float | None = None,
+        fpir: float | None = None,
+        aggregation: Aggregation | None = None,
+    ) -> list[IdentifyResult]:
+        """Open-set identification of probe embeddings ``(q, dim)``: one result per probe."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InvalidArgumentError(f"k must be an integer in [1, {MAX_K}]")
+        method = aggregation or self.aggregation
+        if method not in AGGREGATIONS:
+            raise InvalidArgumentError(f"aggregation must be one of {AGGREGATIONS}")
+        if self._closed:
+            raise GalleryError("the gallery is closed")
+        with self._lock:
+            if self._model.model_id is None:
+                if embeddings is None or np.asarray(embeddings).size == 0:
+                    raise InvalidArgumentError("no probe embeddings given")
+                thr, target = self.resolve_threshold(threshold, fpir)
+                n_probes = 1 if np.asarray(embeddings).ndim == 1 else len(embeddings)
+                return [IdentifyResult((), thr, True, target_fpir=target, gallery_size=0)] * n_probes
+            q = self._model.check_embeddings(embeddings, model_id)
+            thr, target = self.resolve_threshold(threshold, fpir)
+            n_templates = self._fpir_comparisons()
+            ranked = search(self._sync, q, k, method, n_identities=self._n_identities, top_k=self.aggregation_top_k)
+            names = self._store.identities_by_key([r for rows in ranked for r, _, _ in rows])
+            gallery_size = self._n_identities
+        cal = self._model.calibration
+        return build_results(
+            ranked,
+            names,
+            threshold=thr,
+            target_fpir=target,
+            calibration=cal,
+            extrapolated=target is not None and cal is not None and needs_extrapolation(cal, target, n_templates),
+            gallery_size=gallery_size,
+        )
+
+
+__all__ = ["MAX_K", "Identification", "Ranked", "build_results", "search"]
