@@ -6,7 +6,12 @@ concurrency 1, 8 and 32, each cell bounded by ``--requests`` and ``--seconds``. 
 server with micro-batching off (batch size 1) runs /verify at the highest concurrency so
 the batching gain is measured side by side. Writes benchmarks/server_results.md.
 
-    python benchmarks/bench_server.py [--seconds 15] [--requests 400] [--out benchmarks/server_results.md]
+``--servers NAME=PYTHON,...`` runs the same cells against several installs side by side in one
+run (each started with its own interpreter, e.g. the virtual environment of an older checkout),
+taking turns cell by cell, to measure a change before/after on the same machine state.
+
+    python benchmarks/bench_server.py [--seconds 15] [--requests 400] \\
+        [--servers before=/old/.venv/bin/python,after=python]
 """
 
 from __future__ import annotations
@@ -52,13 +57,13 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(tmp: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(tmp: Path, python: str = sys.executable, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
     env["FACEMATCH_API_KEYS"] = json.dumps([{"name": "bench", "key": KEY, "scopes": ["admin"]}])
     env.update({f"FACEMATCH_{k.upper()}": v for k, v in settings.items()})
     cmd = [
-        sys.executable,
+        python,
         "-m",
         "facematch.server",
         "--port",
@@ -141,49 +146,71 @@ def machine() -> str:
     )
 
 
+def enrol(url: str, images: dict[str, bytes]) -> None:
+    for name, img in ENROL.items():
+        r = httpx.post(
+            f"{url}/gallery/identities",
+            headers={"X-API-Key": KEY},
+            data={"identity_id": name},
+            files={"images": (img, images[img])},
+            timeout=60,
+        )
+        r.raise_for_status()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="time bound per cell")
     ap.add_argument("--requests", type=int, default=400, help="request bound per cell")
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument(
+        "--servers",
+        default=f"facematch={sys.executable}",
+        help="NAME=PYTHON[,NAME=PYTHON...]: installs to measure side by side (default: this interpreter)",
+    )
+    ap.add_argument("--no-unbatched", action="store_true", help="skip the batch-size-1 comparison")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "server_results.md")
     args = ap.parse_args()
     if not WILD.is_dir():
         raise SystemExit(f"{WILD} is absent (the shared data set lives beside the repository)")
     images = {p.name: p.read_bytes() for p in WILD.iterdir() if p.suffix in (".jpg", ".png")}
     levels = [int(x) for x in args.concurrency.split(",")]
+    servers = [tuple(x.split("=", 1)) for x in args.servers.split(",")]
     rows: list[tuple[str, str, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp))
+        running = []
         try:
-            for name, img in ENROL.items():
-                r = httpx.post(
-                    f"{url}/gallery/identities",
-                    headers={"X-API-Key": KEY},
-                    data={"identity_id": name},
-                    files={"images": (img, images[img])},
-                    timeout=60,
-                )
-                r.raise_for_status()
-            asyncio.run(run_cell(url, "/verify", 4, 20, 5, images))  # warm-up
+            for name, python in servers:
+                proc, url = start_server(Path(tmp), python)
+                running.append((name, proc, url))
+                enrol(url, images)
+                asyncio.run(run_cell(url, "/verify", 4, 20, 5, images))  # warm-up
             for endpoint in ("/verify", "/identify"):
                 for conc in levels:
-                    res = asyncio.run(run_cell(url, endpoint, conc, args.requests, args.seconds, images))
-                    rows.append(("batched (max 32, 2 ms)", endpoint, conc, res))
-                    print(endpoint, conc, {k: round(v, 1) for k, v in res.items()}, flush=True)
+                    for name, _, url in running:  # taking turns: the same machine state for each install
+                        res = asyncio.run(run_cell(url, endpoint, conc, args.requests, args.seconds, images))
+                        label = f"{name}: batched (max 32, 2 ms)" if len(running) > 1 else "batched (max 32, 2 ms)"
+                        rows.append((label, endpoint, conc, res))
+                        print(label, endpoint, conc, {k: round(v, 1) for k, v in res.items()}, flush=True)
         finally:
-            proc.terminate()
-            proc.wait(30)
-        proc, url = start_server(Path(tmp), batch_max_size="1", batch_max_wait_ms="0")
-        try:
-            asyncio.run(run_cell(url, "/verify", 4, 20, 5, images))
-            res = asyncio.run(run_cell(url, "/verify", max(levels), args.requests, args.seconds, images))
-            rows.append(("unbatched (max 1)", "/verify", max(levels), res))
-            print("unbatched /verify", max(levels), {k: round(v, 1) for k, v in res.items()}, flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
+            for _, proc, _ in running:
+                proc.terminate()
+                proc.wait(30)
+        if not args.no_unbatched:
+            proc, url = start_server(Path(tmp), servers[-1][1], batch_max_size="1", batch_max_wait_ms="0")
+            try:
+                asyncio.run(run_cell(url, "/verify", 4, 20, 5, images))
+                res = asyncio.run(run_cell(url, "/verify", max(levels), args.requests, args.seconds, images))
+                rows.append(("unbatched (max 1)", "/verify", max(levels), res))
+                print("unbatched /verify", max(levels), {k: round(v, 1) for k, v in res.items()}, flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
     write(args.out, rows, args)
+
+
+def _names(servers: str) -> str:
+    return ",".join(f"{x.split('=', 1)[0]}=..." for x in servers.split(","))
 
 
 def write(out: Path, rows: list[tuple[str, str, int, dict[str, float]]], args: argparse.Namespace) -> None:
@@ -193,7 +220,8 @@ def write(out: Path, rows: list[tuple[str, str, int, dict[str, float]]], args: a
         f"Machine: {machine()}. The cores are shared with other jobs running at the same time, so",
         "absolute numbers are noisy; the batched/unbatched rows were measured back to back in one run.",
         "",
-        f"Command: `python benchmarks/bench_server.py --seconds {args.seconds:g} --requests {args.requests}`.",
+        f"Command: `python benchmarks/bench_server.py --seconds {args.seconds:g} --requests {args.requests}"
+        + (f" --servers {_names(args.servers)}`." if "," in args.servers else "`."),
         "One uvicorn worker on 127.0.0.1, httpx async clients on the same machine (they share the CPU).",
         "Images: real photos from ../shared/data/wild (JPEG/PNG, 0.1-0.6 MB, up to 1080p) as multipart uploads;",
         "/verify decodes, detects, aligns and embeds two images per request; /identify one image plus a",
@@ -207,9 +235,9 @@ def write(out: Path, rows: list[tuple[str, str, int, dict[str, float]]], args: a
             f"| {server} | `{endpoint}` | {conc} | {r['requests']:.0f} | {r['ok']:.0f} | {r['rps']:.1f} | "
             f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} |"
         )
-    batched = [r for s, e, c, r in rows if s.startswith("batched") and e == "/verify" and c == rows[-1][2]]
+    batched = [r for s, e, c, r in rows if "batched (max 32" in s and e == "/verify" and c == rows[-1][2]]
     if batched and rows[-1][0].startswith("unbatched"):
-        ratio = batched[0]["rps"] / rows[-1][3]["rps"]
+        ratio = batched[-1]["rps"] / rows[-1][3]["rps"]
         lines += [
             "",
             f"Micro-batching gain on `/verify` at concurrency {rows[-1][2]}: {ratio:.2f}x the "

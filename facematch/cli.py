@@ -74,14 +74,22 @@ def verify(
     image1: Annotated[Path, typer.Argument(help="First image.")],
     image2: Annotated[Path, typer.Argument(help="Second image.")],
     threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
-    far: Annotated[float | None, typer.Option(help="Target false-match rate (threshold from the model card).")] = None,
+    fmr: Annotated[
+        float | None, typer.Option(help="Target false-match rate (threshold from the model card's calibration).")
+    ] = None,
+    far: Annotated[float | None, typer.Option(hidden=True, help="Deprecated alias of --fmr.")] = None,
     aligned: Annotated[bool, typer.Option(help="Inputs are aligned 112x112 crops: skip detection.")] = False,
     detector: DetectorOpt = None,
     embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Are the faces in two images the same person? (largest face of each)"""
-    res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, far=far, aligned=aligned)
+    if far is not None:
+        typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
+        if fmr is not None:
+            fail("give --fmr (or its deprecated alias --far), not both", 2)
+        fmr = far
+    res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, fmr=fmr, aligned=aligned)
     if as_json:
         _echo_json(res.to_dict())
     else:

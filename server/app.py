@@ -32,7 +32,7 @@ gallery (open-set, with calibrated thresholds), manage the gallery.
 
 Send images as multipart file parts or as base64 strings in JSON. Authenticate with
 `Authorization: Bearer <key>` or `X-API-Key: <key>`. Errors are `application/problem+json`
-with a stable `code`. Every route is also served under `/v1`.
+with a stable `code`. Every route is also served under `/v1` (same behaviour, not listed twice here).
 """
 
 
@@ -111,9 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.facematch = state
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(ops.router)
-    for prefix in ("", "/v1"):
-        app.include_router(match.router, prefix=prefix)
-        app.include_router(gallery.router, prefix=prefix)
+    # One canonical copy of each route in the OpenAPI schema (the bare paths); the same routes
+    # answer under /v1 too, hidden from the schema so generated clients see each operation once.
+    for prefix, listed in (("", True), ("/v1", False)):
+        app.include_router(match.router, prefix=prefix, include_in_schema=listed)
+        app.include_router(gallery.router, prefix=prefix, include_in_schema=listed)
     _install_docs(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

@@ -29,13 +29,14 @@ from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-EmbedFn = Callable[[np.ndarray], np.ndarray]
+EmbedFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # crops -> (embeddings, norms)
+Embedded = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
 class _Item:
     crops: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Embedded]
 
 
 class MicroBatcher:
@@ -72,8 +73,8 @@ class MicroBatcher:
         """Crops waiting for an embedding call."""
         return self._n_pending
 
-    async def embed(self, crops: np.ndarray) -> np.ndarray:
-        """Embeddings of ``crops`` (N, H, W, 3) BGR uint8, computed in a shared batch."""
+    async def embed(self, crops: np.ndarray) -> Embedded:
+        """(embeddings, pre-normalisation norms) of ``crops`` (N, H, W, 3) BGR uint8, computed in a shared batch."""
         if self._closed:
             raise NotReadyError("the server is shutting down")
         n = int(len(crops))
@@ -156,11 +157,12 @@ class MicroBatcher:
             if self._metrics is not None:
                 self._metrics.batch_size.observe(len(stacked))
                 self._metrics.batch_seconds.observe(time.perf_counter() - start)
+            emb, norms = out
             offset = 0
             for b in batch:
                 n = len(b.crops)
                 if not b.future.done():
-                    b.future.set_result(out[offset : offset + n])
+                    b.future.set_result((emb[offset : offset + n], norms[offset : offset + n]))
                 offset += n
 
     async def close(self) -> None:

@@ -1,7 +1,8 @@
-"""The request-side pipeline: decode → detect → align in a thread pool, embed through the batcher.
+"""Where the request-side steps run: decode → prepare in the worker threads, embed through the batcher.
 
-Each step is the SDK's own (``FaceMatcher.load``, ``largest_face``, ``detect``, ``align``);
-the server only decides where they run, so the event loop never waits on a model.
+Every step is the SDK's own (``FaceMatcher.load``, ``detect``, ``prepare``, ``embed_crops``,
+``compare``); the server only decides *where* each runs, so the event loop never waits on a
+model and concurrent requests share embedding batches.
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
 import numpy as np
 
-from facematch.errors import FacematchError, NoFaceError
-from facematch.matcher import FaceMatcher
-from facematch.types import Face
+from facematch.errors import FacematchError
+from facematch.matcher import FaceMatcher, FaceSelection
+from facematch.types import Detections, PreparedImage
 
 from .batcher import MicroBatcher
 from .schemas import Timings
@@ -27,43 +27,10 @@ T = TypeVar("T")
 FaceMode = Literal["largest", "all"]
 
 
-@dataclass(frozen=True)
-class PreparedImage:
-    """Faces of one image (largest first), their aligned crops, and how many faces there were."""
-
-    faces: list[Face]
-    crops: np.ndarray  # (N, 112, 112, 3) BGR uint8
-    faces_total: int
-    width: int
-    height: int
-
-    @property
-    def truncated(self) -> bool:
-        return self.faces_total > len(self.faces)
-
-
-def prepare_image(matcher: FaceMatcher, data: bytes, mode: FaceMode, max_faces: int) -> PreparedImage:
-    """Decode, find the face(s) and align them (blocking; run it in a worker thread)."""
+def detect_faces(matcher: FaceMatcher, data: bytes) -> tuple[tuple[int, int], Detections]:
+    """(original image size, every face largest first): decode once, then the matcher's detector."""
     decoded = matcher.load(data)
-    width, height = decoded.original_size
-    if mode == "largest":
-        face = matcher.largest_face(decoded)
-        return PreparedImage([face], matcher.align(decoded, [face]), 1, width, height)
-    dets = matcher.detect(decoded)
-    if len(dets) == 0:
-        raise NoFaceError("no face found in the image")
-    faces = list(dets.sorted_by_area())
-    chosen = faces[:max_faces]
-    return PreparedImage(chosen, matcher.align(decoded, chosen), len(faces), width, height)
-
-
-def detect_image(matcher: FaceMatcher, data: bytes, max_faces: int) -> PreparedImage:
-    """All faces of an image (largest first, at most ``max_faces``), without crops."""
-    decoded = matcher.load(data)
-    width, height = decoded.original_size
-    faces = list(matcher.detect(decoded).sorted_by_area())
-    empty = np.zeros((0, 112, 112, 3), np.uint8)
-    return PreparedImage(faces[:max_faces], empty, len(faces), width, height)
+    return decoded.original_size, matcher.detect(decoded).sorted_by_area()
 
 
 async def run_in_pool(state: ServerState, fn: Callable[..., T], *args: object) -> T:
@@ -72,16 +39,8 @@ async def run_in_pool(state: ServerState, fn: Callable[..., T], *args: object) -
     return await loop.run_in_executor(state.executor, functools.partial(fn, *args))
 
 
-def _labelled(exc: FacematchError, label: str) -> FacematchError:
-    """The same error with the image it is about named in its message."""
-    try:
-        return type(exc)(f"{label}: {exc.message}", **{**exc.details, "image": label})
-    except TypeError:
-        return exc
-
-
 class Pipeline:
-    """One request's view of the matcher, its batcher and the worker threads."""
+    """One request's view of the matcher, its batcher and the worker threads (with timings)."""
 
     def __init__(self, state: ServerState, matcher: FaceMatcher) -> None:
         self.state = state
@@ -97,40 +56,63 @@ class Pipeline:
         """Run a blocking call in the inference thread pool."""
         return await run_in_pool(self.state, fn, *args)
 
-    async def prepare(self, data: bytes, mode: FaceMode = "largest") -> PreparedImage:
-        t = time.perf_counter()
-        try:
-            return await self.run(prepare_image, self.matcher, data, mode, self.max_faces)
-        finally:
-            self.prepare_s += time.perf_counter() - t
+    def _prepare(self, data: bytes, faces: FaceSelection) -> PreparedImage:
+        return self.matcher.prepare(data, faces, max_faces=self.max_faces if faces == "all" else None)
+
+    async def prepare(self, data: bytes, faces: FaceSelection = "largest") -> PreparedImage:
+        """``matcher.prepare`` of one image (``faces="all"``: at most ``max_faces_per_image``)."""
+        return (await self.prepare_many([data], [""], faces))[0]
 
     async def prepare_many(
-        self, blobs: list[bytes], labels: list[str], mode: FaceMode = "largest"
+        self,
+        blobs: Sequence[bytes],
+        labels: Sequence[str],
+        faces: FaceSelection = "largest",
+        *,
+        step: Callable[[bytes], PreparedImage] | None = None,
     ) -> list[PreparedImage]:
-        """Prepare several images concurrently; an error names the image it is about (``labels``)."""
-        t = time.perf_counter()
-        try:
-            results = await asyncio.gather(
-                *(self.run(prepare_image, self.matcher, b, mode, self.max_faces) for b in blobs),
-                return_exceptions=True,
-            )
-        finally:
-            self.prepare_s += time.perf_counter() - t
+        """Prepare several images concurrently; the first failure (in order) is raised naming its image."""
+        results = await self.prepare_each(blobs, faces, step=step)
         for label, r in zip(labels, results, strict=True):
             if isinstance(r, FacematchError):
-                raise _labelled(r, label) from r
-            if isinstance(r, BaseException):
-                raise r
+                raise (r.about(label) if label else r) from r
         return [r for r in results if isinstance(r, PreparedImage)]
 
-    async def detect(self, data: bytes) -> PreparedImage:
+    async def prepare_each(
+        self,
+        blobs: Sequence[bytes],
+        faces: FaceSelection = "largest",
+        *,
+        step: Callable[[bytes], PreparedImage] | None = None,
+    ) -> list[PreparedImage | FacematchError]:
+        """Prepare several images concurrently, keeping each image's ``FacematchError`` in its place.
+
+        ``step`` replaces the default preparation (``matcher.prepare`` with ``faces``), e.g. the
+        gallery's ``prepare_for_enrolment``. Any other exception propagates.
+        """
+        fn = step or functools.partial(self._prepare, faces=faces)
         t = time.perf_counter()
         try:
-            return await self.run(detect_image, self.matcher, data, self.max_faces)
+            results = await asyncio.gather(*(self.run(fn, b) for b in blobs), return_exceptions=True)
+        finally:
+            self.prepare_s += time.perf_counter() - t
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, FacematchError):
+                raise r
+        return [r for r in results if isinstance(r, (PreparedImage, FacematchError))]
+
+    async def detect(self, data: bytes) -> tuple[tuple[int, int], Detections]:
+        t = time.perf_counter()
+        try:
+            return await self.run(detect_faces, self.matcher, data)
         finally:
             self.prepare_s += time.perf_counter() - t
 
     async def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Unit-norm embeddings of aligned crops, computed in a batch shared with other requests."""
+        return (await self.embed_with_norms(crops))[0]
+
+    async def embed_with_norms(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = time.perf_counter()
         try:
             return await self.batcher.embed(crops)
@@ -156,4 +138,4 @@ class Pipeline:
         )
 
 
-__all__ = ["FaceMode", "Pipeline", "PreparedImage", "detect_image", "prepare_image", "run_in_pool"]
+__all__ = ["FaceMode", "Pipeline", "detect_faces", "run_in_pool"]

@@ -63,8 +63,9 @@ class ServerState:
             from facematch.matcher import FaceMatcher
 
             start = time.perf_counter()
-            # Requests already run side by side on `inference_threads` threads: give each ONNX
-            # Runtime session its share of the cores rather than a pool per caller.
+            # The server owns the threads: requests run side by side on `inference_threads` worker
+            # threads and embedding batches on one batcher thread, so the matcher gets no pool of
+            # its own (workers=1) and each ONNX Runtime session its share of the cores.
             threads = None if os.environ.get(THREADS_ENV) else max(1, (os.cpu_count() or 1) // s.inference_threads)
             matcher = FaceMatcher(
                 detector=s.detector,
@@ -72,8 +73,10 @@ class ServerState:
                 max_pixels=s.max_pixels,
                 max_batch=s.batch_max_size,
                 threads=threads,
+                workers=1,
             )
-            matcher.embed_aligned(np.zeros((1, 112, 112, 3), np.uint8))  # first run allocates; do it now
+            w, h = matcher.embedder.size
+            matcher.embed_crops(np.zeros((1, h, w, 3), np.uint8))  # first run allocates; do it now
             self.matcher = matcher
             if s.gallery is not None:
                 from facematch.gallery import Gallery
@@ -110,7 +113,7 @@ class ServerState:
         if entry is None or entry[0] is not matcher:
             s = self.settings
             batcher = MicroBatcher(
-                matcher.embed_aligned,
+                matcher.embed_crops,
                 self._embed_executor,
                 max_batch=s.batch_max_size,
                 max_wait_s=s.batch_max_wait_ms / 1000.0,

@@ -68,6 +68,7 @@ def test_failures_exit_non_zero(
 
 
 def test_a_missing_model_file_is_one_plain_line(tmp_path: Path) -> None:
+    pytest.importorskip("onnxconverter_common", reason="`export fp16` needs the export extra (pip install '.[export]')")
     missing = tmp_path / "missing.onnx"
     r = run_cli("export", "fp16", str(missing), str(tmp_path / "out.onnx"))
     assert r.returncode == 1

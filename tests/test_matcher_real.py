@@ -106,12 +106,17 @@ def test_verify_api_and_threshold_choices(matcher, wild_dir) -> None:  # type: i
     r = facematch.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg")
     assert r.is_match and r.threshold == pytest.approx(matcher.threshold_for(1e-3))
     assert r.face1 is not None and r.face2 is not None and r.target_fmr == 1e-3
-    strict = matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg", far=1e-4)
+    strict = matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg", fmr=1e-4)
     assert strict.threshold > r.threshold and strict.similarity == pytest.approx(r.similarity, abs=1e-6)
     never = matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg", threshold=0.999)
     assert not never.is_match and never.target_fmr is None
     with pytest.raises(InvalidArgumentError):
-        matcher.verify(wild_dir / "obama.jpg", wild_dir / "biden.jpg", threshold=0.3, far=1e-3)
+        matcher.verify(wild_dir / "obama.jpg", wild_dir / "biden.jpg", threshold=0.3, fmr=1e-3)
+    with pytest.warns(DeprecationWarning, match="fmr"):  # the old name still works, for one release
+        old = matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg", far=1e-4)
+    assert old.threshold == strict.threshold and old.target_fmr == 1e-4
+    with pytest.warns(DeprecationWarning), pytest.raises(InvalidArgumentError, match="not both"):
+        matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama_240p.jpg", far=1e-4, fmr=1e-3)
     with pytest.raises(InvalidArgumentError):
         matcher.verify(wild_dir / "obama.jpg", wild_dir / "biden.jpg", threshold=2.0)
     d = r.to_dict()
@@ -192,8 +197,11 @@ def test_cli_verify_json_and_errors(wild_dir, tmp_path: Path) -> None:  # type: 
     assert ok.returncode == 0, ok.stderr
     out = json.loads(ok.stdout)
     assert out["is_match"] is True and out["similarity"] > out["threshold"]
-    no = _cli("verify", str(wild_dir / "obama.jpg"), str(wild_dir / "biden.jpg"), "--far", "1e-4", "--json")
+    no = _cli("verify", str(wild_dir / "obama.jpg"), str(wild_dir / "biden.jpg"), "--fmr", "1e-4", "--json")
     assert no.returncode == 0 and json.loads(no.stdout)["is_match"] is False
+    assert json.loads(no.stdout)["target_fmr"] == 1e-4
+    old = _cli("verify", str(wild_dir / "obama.jpg"), str(wild_dir / "biden.jpg"), "--far", "1e-4", "--json")
+    assert old.returncode == 0 and json.loads(old.stdout)["target_fmr"] == 1e-4 and "deprecated" in old.stderr
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     bad = _cli("verify", str(text), str(wild_dir / "obama.jpg"))
@@ -277,7 +285,7 @@ def test_embed_uses_the_matchers_face_policy(matcher, package_images) -> None:  
 
 def test_threshold_arguments_are_type_checked(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
     a = package_images["yaoming.jpg"]
-    for kwargs in ({"far": "x"}, {"threshold": "0.3"}, {"far": True}, {"threshold": None, "far": [1e-3]}):
+    for kwargs in ({"fmr": "x"}, {"threshold": "0.3"}, {"fmr": True}, {"threshold": None, "fmr": [1e-3]}, {"fmr": 1.0}):
         with pytest.raises(InvalidArgumentError):
             matcher.verify(a, a, **kwargs)
 
@@ -290,3 +298,58 @@ def test_cli_reports_unwritable_outputs_in_one_line(wild_dir, tmp_path: Path) ->
     assert no_dir.returncode == 1 and "cannot write" in no_dir.stderr
     plain = _cli("embed", str(wild_dir / "obama.jpg"), "--out", str(tmp_path / "noext"))
     assert json.loads(plain.stdout)["out"] == str(tmp_path / "noext.npy") and (tmp_path / "noext.npy").exists()
+
+
+# ---- the shared steps: prepare → embed_crops → compare ---------------------------------------------
+def test_prepare_selects_and_aligns_once(matcher, package_images) -> None:  # type: ignore[no-untyped-def]
+    players = package_images["players.jpg"]
+    dets = matcher.detect(players)
+    every = matcher.prepare(players, "all")
+    assert len(every) == every.faces_total == len(dets) > 5 and not every.truncated
+    assert np.all(np.diff(every.faces.areas) <= 0)  # largest first
+    assert every.crops.shape == (len(dets), 112, 112, 3) and every.crops.dtype == np.uint8
+    few = matcher.prepare(players, "all", max_faces=3)
+    assert len(few) == 3 and few.faces_total == len(dets) and few.truncated
+    np.testing.assert_allclose(few.faces.boxes, every.faces.boxes[:3])
+    np.testing.assert_array_equal(few.crops, every.crops[:3])
+    # the crops are the public align step's crops of the same faces (no second crop path)
+    np.testing.assert_array_equal(every.crops, matcher.align(players, every.faces))
+    largest = matcher.prepare(players)  # coarse-first largest face
+    assert len(largest) == 1 and np.allclose(largest.faces[0].box, dets.largest().box, atol=2.0)
+    assert largest.image_size == matcher.load(players).original_size
+    with pytest.raises(facematch.MultipleFacesError):
+        matcher.prepare(players, "reject")
+    with pytest.raises(InvalidArgumentError):
+        matcher.prepare(players, "all", max_faces=0)
+
+
+def test_prepare_aligned_input_and_no_face(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
+    crop = next(iter(sorted(celeb24_dir.glob("*/*.png"))))
+    prep = matcher.prepare(crop, aligned=True)
+    assert prep.aligned and len(prep) == 1 and len(prep.faces) == 0 and prep.face(0) is None
+    np.testing.assert_array_equal(prep.crops[0], matcher.aligned_crop(crop))
+    with pytest.raises(facematch.NoFaceError):
+        matcher.prepare(np.full((200, 200, 3), 127, np.uint8))
+    with pytest.raises(facematch.NoFaceError):
+        matcher.prepare(np.full((200, 200, 3), 127, np.uint8), "all")
+
+
+def test_compare_is_the_verify_decision(matcher, wild_dir) -> None:  # type: ignore[no-untyped-def]
+    a, b = matcher.embed(wild_dir / "obama.jpg")[0], matcher.embed(wild_dir / "obama2.jpg")[0]
+    c = matcher.embed(wild_dir / "biden.jpg")[0]
+    same, other = matcher.compare(a, b), matcher.compare(a, c)
+    assert same.is_match and not other.is_match
+    assert same.similarity == pytest.approx(float(a.vector @ b.vector), abs=1e-6)
+    assert same.face1 is a.face and same.face2 is b.face and same.target_fmr == 1e-3
+    verified = matcher.verify(wild_dir / "obama.jpg", wild_dir / "obama2.jpg")
+    assert verified.similarity == pytest.approx(same.similarity, abs=1e-6)
+    assert verified.threshold == same.threshold and verified.is_match == same.is_match
+    # raw vectors are normalised: scaling one changes nothing
+    assert matcher.compare(a.vector * 7.0, b.vector).similarity == pytest.approx(same.similarity, abs=1e-6)
+    assert matcher.compare(a, b, threshold=0.99).is_match is False
+    with pytest.raises(InvalidArgumentError):
+        matcher.compare(a.vector[:10], b.vector)
+    with pytest.raises(InvalidArgumentError):
+        matcher.compare(np.zeros(matcher.dim), b.vector)
+    with pytest.raises(facematch.ModelMismatchError):
+        matcher.compare(facematch.FaceEmbedding(None, a.vector, "another_model"), b)

@@ -5,19 +5,31 @@ from __future__ import annotations
 import pytest
 
 from facematch.errors import BackendUnavailableError, InvalidArgumentError
-from facematch.runtime import PREFERRED_PROVIDERS, available_providers, choose_providers, session_options
+from facematch import runtime
+from facematch.runtime import choose_providers, session_options
 
 
 def test_providers_follow_the_preference_order_of_what_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FACEMATCH_PROVIDERS", raising=False)
-    chosen = choose_providers()
-    installed = available_providers()
-    assert chosen == [p for p in PREFERRED_PROVIDERS if p in installed]
+    installed = ["CPUExecutionProvider", "AzureExecutionProvider", "CUDAExecutionProvider"]
+    monkeypatch.setattr(runtime, "available_providers", lambda: list(installed))
+    # the preference is TensorRT > CUDA > CPU, whatever order the install lists them in
+    assert choose_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    installed.append("TensorrtExecutionProvider")
+    assert choose_providers() == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(["cpu"]) == ["CPUExecutionProvider"]
+    assert choose_providers(["CUDA", "cpu"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setenv("FACEMATCH_PROVIDERS", "cpu")
     assert choose_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setenv("FACEMATCH_PROVIDERS", "tensorrt,cuda")
+    assert choose_providers() == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     with pytest.raises(BackendUnavailableError, match="not available"):
         choose_providers(["NoSuchExecutionProvider"])
+    installed[:] = ["CPUExecutionProvider"]
+    monkeypatch.delenv("FACEMATCH_PROVIDERS")
+    assert choose_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
+        choose_providers(["cuda"])
 
 
 def test_thread_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,18 +39,24 @@ def test_health_ready_and_openapi(server: Server) -> None:
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
             got = c.get(f"/docs/assets/{asset}")
             assert got.status_code == 200 and len(got.content) > 10_000, asset
-    for path in (
-        "/verify",
-        "/identify",
-        "/v1/verify",
-        "/v1/identify",
-        "/detect",
-        "/embed",
-        "/gallery/identities",
-        "/gallery/identities/{identity_id}",
-        "/gallery/identities/{identity_id}/faces/{face_id}",
-    ):
+    listed = {
+        "/verify": "verify",
+        "/identify": "identify",
+        "/detect": "detect",
+        "/embed": "embed",
+        "/gallery/identities": None,
+        "/gallery/identities/{identity_id}": None,
+        "/gallery/identities/{identity_id}/templates": "addTemplates",
+        "/gallery/identities/{identity_id}/templates/{template_id}": "deleteTemplate",
+    }
+    for path, op in listed.items():
         assert path in spec["paths"], path
+        if op is not None:
+            assert op in {o["operationId"] for o in spec["paths"][path].values()}, (path, op)
+    # one canonical copy of each operation: /v1 aliases and the deprecated /faces paths answer, unlisted
+    assert not [p for p in spec["paths"] if p.startswith("/v1") or "/faces" in p], sorted(spec["paths"])
+    ops = [o["operationId"] for p in spec["paths"].values() for o in p.values()]
+    assert len(ops) == len(set(ops)), ops
     body = spec["paths"]["/verify"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
     assert body["multipart/form-data"]["schema"]["required"] == ["image1", "image2"]
@@ -118,12 +124,20 @@ def test_gallery_lifecycle_and_identify(server: Server, wild_dir: Path, wild_lab
         # add faces: one good image, one without a face (reported, not enrolled)
         text = ("notes.txt", b"not an image", "text/plain")
         add = c.post(
-            "/gallery/identities/biden/faces",
+            "/gallery/identities/biden/templates",
             files=[("images", ("biden2.jpg", (wild_dir / "biden2.jpg").read_bytes(), "image/jpeg")), ("images", text)],
         )
         assert add.status_code == 201, add.text
         statuses = [o["status"] for o in add.json()["outcomes"]]
         assert statuses == ["enrolled", "invalid_image"] and add.json()["created"] is False
+        timings = add.json()["timings"]  # enrolment runs prepare and embed (through the batcher) like /verify
+        assert timings["prepare_ms"] > 0 and timings["embed_ms"] > 0
+        old = c.post(  # the deprecated path still works, for one release, and says so
+            "/v1/gallery/identities/biden/faces",
+            files=[("images", ("biden2.jpg", (wild_dir / "biden2.jpg").read_bytes(), "image/jpeg"))],
+        )
+        assert old.status_code == 201 and old.headers["deprecation"] == "true"
+        assert "templates" in old.headers["link"]
         # pagination walks every identity exactly once
         seen, cursor = [], None
         while True:
@@ -134,7 +148,7 @@ def test_gallery_lifecycle_and_identify(server: Server, wild_dir: Path, wild_lab
                 break
         assert sorted(seen) == sorted(ids)
         one = c.get("/v1/gallery/identities/biden").json()
-        assert one["num_templates"] == 2 and one["metadata"] == {"source": "wild"}
+        assert one["num_templates"] == 3 and one["metadata"] == {"source": "wild"}
         assert c.get("/gallery/identities/nobody").status_code == 404
     with server.client(headers=auth("match")) as c:
         for probe in ("obama3.jpg", "obama4.jpg", "kit_harington2.jpg", "rose_leslie2.jpg", "alex_lacamoire2.jpg"):
@@ -151,10 +165,12 @@ def test_gallery_lifecycle_and_identify(server: Server, wild_dir: Path, wild_lab
         strict = c.post("/identify", json={"image": b64(wild_dir / "obama3.jpg"), "threshold": 0.99}).json()
         assert strict["results"][0]["is_unknown"] is True and strict["results"][0]["candidates"]
     with server.client(headers=auth("enroll")) as c:
-        tid = c.get("/gallery/identities/biden").json()["template_ids"][-1]
-        assert c.delete(f"/gallery/identities/obama/faces/{tid}").json()["code"] == "template_not_found"
-        r = c.delete(f"/gallery/identities/biden/faces/{tid}")
-        assert r.status_code == 200 and r.json() == {"identity_id": "biden", "face_id": tid, "deleted": True}
+        tids = c.get("/gallery/identities/biden").json()["template_ids"]
+        assert c.delete(f"/gallery/identities/obama/templates/{tids[-1]}").json()["code"] == "template_not_found"
+        r = c.delete(f"/gallery/identities/biden/templates/{tids[-1]}")
+        assert r.status_code == 200 and r.json() == {"identity_id": "biden", "template_id": tids[-1], "deleted": True}
+        old = c.delete(f"/gallery/identities/biden/faces/{tids[-2]}")
+        assert old.status_code == 200 and old.json()["template_id"] == tids[-2] and old.headers["deprecation"] == "true"
         assert c.get("/gallery/identities/biden").json()["num_templates"] == 1
         gone = c.delete("/gallery/identities/alex_lacamoire")
         assert gone.status_code == 200 and gone.json()["identity_id"] == "alex_lacamoire"
@@ -209,9 +225,12 @@ def test_auth_401_403_and_no_keys_in_logs(server: Server, wild_dir: Path) -> Non
 def test_metrics(server: Server, wild_dir: Path) -> None:
     with server.client(headers=auth("match")) as c:
         c.post("/verify", files=files(image1=wild_dir / "obama.jpg", image2=wild_dir / "obama2.jpg"))
+        assert c.get("/gallery/identities/nobody-here", headers=auth("admin")).status_code == 404
         text = c.get("/metrics").text
     assert re.search(r'facematch_http_requests_total\{method="POST",route="/verify",status="200"\} \d', text)
-    assert 'route="/gallery/identities/{identity_id}"' in text or "facematch_http_requests_total" in text
+    # routes are labelled by their path template (bounded cardinality), never by the raw path
+    assert re.search(r'route="/gallery/identities/\{identity_id\}"', text), text
+    assert "nobody-here" not in text
     assert re.search(r"facematch_inference_batch_size_count \d", text)
     assert re.search(r"facematch_gallery_identities \d", text)
     assert "facematch_queue_depth" in text and "facematch_ready 1.0" in text

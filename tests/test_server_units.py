@@ -105,12 +105,13 @@ class RecordingEmbedder:
         self.threads: set[str] = set()
         self.delay = delay
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
+    def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.sizes.append(len(crops))
         self.threads.add(threading.current_thread().name)
         time.sleep(self.delay)  # blocking, as a model call is
         flat = crops.reshape(len(crops), -1)[:, :8].astype(np.float32) + 1.0
-        return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+        norms = np.linalg.norm(flat, axis=1)
+        return flat / norms[:, None], norms
 
 
 def crops_of(value: int, n: int = 1) -> np.ndarray:
@@ -144,9 +145,11 @@ def test_batcher_coalesces_concurrent_requests_and_keeps_the_loop_free() -> None
     assert max(fn.sizes) <= 8 and len(fn.sizes) < 20  # batched, never above max_batch
     assert all(name.startswith("ThreadPoolExecutor") for name in fn.threads)  # off the event loop
     assert ticks > 20  # the loop kept running while the embedder blocked
-    for i, out in enumerate(outs):  # each caller got its own rows back
-        assert out.shape == (1 + i % 2, 8)
-        np.testing.assert_allclose(out, fn(crops_of(i, 1 + i % 2)), rtol=1e-6)
+    for i, (emb, norms) in enumerate(outs):  # each caller got its own rows back
+        assert emb.shape == (1 + i % 2, 8) and norms.shape == (1 + i % 2,)
+        want_emb, want_norms = fn(crops_of(i, 1 + i % 2))
+        np.testing.assert_allclose(emb, want_emb, rtol=1e-6)
+        np.testing.assert_allclose(norms, want_norms, rtol=1e-6)
 
 
 def test_batcher_queue_is_bounded_and_errors_reach_callers() -> None:
@@ -163,13 +166,13 @@ def test_batcher_queue_is_bounded_and_errors_reach_callers() -> None:
             await queued
             await b.close()
 
-            def boom(crops: np.ndarray) -> np.ndarray:
+            def boom(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 raise RuntimeError("model failed")
 
             bad = MicroBatcher(boom, pool, max_batch=4, max_wait_s=0.0)
             with pytest.raises(RuntimeError, match="model failed"):
                 await bad.embed(crops_of(1))
-            assert (await MicroBatcher(RecordingEmbedder(0), pool).embed(crops_of(4))).shape == (1, 8)
+            assert (await MicroBatcher(RecordingEmbedder(0), pool).embed(crops_of(4)))[0].shape == (1, 8)
             await bad.close()
 
     asyncio.run(scenario())

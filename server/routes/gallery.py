@@ -1,36 +1,47 @@
-"""Gallery management: create identities, add and remove faces, list, get, delete."""
+"""Gallery management: create identities, add and remove templates, list, get, delete.
+
+Enrolment composes the same steps as the SDK's ``Gallery.enroll``, the server deciding only
+where each runs: every image is prepared (``prepare_for_enrolment``) in the worker threads
+side by side, the crops are embedded through the shared micro-batcher, and
+``Gallery.enroll_prepared`` applies the gallery's rules (per-image report, multi-face policy)
+and commits in one transaction.
+"""
 
 from __future__ import annotations
 
-import time
+import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+import numpy as np
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from facematch.errors import TemplateNotFoundError
-from facematch.gallery import EnrollReport, Gallery, IdentityInfo
+from facematch.gallery import Gallery, IdentityInfo
+from facematch.gallery.enrol import prepare_for_enrolment
+from facematch.matcher import FaceMatcher
+from facematch.types import PreparedImage
 
-from ..deps import Admitted, GalleryDep, StateDep, scoped
+from ..deps import Admitted, GalleryDep, MatcherDep, StateDep, scoped
 from ..inputs import FileField, parse_images_request, request_body
-from ..pipeline import run_in_pool
+from ..pipeline import Pipeline, run_in_pool
 from ..schemas import (
-    AddFacesJSON,
-    DeletedFace,
+    AddTemplatesJSON,
+    DeletedTemplate,
     EnrollForm,
     EnrollJSON,
     EnrollResponse,
     IdentityOut,
     IdentityPage,
     NoParams,
-    Timings,
 )
+from ..state import ServerState
 from . import problems
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], dependencies=[scoped("enroll")])
 
 IMAGES = (FileField("images", multiple=True, description="face images, one template each"),)
 IdentityPath = Annotated[str, Path(min_length=1, max_length=256, description="identity id")]
-FaceIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="face (template) id")]
+TemplateIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="template id")]
 WRITE_ERRORS = (401, 403, 404, 409, 413, 415, 422, 429, 503)
 READ_ERRORS = (401, 403, 404, 422, 503)
 
@@ -39,67 +50,125 @@ def _identity(info: IdentityInfo) -> IdentityOut:
     return IdentityOut(**info.to_dict())
 
 
-def _response(report: EnrollReport, started: float) -> EnrollResponse:
-    data = report.to_dict()
-    return EnrollResponse(**data, timings=Timings(total_ms=round((time.perf_counter() - started) * 1000.0, 3)))
+def _deprecated(response: Response, successor: str) -> None:
+    """Deprecation headers (RFC 9745 ``Deprecation``, RFC 8288 successor link) on an old ``/faces`` path."""
+    response.headers["Deprecation"] = "true"
+    response.headers["Link"] = f'<{successor}>; rel="successor-version"'
 
 
-def _enroll(
-    gallery: Gallery, identity_id: str, images: list[bytes], metadata: dict[str, Any] | None, sources: list[str]
-) -> EnrollReport:
-    return gallery.enroll(identity_id, images, metadata, sources=sources)
-
-
-def _add(gallery: Gallery, identity_id: str, images: list[bytes], sources: list[str]) -> EnrollReport:
-    return gallery.add_templates(identity_id, images, sources=sources)
+async def _enrol(
+    state: ServerState,
+    matcher: FaceMatcher,
+    gallery: Gallery,
+    identity_id: str,
+    images: list[bytes],
+    sources: list[str],
+    *,
+    metadata: dict[str, Any] | None,
+    create: bool,
+) -> EnrollResponse:
+    pipe = Pipeline(state, matcher)
+    ident = await pipe.run(functools.partial(gallery.check_enrollable, identity_id, create=create))
+    prepared = await pipe.prepare_each(images, step=functools.partial(prepare_for_enrolment, matcher, aligned=False))
+    faces = [p for p in prepared if isinstance(p, PreparedImage)]
+    if faces:
+        embeddings = await pipe.embed(np.concatenate([p.crops[:1] for p in faces]))
+    else:
+        embeddings = np.zeros((0, matcher.dim), np.float32)
+    report = await pipe.run(
+        functools.partial(
+            gallery.enroll_prepared,
+            ident,
+            prepared,
+            embeddings,
+            sources=sources,
+            model_id=matcher.model_id,
+            metadata=metadata,
+            create=create,
+        )
+    )
+    return EnrollResponse(**report.to_dict(), timings=pipe.timings())
 
 
 @router.post(
     "/identities",
     status_code=201,
     summary="Create an identity from one or more face images",
+    operation_id="createIdentity",
     response_model=EnrollResponse,
     responses=problems(*WRITE_ERRORS),
     openapi_extra=request_body(IMAGES, EnrollForm, EnrollJSON),
 )
 async def create_identity(
-    request: Request, state: StateDep, gallery: GalleryDep, _slot: None = Admitted
+    request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep, _slot: None = Admitted
 ) -> EnrollResponse:
     """Each image gives one template (its largest face); the report says what each image gave.
     Images without a usable face are reported, not enrolled. When no image gives a template,
     nothing is written and the answer is 422 (`no_face` / `invalid_image`) with the report in
     `details.report`; 409 `duplicate_identity` when the id exists. The 201 is sent only after
     the enrolment is committed to disk."""
-    started = time.perf_counter()
     parsed = await parse_images_request(request, state.settings, IMAGES, EnrollForm, EnrollJSON)
     p = parsed.params
     images, names = parsed.images["images"], parsed.names["images"]  # names: upload file names, else "#i"
-    report = await run_in_pool(state, _enroll, gallery, p.identity_id, images, p.metadata, names)
-    return _response(report, started)
+    return await _enrol(state, matcher, gallery, p.identity_id, images, names, metadata=p.metadata, create=True)
+
+
+async def _add_templates(
+    identity_id: str, request: Request, state: ServerState, matcher: FaceMatcher, gallery: Gallery
+) -> EnrollResponse:
+    parsed = await parse_images_request(request, state.settings, IMAGES, NoParams, AddTemplatesJSON)
+    images, names = parsed.images["images"], parsed.names["images"]
+    return await _enrol(state, matcher, gallery, identity_id, images, names, metadata=None, create=False)
+
+
+@router.post(
+    "/identities/{identity_id}/templates",
+    status_code=201,
+    summary="Add templates (face images) to an identity",
+    operation_id="addTemplates",
+    response_model=EnrollResponse,
+    responses=problems(*WRITE_ERRORS),
+    openapi_extra=request_body(IMAGES, NoParams, AddTemplatesJSON),
+)
+async def add_templates(
+    identity_id: IdentityPath,
+    request: Request,
+    state: StateDep,
+    matcher: MatcherDep,
+    gallery: GalleryDep,
+    _slot: None = Admitted,
+) -> EnrollResponse:
+    """Add one template per image to an existing identity (404 `identity_not_found` otherwise), with a
+    per-image report."""
+    return await _add_templates(identity_id, request, state, matcher, gallery)
 
 
 @router.post(
     "/identities/{identity_id}/faces",
     status_code=201,
-    summary="Add face images to an identity",
+    operation_id="addTemplatesDeprecated",
     response_model=EnrollResponse,
-    responses=problems(*WRITE_ERRORS),
-    openapi_extra=request_body(IMAGES, NoParams, AddFacesJSON),
+    include_in_schema=False,
+    deprecated=True,
 )
 async def add_faces(
-    identity_id: IdentityPath, request: Request, state: StateDep, gallery: GalleryDep, _slot: None = Admitted
+    identity_id: IdentityPath,
+    request: Request,
+    response: Response,
+    state: StateDep,
+    matcher: MatcherDep,
+    gallery: GalleryDep,
+    _slot: None = Admitted,
 ) -> EnrollResponse:
-    """Add templates to an existing identity (404 `identity_not_found` otherwise), with a per-image report."""
-    started = time.perf_counter()
-    parsed = await parse_images_request(request, state.settings, IMAGES, NoParams, AddFacesJSON)
-    images, names = parsed.images["images"], parsed.names["images"]
-    report = await run_in_pool(state, _add, gallery, identity_id, images, names)
-    return _response(report, started)
+    """Deprecated alias of `POST /gallery/identities/{identity_id}/templates` (removed in the next release)."""
+    _deprecated(response, "templates")
+    return await _add_templates(identity_id, request, state, matcher, gallery)
 
 
 @router.get(
     "/identities",
     summary="List identities (cursor pagination)",
+    operation_id="listIdentities",
     response_model=IdentityPage,
     responses=problems(*READ_ERRORS),
 )
@@ -122,6 +191,7 @@ async def list_identities(
 @router.get(
     "/identities/{identity_id}",
     summary="One identity",
+    operation_id="getIdentity",
     response_model=IdentityOut,
     responses=problems(*READ_ERRORS),
 )
@@ -135,7 +205,8 @@ async def get_identity(identity_id: IdentityPath, state: StateDep, gallery: Gall
 
 @router.delete(
     "/identities/{identity_id}",
-    summary="Delete an identity and all its faces",
+    summary="Delete an identity and all its templates",
+    operation_id="deleteIdentity",
     response_model=IdentityOut,
     responses=problems(*READ_ERRORS, 409),
 )
@@ -144,24 +215,40 @@ async def delete_identity(identity_id: IdentityPath, state: StateDep, gallery: G
     return _identity(await run_in_pool(state, gallery.delete, identity_id))
 
 
+def _remove_template(gallery: Gallery, identity_id: str, template_id: int) -> DeletedTemplate:
+    if template_id not in gallery.get(identity_id).template_ids:
+        raise TemplateNotFoundError(f"identity {identity_id!r} has no template {template_id}", template_id=template_id)
+    gallery.remove_template(template_id)
+    return DeletedTemplate(identity_id=identity_id, template_id=template_id)
+
+
 @router.delete(
-    "/identities/{identity_id}/faces/{face_id}",
-    summary="Remove one face (template) from an identity",
-    response_model=DeletedFace,
+    "/identities/{identity_id}/templates/{template_id}",
+    summary="Remove one template from an identity",
+    operation_id="deleteTemplate",
+    response_model=DeletedTemplate,
     responses=problems(*READ_ERRORS, 409),
 )
+async def delete_template(
+    identity_id: IdentityPath, template_id: TemplateIdPath, state: StateDep, gallery: GalleryDep
+) -> DeletedTemplate:
+    """404 `template_not_found` unless `template_id` is one of this identity's templates."""
+    return await run_in_pool(state, _remove_template, gallery, identity_id, template_id)
+
+
+@router.delete(
+    "/identities/{identity_id}/faces/{template_id}",
+    operation_id="deleteTemplateDeprecated",
+    response_model=DeletedTemplate,
+    include_in_schema=False,
+    deprecated=True,
+)
 async def delete_face(
-    identity_id: IdentityPath, face_id: FaceIdPath, state: StateDep, gallery: GalleryDep
-) -> DeletedFace:
-    """404 `template_not_found` unless `face_id` is one of this identity's templates."""
-
-    def remove() -> DeletedFace:
-        if face_id not in gallery.get(identity_id).template_ids:
-            raise TemplateNotFoundError(f"identity {identity_id!r} has no face {face_id}", template_id=face_id)
-        gallery.remove_template(face_id)
-        return DeletedFace(identity_id=identity_id, face_id=face_id)
-
-    return await run_in_pool(state, remove)
+    identity_id: IdentityPath, template_id: TemplateIdPath, response: Response, state: StateDep, gallery: GalleryDep
+) -> DeletedTemplate:
+    """Deprecated alias of `DELETE /gallery/identities/{identity_id}/templates/{template_id}`."""
+    _deprecated(response, f"templates/{template_id}")
+    return await run_in_pool(state, _remove_template, gallery, identity_id, template_id)
 
 
 __all__ = ["router"]

@@ -41,6 +41,7 @@ IMAGE_FILE = (FileField("image"),)
 
 @router.post(
     "/verify",
+    operation_id="verify",
     summary="Are the faces in two images the same person?",
     response_model=VerifyResponse,
     responses=problems(*IMAGE_ERRORS),
@@ -51,31 +52,23 @@ async def verify(request: Request, state: StateDep, matcher: MatcherDep, _slot: 
     """Compare the largest face of `image1` with the largest face of `image2`.
 
     The threshold is `threshold` if given, else the model card's calibrated threshold at
-    false-match rate `far` (default: the card's default FMR). Send two multipart file parts
+    false-match rate `fmr` (default: the card's default FMR). Send two multipart file parts
     `image1`, `image2`, or JSON with both images base64-encoded.
     """
     parsed = await parse_images_request(request, state.settings, VERIFY_FILES, VerifyParams, VerifyJSON)
-    threshold, target = matcher.resolve_threshold(parsed.params.threshold, parsed.params.far)
+    p = parsed.params
+    fmr = p.target_fmr()
+    matcher.resolve_threshold(p.threshold, fmr)  # refuse bad options before any work
     pipe = Pipeline(state, matcher)
     first, second = await pipe.prepare_many([parsed.one("image1"), parsed.one("image2")], ["image1", "image2"])
     emb = await pipe.embed(np.concatenate([first.crops, second.crops]))
-    similarity = float(np.clip(float(emb[0] @ emb[1]), -1.0, 1.0))
-    face1, face2 = FaceOut.of(first.faces[0]), FaceOut.of(second.faces[0])
-    assert face1 is not None and face2 is not None
-    return VerifyResponse(
-        is_match=similarity >= threshold,
-        similarity=round(similarity, 6),
-        threshold=round(float(threshold), 6),
-        target_fmr=target,
-        model_id=matcher.model_id,
-        face1=face1,
-        face2=face2,
-        timings=pipe.timings(),
-    )
+    result = matcher.compare(emb[0], emb[1], threshold=p.threshold, fmr=fmr, face1=first.face(0), face2=second.face(0))
+    return VerifyResponse.of(result, pipe.timings())
 
 
 @router.post(
     "/identify",
+    operation_id="identify",
     summary="Who is this? Open-set search of the gallery",
     response_model=IdentifyResponse,
     responses=problems(*IMAGE_ERRORS, 404),
@@ -103,7 +96,7 @@ async def identify(
     def search() -> list[FaceIdentification]:
         state.maybe_refresh(gallery)
         results = gallery.identify_embeddings(emb, matcher.model_id, k=p.k, threshold=p.threshold, fpir=p.fpir)
-        return [FaceIdentification.of(replace(r, face=f)) for r, f in zip(results, prep.faces, strict=True)]
+        return [FaceIdentification.of(replace(r, face=prep.face(i))) for i, r in enumerate(results)]
 
     answers = await pipe.search(search)
     return IdentifyResponse(
@@ -118,6 +111,7 @@ async def identify(
 
 @router.post(
     "/detect",
+    operation_id="detect",
     summary="Find every face in an image",
     response_model=DetectResponse,
     responses=problems(*IMAGE_ERRORS),
@@ -129,18 +123,20 @@ async def detect(request: Request, state: StateDep, matcher: MatcherDep, _slot: 
     (at most `max_faces_per_image`; `truncated` says when there were more). No face is not an error here."""
     parsed = await parse_images_request(request, state.settings, IMAGE_FILE, NoParams, DetectJSON)
     pipe = Pipeline(state, matcher)
-    prep = await pipe.detect(parsed.one("image"))
+    (width, height), dets = await pipe.detect(parsed.one("image"))
+    kept = dets[: state.settings.max_faces_per_image]
     return DetectResponse(
-        faces=[f for f in (FaceOut.of(x) for x in prep.faces) if f is not None],
-        faces_total=prep.faces_total,
-        truncated=prep.truncated,
-        image=ImageSize(width=prep.width, height=prep.height),
+        faces=[FaceOut.from_face(f) for f in kept],
+        faces_total=len(dets),
+        truncated=len(dets) > len(kept),
+        image=ImageSize(width=width, height=height),
         timings=pipe.timings(),
     )
 
 
 @router.post(
     "/embed",
+    operation_id="embed",
     summary="Face embeddings (biometric data; disabled by default)",
     response_model=EmbedResponse,
     responses=problems(*IMAGE_ERRORS, 404),
@@ -161,7 +157,7 @@ async def embed(request: Request, state: StateDep, matcher: MatcherDep, _slot: N
         model_id=matcher.model_id,
         dim=int(emb.shape[1]),
         embeddings=[
-            EmbeddingOut(face=FaceOut.of(f), vector=[float(v) for v in e]) for f, e in zip(prep.faces, emb, strict=True)
+            EmbeddingOut(face=FaceOut.of(prep.face(i)), vector=[float(v) for v in e]) for i, e in enumerate(emb)
         ],
         faces_total=prep.faces_total,
         truncated=prep.truncated,

@@ -15,7 +15,13 @@ from . import problems
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+@router.get(
+    "/healthz",
+    summary="Liveness",
+    operation_id="health",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse}},
+)
 async def healthz(state: StateDep) -> Response:
     """200 while the process serves requests; 503 once loading the models or gallery has failed."""
     failed = state.status == "failed"
@@ -26,6 +32,7 @@ async def healthz(state: StateDep) -> Response:
 @router.get(
     "/readyz",
     summary="Readiness: models and gallery loaded",
+    operation_id="readiness",
     response_model=ReadyResponse,
     responses={503: {"model": ReadyResponse, "description": "still loading, or loading failed"}},
 )
@@ -48,6 +55,7 @@ async def readyz(state: StateDep) -> Response:
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
+    operation_id="metrics",
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **problems(401, 403)},
 )

@@ -1,0 +1,77 @@
+"""Request and response models (separate classes: what comes in is never what goes out).
+
+Optional response members default to ``None`` so the OpenAPI examples (from which FastAPI
+drops nulls) still validate; responses always carry them, as ``null`` when empty.
+
+One module per area (common, match, gallery, ops); import them from here.
+
+Images travel as multipart file parts, or in JSON as base64 strings. Responses carry
+boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResponse``.
+"""
+
+from __future__ import annotations
+
+from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
+from .gallery import (
+    AddTemplatesJSON,
+    DeletedTemplate,
+    EnrollForm,
+    EnrollJSON,
+    EnrollResponse,
+    IdentityOut,
+    IdentityPage,
+    ImageOutcomeOut,
+    NoParams,
+)
+from .match import (
+    CandidateOut,
+    DetectJSON,
+    DetectResponse,
+    EmbeddingOut,
+    EmbedJSON,
+    EmbedParams,
+    EmbedResponse,
+    FaceIdentification,
+    IdentifyJSON,
+    IdentifyParams,
+    IdentifyResponse,
+    VerifyJSON,
+    VerifyParams,
+    VerifyResponse,
+)
+from .ops import GallerySummary, HealthResponse, ReadyResponse
+
+__all__ = [
+    "B64_EXAMPLE",
+    "AddTemplatesJSON",
+    "CandidateOut",
+    "DeletedTemplate",
+    "DetectJSON",
+    "DetectResponse",
+    "EmbedJSON",
+    "EmbedParams",
+    "EmbedResponse",
+    "EmbeddingOut",
+    "EnrollForm",
+    "EnrollJSON",
+    "EnrollResponse",
+    "FaceIdentification",
+    "FaceOut",
+    "GallerySummary",
+    "HealthResponse",
+    "IdentifyJSON",
+    "IdentifyParams",
+    "IdentifyResponse",
+    "IdentityOut",
+    "IdentityPage",
+    "ImageOutcomeOut",
+    "ImageSize",
+    "NoParams",
+    "Problem",
+    "ReadyResponse",
+    "Timings",
+    "ValidationIssue",
+    "VerifyJSON",
+    "VerifyParams",
+    "VerifyResponse",
+]

@@ -1,0 +1,144 @@
+"""Shared pieces: base classes (requests forbid extra members), OpenAPI examples, faces, timings, problems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from facematch.types import Face
+
+# Valid base64 of a 1x1 PNG: the shape of the field. A real request carries a face photo
+# (JPEG, PNG, WebP, ... up to the server's byte and pixel limits).
+B64_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mNoaGgAAAMEAYF1LgG8AAAAAElFTkSuQmCC"
+_FACE_EXAMPLE: dict[str, Any] = {
+    "box": [412.3, 188.9, 605.2, 441.7],
+    "score": 0.87121,
+    "landmarks": [[470.1, 290.2], [553.8, 289.0], [513.4, 341.6], [480.5, 385.2], [547.0, 384.3]],
+}
+_TIMINGS_EXAMPLE: dict[str, Any] = {"total_ms": 41.2, "prepare_ms": 30.5, "embed_ms": 9.8, "search_ms": None}
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    """Model config that forbids extra members and documents ``examples`` in the OpenAPI schema."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+
+
+_CANDIDATE_EXAMPLE: dict[str, Any] = {
+    "identity_id": "obama",
+    "similarity": 0.74,
+    "estimated_fmr": 2.3e-6,
+    "template_id": 12,
+    "metadata": {"team": "red"},
+}
+_OUTCOME_EXAMPLE: dict[str, Any] = {
+    "index": 0,
+    "source": "alice1.jpg",
+    "status": "enrolled",
+    "template_id": 7,
+    "faces_found": 1,
+    "face": _FACE_EXAMPLE,
+    "error": None,
+}
+_IDENTITY_EXAMPLE: dict[str, Any] = {
+    "identity_id": "alice",
+    "template_ids": [1, 2],
+    "num_templates": 2,
+    "metadata": {"team": "red"},
+    "created_at": 1.7e9,
+    "updated_at": 1.7e9,
+}
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=64 * 1024 * 1024)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FaceOut(_Out):
+    """A detected face in original image pixels: box (x1, y1, x2, y2), score, 5 landmarks."""
+
+    box: list[float] = Field(min_length=4, max_length=4)
+    score: float
+    landmarks: list[list[float]] = Field(min_length=5, max_length=5)
+
+    model_config = _examples(_FACE_EXAMPLE)
+
+    @classmethod
+    def of(cls, face: Face | None) -> FaceOut | None:
+        return None if face is None else cls.from_face(face)
+
+    @classmethod
+    def from_face(cls, face: Face) -> FaceOut:
+        return cls(**face.to_dict())
+
+
+class Timings(_Out):
+    """Server-side time spent on this request, in milliseconds."""
+
+    model_config = _examples(_TIMINGS_EXAMPLE)
+
+    total_ms: float
+    prepare_ms: float | None = Field(default=None, description="decode, detect and align")
+    embed_ms: float | None = Field(default=None, description="waiting for and running the batched embedding call")
+    search_ms: float | None = Field(default=None, description="gallery search")
+
+
+class ImageSize(_Out):
+    width: int
+    height: int
+
+    model_config = _examples({"width": 1280, "height": 720})
+
+
+class ValidationIssue(_Out):
+    loc: list[str]
+    msg: str
+    type: str
+
+    model_config = _examples(
+        {"loc": ["body", "k"], "msg": "Input should be less than or equal to 1000", "type": "less_than_equal"}
+    )
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details) with a stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    code: str = Field(description="stable machine-readable error code, e.g. no_face, image_too_large")
+    detail: str
+    instance: str | None = None
+    errors: list[ValidationIssue] | None = None
+    details: dict[str, Any] | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:facematch:error:no_face",
+                    "title": "Unprocessable Content",
+                    "status": 422,
+                    "code": "no_face",
+                    "detail": "no face found in the image",
+                    "instance": "/v1/verify",
+                }
+            ]
+        }
+    )
+
+
+__all__ = [
+    "B64_EXAMPLE",
+    "FaceOut",
+    "ImageSize",
+    "Problem",
+    "Timings",
+    "ValidationIssue",
+    "_In",
+    "_Out",
+]

@@ -1,0 +1,121 @@
+"""Request and response models of the gallery routes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, Json
+
+from .common import _IDENTITY_EXAMPLE, _OUTCOME_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _In, _Out
+
+IDENTITY_ID_DESC = "identity id (1-256 characters, no control characters, no '/': it names the identity in URLs)"
+IDENTITY_ID_PATTERN = r"^[^/]+$"
+
+
+class EnrollForm(_In):
+    """Text fields of a multipart enrolment."""
+
+    identity_id: str = Field(min_length=1, max_length=256, pattern=IDENTITY_ID_PATTERN, description=IDENTITY_ID_DESC)
+    metadata: Json[dict[str, Any]] | None = Field(default=None, description="JSON object stored with the identity")
+
+
+class EnrollJSON(_In):
+    identity_id: str = Field(min_length=1, max_length=256, pattern=IDENTITY_ID_PATTERN, description=IDENTITY_ID_DESC)
+    images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
+    metadata: dict[str, Any] | None = None
+
+    model_config = _examples({"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}})
+
+
+class NoParams(_In):
+    """No options besides the image(s)."""
+
+
+class AddTemplatesJSON(_In):
+    images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
+
+    model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]})
+
+
+class ImageOutcomeOut(_Out):
+    index: int
+    source: str
+    status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+    template_id: int | None = None
+    faces_found: int
+    face: FaceOut | None = None
+    error: str | None = None
+
+    model_config = _examples(_OUTCOME_EXAMPLE)
+
+
+class EnrollResponse(_Out):
+    identity_id: str
+    created: bool
+    template_ids: list[int]
+    outcomes: list[ImageOutcomeOut]
+    timings: Timings
+
+    model_config = _examples(
+        {
+            "identity_id": "alice",
+            "created": True,
+            "template_ids": [7],
+            "outcomes": [
+                _OUTCOME_EXAMPLE,
+                {
+                    "index": 1,
+                    "source": "alice-back.jpg",
+                    "status": "no_face",
+                    "template_id": None,
+                    "faces_found": 0,
+                    "face": None,
+                    "error": "no face found in the image",
+                },
+            ],
+            "timings": {"total_ms": 88.1, "prepare_ms": None, "embed_ms": None, "search_ms": None},
+        }
+    )
+
+
+class IdentityOut(_Out):
+    identity_id: str
+    template_ids: list[int]
+    num_templates: int
+    metadata: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+    model_config = _examples(_IDENTITY_EXAMPLE)
+
+
+class IdentityPage(_Out):
+    items: list[IdentityOut]
+    next_cursor: str | None = Field(
+        default=None, description="pass as ?cursor= for the next page; null on the last page"
+    )
+
+    model_config = _examples({"items": [_IDENTITY_EXAMPLE], "next_cursor": "YWxpY2U"})
+
+
+class DeletedTemplate(_Out):
+    identity_id: str
+    template_id: int
+    deleted: bool = True
+
+    model_config = _examples({"identity_id": "alice", "template_id": 2, "deleted": True})
+
+
+__all__ = [
+    "IDENTITY_ID_DESC",
+    "IDENTITY_ID_PATTERN",
+    "AddTemplatesJSON",
+    "DeletedTemplate",
+    "EnrollForm",
+    "EnrollJSON",
+    "EnrollResponse",
+    "IdentityOut",
+    "IdentityPage",
+    "ImageOutcomeOut",
+    "NoParams",
+]

@@ -1,0 +1,287 @@
+"""Request and response models of POST /verify, /identify, /detect and /embed."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from facematch.errors import InvalidArgumentError
+from facematch.types import Candidate, IdentifyResult, VerifyResult
+
+from .common import (
+    _CANDIDATE_EXAMPLE,
+    _FACE_EXAMPLE,
+    _TIMINGS_EXAMPLE,
+    B64_EXAMPLE,
+    FaceOut,
+    ImageSize,
+    Timings,
+    _examples,
+    _In,
+    _Out,
+)
+
+
+# ---- verify ---------------------------------------------------------------------------------
+class VerifyParams(_In):
+    """Options of POST /verify (multipart text fields or JSON members)."""
+
+    threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fmr, not both"
+    )
+    fmr: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="target false-match rate: the threshold is the model card's calibrated one at this rate "
+        "(default: the card's default FMR)",
+    )
+    far: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="deprecated alias of fmr (the false-match rate); give one of them",
+        json_schema_extra={"deprecated": True},
+    )
+
+    def target_fmr(self) -> float | None:
+        """``fmr``, or the deprecated ``far`` (never both)."""
+        if self.far is not None and self.fmr is not None:
+            raise InvalidArgumentError("give fmr (or its deprecated alias far), not both")
+        return self.fmr if self.far is None else self.far
+
+
+class VerifyJSON(VerifyParams):
+    """POST /verify as JSON: both images base64-encoded."""
+
+    image1: str = Field(min_length=1, description="base64-encoded image (a data: URL prefix is accepted)")
+    image2: str = Field(min_length=1, description="base64-encoded image")
+
+    model_config = _examples({"image1": B64_EXAMPLE, "image2": B64_EXAMPLE, "fmr": 0.001})
+
+
+class VerifyResponse(_Out):
+    is_match: bool
+    similarity: float = Field(description="cosine similarity of the two faces, in [-1, 1]")
+    threshold: float
+    target_fmr: float | None = Field(
+        default=None, description="false-match rate the threshold was chosen for (None: caller's)"
+    )
+    model_id: str
+    face1: FaceOut
+    face2: FaceOut
+    timings: Timings
+
+    model_config = _examples(
+        {
+            "is_match": True,
+            "similarity": 0.7093,
+            "threshold": 0.260985,
+            "target_fmr": 0.001,
+            "model_id": "w600k_mbf",
+            "face1": _FACE_EXAMPLE,
+            "face2": _FACE_EXAMPLE,
+            "timings": _TIMINGS_EXAMPLE,
+        }
+    )
+
+    @classmethod
+    def of(cls, result: VerifyResult, timings: Timings) -> VerifyResponse:
+        face1, face2 = FaceOut.of(result.face1), FaceOut.of(result.face2)
+        assert face1 is not None and face2 is not None  # the server always detects
+        return cls(
+            is_match=result.is_match,
+            similarity=round(result.similarity, 6),
+            threshold=round(result.threshold, 6),
+            target_fmr=result.target_fmr,
+            model_id=result.model_id,
+            face1=face1,
+            face2=face2,
+            timings=timings,
+        )
+
+
+# ---- identify -------------------------------------------------------------------------------
+class IdentifyParams(_In):
+    """Options of POST /identify."""
+
+    k: int = Field(default=5, ge=1, le=1000, description="candidates to return per face")
+    threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fpir, not both"
+    )
+    fpir: float | None = Field(default=None, gt=0.0, lt=1.0, description="target false-positive identification rate")
+    faces: Literal["largest", "all"] = Field(default="largest", description="identify the largest face, or every face")
+
+
+class IdentifyJSON(IdentifyParams):
+    image: str = Field(min_length=1, description="base64-encoded image")
+
+    model_config = _examples({"image": B64_EXAMPLE, "k": 5, "fpir": 0.01})
+
+
+class CandidateOut(_Out):
+    identity_id: str
+    similarity: float
+    estimated_fmr: float | None = Field(default=None, description="per-comparison false-match rate at this similarity")
+    template_id: int | None = None
+    metadata: dict[str, Any]
+
+    model_config = _examples(_CANDIDATE_EXAMPLE)
+
+    @classmethod
+    def of(cls, c: Candidate) -> CandidateOut:
+        return cls(**c.to_dict())
+
+
+class FaceIdentification(_Out):
+    """The answer for one face: the accepted identity, or ``is_unknown``; candidates ranked either way."""
+
+    face: FaceOut | None = None
+    identity_id: str | None = None
+    is_unknown: bool
+    threshold: float
+    target_fpir: float | None = None
+    threshold_extrapolated: bool = Field(
+        default=False,
+        description="true when the FPIR threshold lies beyond the calibration's measured range "
+        "(extrapolated from the impostor tail, conservatively)",
+    )
+    candidates: list[CandidateOut]
+
+    model_config = _examples(
+        {
+            "face": _FACE_EXAMPLE,
+            "identity_id": None,
+            "is_unknown": True,
+            "threshold": 0.3751,
+            "target_fpir": 0.01,
+            "threshold_extrapolated": False,
+            "candidates": [{**_CANDIDATE_EXAMPLE, "similarity": 0.21, "estimated_fmr": 0.018}],
+        }
+    )
+
+    @classmethod
+    def of(cls, r: IdentifyResult) -> FaceIdentification:
+        return cls(
+            face=FaceOut.of(r.face),
+            identity_id=r.identity_id,
+            is_unknown=r.is_unknown,
+            threshold=r.threshold,
+            target_fpir=r.target_fpir,
+            threshold_extrapolated=r.threshold_extrapolated,
+            candidates=[CandidateOut.of(c) for c in r.candidates],
+        )
+
+
+class IdentifyResponse(_Out):
+    results: list[FaceIdentification] = Field(description="one per face, largest first")
+    faces_total: int = Field(description="faces found in the image")
+    truncated: bool = Field(description="true when more faces were found than max_faces_per_image")
+    gallery_size: int
+    model_id: str
+    timings: Timings
+
+    model_config = _examples(
+        {
+            "results": [
+                {
+                    "face": _FACE_EXAMPLE,
+                    "identity_id": "obama",
+                    "is_unknown": False,
+                    "threshold": 0.3751,
+                    "target_fpir": 0.01,
+                    "threshold_extrapolated": False,
+                    "candidates": [_CANDIDATE_EXAMPLE],
+                }
+            ],
+            "faces_total": 1,
+            "truncated": False,
+            "gallery_size": 5,
+            "model_id": "w600k_mbf",
+            "timings": _TIMINGS_EXAMPLE,
+        }
+    )
+
+
+# ---- detect / embed -------------------------------------------------------------------------
+class DetectJSON(_In):
+    image: str = Field(min_length=1, description="base64-encoded image")
+
+    model_config = _examples({"image": B64_EXAMPLE})
+
+
+class DetectResponse(_Out):
+    faces: list[FaceOut] = Field(description="largest first")
+    faces_total: int
+    truncated: bool
+    image: ImageSize
+    timings: Timings
+
+    model_config = _examples(
+        {
+            "faces": [_FACE_EXAMPLE],
+            "faces_total": 1,
+            "truncated": False,
+            "image": {"width": 1280, "height": 720},
+            "timings": {**_TIMINGS_EXAMPLE, "embed_ms": None},
+        }
+    )
+
+
+class EmbedParams(_In):
+    faces: Literal["largest", "all"] = "largest"
+
+
+class EmbedJSON(EmbedParams):
+    image: str = Field(min_length=1, description="base64-encoded image")
+
+    model_config = _examples({"image": B64_EXAMPLE, "faces": "largest"})
+
+
+_EMBEDDING_EXAMPLE: dict[str, Any] = {"face": _FACE_EXAMPLE, "vector": [0.0213, -0.0471, 0.0032]}  # `dim` numbers
+
+
+class EmbeddingOut(_Out):
+    face: FaceOut | None = None
+    vector: list[float] = Field(description="unit-norm embedding: biometric data")
+
+    model_config = _examples(_EMBEDDING_EXAMPLE)
+
+
+class EmbedResponse(_Out):
+    model_id: str
+    dim: int
+    embeddings: list[EmbeddingOut]
+    faces_total: int
+    truncated: bool
+    timings: Timings
+
+    model_config = _examples(
+        {
+            "model_id": "w600k_mbf",
+            "dim": 512,
+            "embeddings": [_EMBEDDING_EXAMPLE],
+            "faces_total": 1,
+            "truncated": False,
+            "timings": _TIMINGS_EXAMPLE,
+        }
+    )
+
+
+__all__ = [
+    "CandidateOut",
+    "DetectJSON",
+    "DetectResponse",
+    "EmbedJSON",
+    "EmbedParams",
+    "EmbedResponse",
+    "EmbeddingOut",
+    "FaceIdentification",
+    "IdentifyJSON",
+    "IdentifyParams",
+    "IdentifyResponse",
+    "VerifyJSON",
+    "VerifyParams",
+    "VerifyResponse",
+]
