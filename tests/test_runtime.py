@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from facematch.errors import BackendUnavailableError, InvalidArgumentError
 from facematch import runtime
+from facematch.errors import BackendUnavailableError, InvalidArgumentError
 from facematch.runtime import choose_providers, session_options
 
 
