@@ -55,13 +55,10 @@ def _matcher(model: str | None, detector: str | None = None) -> Any:
 
 
 def _fars(fars: list[float] | None) -> tuple[float, ...]:
-    from ..errors import InvalidArgumentError
+    from ..calibration import check_rate
     from .protocols import DEFAULT_FARS
 
-    out = tuple(fars) if fars else DEFAULT_FARS
-    if any(not (0.0 < f < 1.0) for f in out):
-        raise InvalidArgumentError(f"--far values must be in (0, 1), got {list(out)}")
-    return out
+    return tuple(check_rate(f, "--far") for f in fars) if fars else DEFAULT_FARS
 
 
 @eval_app.command("aligned")
@@ -219,13 +216,13 @@ def calibrate(
 ) -> None:
     """Measure genuine/impostor scores on a calibration set and write thresholds + the FMR curve into the card."""
     with reported_errors():
-        from ..errors import FacematchError, InvalidArgumentError
+        from ..calibration import check_rate
+        from ..errors import FacematchError
         from .calibrate import card_destination, measure_calibration, write_calibration
         from .report import to_jsonable
 
-        fmrs = tuple(fmr) if fmr else (1e-2, 1e-3, 1e-4)
-        if any(not (0.0 < f < 1.0) for f in (*fmrs, default_fmr)):
-            raise InvalidArgumentError("FMRs must be in (0, 1)")
+        fmrs = tuple(check_rate(f, "--fmr") for f in fmr) if fmr else (1e-2, 1e-3, 1e-4)
+        check_rate(default_fmr, "--default-fmr")
         name = set_name or directory.resolve().name
         argv = ["facematch", "calibrate", str(directory)]
         if model:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..calibration import thresholds_at_fmr
 from ..errors import InvalidArgumentError
 from . import metrics as M
 
@@ -63,11 +64,13 @@ def verification(
     e = M.eer(curve)
     far_floor = 1.0 / curve.n_impostor
     card_points = []
-    for key, thr in sorted((card_thresholds or {}).items(), key=lambda kv: -float(kv[0])):
+    cards = sorted((card_thresholds or {}).items(), key=lambda kv: -float(kv[0]))
+    # a card FMR is observable here exactly when this set has a threshold at it
+    observable = np.isfinite(thresholds_at_fmr(scores.impostor, [float(k) for k, _ in cards])) if cards else []
+    for (key, thr), resolvable in zip(cards, observable, strict=True):
         fnmr, fmr = M.rates_at_threshold(scores.genuine, scores.impostor, thr)
         assert fnmr is not None and fmr is not None
-        resolvable = float(key) >= far_floor
-        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr, curve.n_impostor, resolvable))
+        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr, curve.n_impostor, bool(resolvable)))
     return Verification(
         n_genuine=curve.n_genuine,
         n_impostor=curve.n_impostor,

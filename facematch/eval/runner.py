@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import thresholds_at_fmr
+from ..calibration import check_threshold, thresholds_at_fmr
 from ..errors import InvalidArgumentError
 from . import metrics as M
 from . import protocols as P
@@ -82,8 +82,8 @@ def run_aligned(
     progress: bool = True,
 ) -> AlignedReport:
     """Verification, identification, fairness and hypersphere health of a folder-per-identity set."""
-    if threshold is not None and not (-1.0 <= threshold <= 1.0):
-        raise InvalidArgumentError(f"a cosine threshold must be in [-1, 1], got {threshold}")
+    if threshold is not None:
+        threshold = check_threshold(threshold)
     t0 = time.perf_counter()
     ids = list_identity_dir(root)
     emb, x, y = embed_identity_set(matcher, ids, detect=detect, cache_dir=cache_dir, progress=progress)
@@ -157,6 +157,20 @@ def run_aligned(
 # ---- pairs -------------------------------------------------------------------------------
 
 
+def pair_similarities(matcher: Any, a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Similarity of each pair ``(a[k], b[k])`` as ``FaceMatcher.compare`` (hence ``verify``) computes it.
+
+    The protocol then accepts a pair at threshold ``t`` when its similarity is ``>= t``, the
+    SDK's decision rule. Pairs that are not ``valid`` (an image gave no embedding) get
+    :data:`~.protocols.FAILED_SCORE`, below any cosine.
+    """
+    out = np.full(len(valid), P.FAILED_SCORE, np.float64)
+    for k in np.flatnonzero(valid):
+        # threshold -1 accepts every pair: only the similarity is read here
+        out[k] = matcher.compare(a[k], b[k], threshold=-1.0).similarity
+    return out
+
+
 def run_pairs(
     matcher: Any,
     pairs_file: Path,
@@ -183,7 +197,7 @@ def run_pairs(
     ia = np.array([index[p] for p in pl.a])
     ib = np.array([index[p] for p in pl.b])
     valid = emb.ok[ia] & emb.ok[ib]
-    scores = np.clip(np.einsum("ij,ij->i", emb.vectors[ia], emb.vectors[ib]), -1.0, 1.0).astype(np.float64)
+    scores = pair_similarities(matcher, emb.vectors[ia], emb.vectors[ib], valid)
     model = model_info(matcher)
     res = P.pairs_protocol(
         scores, pl.same, valid, pl.folds, fars=fars, seed=seed, card_thresholds=model.card_thresholds
@@ -214,6 +228,7 @@ __all__ = [
     "PairsReport",
     "embed_identity_set",
     "model_info",
+    "pair_similarities",
     "run_aligned",
     "run_pairs",
 ]
