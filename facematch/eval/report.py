@@ -137,7 +137,7 @@ def aligned_plots(report: AlignedReport, scores: M.PairScores, out: Path) -> dic
     ops = report.verification.operating_points
     curve = M.roc(scores.genuine, scores.impostor)
     files["roc"] = plots.roc_plot([(report.model.id, curve)], ops, out / "roc.png", "ROC: all pairs").name
-    thr = {f"FAR {p.target_far:g}": p.threshold for p in ops if p.resolvable and p.threshold is not None}
+    thr = {f"FMR {p.target_fmr:g}": p.threshold for p in ops if p.resolvable and p.threshold is not None}
     if report.fairness is not None:
         thr["shared (fairness)"] = report.fairness.result.shared_threshold
     files["histogram"] = plots.histogram_plot(scores.genuine, scores.impostor, thr, out / "scores.png").name
@@ -157,7 +157,7 @@ def pairs_plots(report: PairsReport, scores: M.PairScores, out: Path) -> dict[st
     roc = plots.roc_plot([(report.model.id, curve)], res.operating_points, out / "roc.png", "ROC: pairs")
     files = {"roc": roc.name}
     thr = {
-        f"FAR {p.target_far:g}": p.threshold for p in res.operating_points if p.resolvable and p.threshold is not None
+        f"FMR {p.target_fmr:g}": p.threshold for p in res.operating_points if p.resolvable and p.threshold is not None
     }
     thr.update({f"card FMR {c.card_fmr}": c.threshold for c in res.card_points})
     files["histogram"] = plots.histogram_plot(scores.genuine, scores.impostor, thr, out / "scores.png").name
@@ -174,16 +174,20 @@ def write_report(report: AlignedReport | PairsReport, out: Path) -> None:
 # ---- markdown ----------------------------------------------------------------------------------
 
 
+OP_HEADER = ["target FMR", "TAR", "threshold", "observed FMR", "genuine", "impostor"]
+CARD_HEADER = ["card FMR", "threshold", "observed FMR", "TAR"]
+
+
 def _op_rows(points: Sequence[M.OperatingPoint]) -> list[list[str]]:
     rows = []
     for p in points:
         if p.resolvable:
             rows.append(
                 [
-                    f"{p.target_far:g}",
+                    f"{p.target_fmr:g}",
                     pct(p.tar),
                     num(p.threshold),
-                    f"{p.observed_far:.2e}",
+                    f"{p.observed_fmr:.2e}",
                     f"{p.n_genuine:,}",
                     f"{p.n_impostor:,}",
                 ]
@@ -191,7 +195,7 @@ def _op_rows(points: Sequence[M.OperatingPoint]) -> list[list[str]]:
         else:
             rows.append(
                 [
-                    f"{p.target_far:g}",
+                    f"{p.target_fmr:g}",
                     "not resolvable",
                     "—",
                     f"< 1/{p.n_impostor:,}",
@@ -215,12 +219,12 @@ def aligned_markdown(r: AlignedReport) -> str:
         "",
         "## Verification (all pairs)",
         "",
-        f"{v.n_genuine:,} genuine and {v.n_impostor:,} impostor pairs; the finest measurable FAR is "
-        f"1/{v.n_impostor:,} = {v.far_floor:.1e}.",
+        f"{v.n_genuine:,} genuine and {v.n_impostor:,} impostor pairs; the finest measurable FMR is "
+        f"1/{v.n_impostor:,} = {v.fmr_floor:.1e}.",
         "",
         f"- AUC **{v.auc:.5f}**, EER **{pct(v.eer, 3)}** (threshold {v.eer_threshold:.4f})",
         "",
-        table(["target FAR", "TAR", "threshold", "observed FAR", "genuine", "impostor"], _op_rows(v.operating_points)),
+        table(OP_HEADER, _op_rows(v.operating_points)),
         "",
     ]
     if v.card_points:
@@ -228,8 +232,8 @@ def aligned_markdown(r: AlignedReport) -> str:
             f"The card's calibrated thresholds (set `{r.model.calibration_set}`) on this set:",
             "",
             table(
-                ["card FMR", "threshold", "observed FAR", "TAR"],
-                [[c.card_fmr, num(c.threshold), c.observed_far_text(), pct(c.tar)] for c in v.card_points],
+                CARD_HEADER,
+                [[c.card_fmr, num(c.threshold), c.observed_fmr_text(), pct(c.tar)] for c in v.card_points],
             ),
             "",
         ]
@@ -273,12 +277,12 @@ def aligned_markdown(r: AlignedReport) -> str:
         lines += [
             f"## Fairness by `{r.fairness.column}`",
             "",
-            f"One shared threshold {f.shared_threshold:.4f} (target FAR {f.target_far:g} on all pairs); pairs count "
+            f"One shared threshold {f.shared_threshold:.4f} (target FMR {f.target_fmr:g} on all pairs); pairs count "
             f"toward a group when both images belong to it ({f.cross_group_impostors:,} cross-group impostor pairs, "
             f"FMR {f.cross_group_fmr if f.cross_group_fmr is None else f'{f.cross_group_fmr:.2e}'}).",
             "",
             table(
-                ["group", "genuine", "impostor", "FNMR", "FMR", f"own threshold @ {f.target_far:g}", "FNMR at own"],
+                ["group", "genuine", "impostor", "FNMR", "FMR", f"own threshold @ {f.target_fmr:g}", "FNMR at own"],
                 [
                     [
                         g.group,
@@ -360,16 +364,14 @@ def pairs_markdown(r: PairsReport) -> str:
     lines += [
         f"- AUC **{res.auc:.5f}**, EER **{pct(res.eer, 3)}** (threshold {res.eer_threshold:.4f})",
         "",
-        table(
-            ["target FAR", "TAR", "threshold", "observed FAR", "genuine", "impostor"], _op_rows(res.operating_points)
-        ),
+        table(OP_HEADER, _op_rows(res.operating_points)),
         "",
     ]
     if res.card_points:
         lines += [
             table(
-                ["card FMR", "threshold", "observed FAR", "TAR"],
-                [[c.card_fmr, num(c.threshold), c.observed_far_text(), pct(c.tar)] for c in res.card_points],
+                CARD_HEADER,
+                [[c.card_fmr, num(c.threshold), c.observed_fmr_text(), pct(c.tar)] for c in res.card_points],
             ),
             "",
         ]

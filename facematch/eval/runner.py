@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import check_threshold, thresholds_at_fmr
+from ..calibration import check_rate, check_threshold, thresholds_at_fmr
 from ..errors import InvalidArgumentError
 from . import metrics as M
 from . import protocols as P
@@ -33,6 +33,8 @@ from .report import (
 )
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_FMR = 1e-3  # the FMR whose threshold on all pairs is the fairness threshold
 
 
 def model_info(matcher: Any) -> ModelInfo:
@@ -73,15 +75,16 @@ def run_aligned(
     group_col: str = "gender",
     detect: bool = False,
     cache_dir: Path | None = None,
-    fars: Sequence[float] = P.DEFAULT_FARS,
+    fmrs: Sequence[float] = P.DEFAULT_FMRS,
     fpirs: Sequence[float] = P.DEFAULT_FPIRS,
-    target_far: float = 1e-3,
+    target_fmr: float = DEFAULT_TARGET_FMR,
     threshold: float | None = None,
     seed: int = 0,
     plots: bool = True,
     progress: bool = True,
 ) -> AlignedReport:
     """Verification, identification, fairness and hypersphere health of a folder-per-identity set."""
+    target_fmr = check_rate(target_fmr, "target_fmr")
     if threshold is not None:
         threshold = check_threshold(threshold)
     t0 = time.perf_counter()
@@ -104,20 +107,20 @@ def run_aligned(
 
     scores = M.all_pair_scores(x, y, groups)
     model = model_info(matcher)
-    ver = P.verification(scores, fars, model.card_thresholds)
+    ver = P.verification(scores, fmrs, model.card_thresholds)
     ident = P.identification(x, y, fpirs=fpirs, seed=seed)
 
     fair = None
     if groups is not None:
         shared = threshold
         if shared is None:
-            shared = float(thresholds_at_fmr(scores.impostor, [target_far])[0])
+            shared = float(thresholds_at_fmr(scores.impostor, [target_fmr])[0])
             if not np.isfinite(shared):
                 raise InvalidArgumentError(
-                    f"target FAR {target_far:g} is finer than 1/{scores.impostor.size} impostor pairs; "
-                    "pass a coarser --target-far or a --threshold"
+                    f"target FMR {target_fmr:g} is finer than 1/{scores.impostor.size} impostor pairs; "
+                    "pass a coarser --target-fmr or a --threshold"
                 )
-        fair = FairnessInfo(group_col, str(meta), missing, M.fairness(scores, group_names, shared, target_far))
+        fair = FairnessInfo(group_col, str(meta), missing, M.fairness(scores, group_names, shared, target_fmr))
 
     card = matcher.embedder_card
     has_norms = norms_available(card)
@@ -179,7 +182,7 @@ def run_pairs(
     root: Path | None = None,
     detect: bool = True,
     cache_dir: Path | None = None,
-    fars: Sequence[float] = P.DEFAULT_FARS,
+    fmrs: Sequence[float] = P.DEFAULT_FMRS,
     seed: int = 0,
     plots: bool = True,
     progress: bool = True,
@@ -200,7 +203,7 @@ def run_pairs(
     scores = pair_similarities(matcher, emb.vectors[ia], emb.vectors[ib], valid)
     model = model_info(matcher)
     res = P.pairs_protocol(
-        scores, pl.same, valid, pl.folds, fars=fars, seed=seed, card_thresholds=model.card_thresholds
+        scores, pl.same, valid, pl.folds, fmrs=fmrs, seed=seed, card_thresholds=model.card_thresholds
     )
     failed = [(str(pl.a[k]), str(pl.b[k]), bool(pl.same[k])) for k in np.flatnonzero(~valid)]
     report = PairsReport(
