@@ -97,6 +97,7 @@ def test_aligned_markdown_tables_hold_the_reports_numbers() -> None:
     assert f"One shared threshold {f.result.shared_threshold:.4f} (target FMR 0.01 on all pairs)" in md
     for g in f.result.groups:
         assert f"| {g.group} | {g.n_genuine:,} | {g.n_impostor:,} | {pct(g.fnmr)} |" in md
+    assert "| own threshold @ FMR 0.01 | FNMR at own |" in md
     assert "Identities without a `gender`: zed" in md
     assert f"| {FAILURE.path} | no_face | {FAILURE.message} |" in lines
     assert "mean 20.00 ± 0.00" in md

@@ -282,7 +282,7 @@ def aligned_markdown(r: AlignedReport) -> str:
             f"FMR {f.cross_group_fmr if f.cross_group_fmr is None else f'{f.cross_group_fmr:.2e}'}).",
             "",
             table(
-                ["group", "genuine", "impostor", "FNMR", "FMR", f"own threshold @ {f.target_fmr:g}", "FNMR at own"],
+                ["group", "genuine", "impostor", "FNMR", "FMR", f"own threshold @ FMR {f.target_fmr:g}", "FNMR at own"],
                 [
                     [
                         g.group,
