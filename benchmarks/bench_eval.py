@@ -4,7 +4,7 @@
 
 Prints a Markdown table. The cold run embeds every crop with the default pack; the warm
 run reads the same embeddings back from the SQLite cache; the metrics rows time
-all-pair scoring + ROC/AUC/EER/TAR@FAR + identification + hypersphere on the embeddings.
+all-pair scoring + ROC/AUC/EER/TAR@FMR + identification + hypersphere on the embeddings.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def test_roc_points_and_ties() -> None:
     # thresholds +inf, 0.9, 0.5 (ties: one genuine and one impostor accepted together), 0.1
     np.testing.assert_allclose(curve.thresholds, [np.inf, 0.9, 0.5, 0.1])
     np.testing.assert_allclose(curve.tar, [0.0, 0.5, 1.0, 1.0])
-    np.testing.assert_allclose(curve.far, [0.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(curve.fmr, [0.0, 0.0, 0.5, 1.0])
     assert M.auc(curve) == pytest.approx(0.875)  # P(g > i) + 0.5 P(g = i) = (3 + 0.5) / 4
 
 
@@ -73,26 +73,31 @@ def test_threshold_is_the_smallest_admitting_at_most_the_fmr(imp: list[float], f
         assert np.mean(arr >= below.max()) > fmr
 
 
-def test_tar_at_far_hand_computed() -> None:
+def test_tar_at_fmr_hand_computed() -> None:
     imp = np.arange(1, 11) / 10.0  # 0.1 .. 1.0
     gen = np.array([0.95, 0.92, 0.85, 0.5])
-    p10, p20, p1 = M.tar_at_far(gen, imp, [0.1, 0.2, 0.01])
-    # FAR 0.1 of 10 impostors: one may pass (1.0), so the threshold sits just above 0.9
+    p10, p20, p1 = M.tar_at_fmr(gen, imp, [0.1, 0.2, 0.01])
+    # FMR 0.1 of 10 impostors: one may pass (1.0), so the threshold sits just above 0.9
     assert p10.resolvable and 0.9 < p10.threshold < 0.9 + 1e-9
-    assert p10.tar == 0.5 and p10.observed_far == 0.1 and p10.fnmr == 0.5
-    # FAR 0.2: two pass (0.9, 1.0); threshold just above 0.8
+    assert p10.tar == 0.5 and p10.observed_fmr == 0.1 and p10.fnmr == 0.5
+    # FMR 0.2: two pass (0.9, 1.0); threshold just above 0.8
     assert 0.8 < p20.threshold < 0.8 + 1e-9 and p20.tar == 0.75
-    # FAR 0.01 is finer than 1/10: never reported
+    # FMR 0.01 is finer than 1/10: never reported
     assert not p1.resolvable and p1.tar is None and p1.threshold is None
-    assert p1.far_floor == pytest.approx(0.1) and p1.n_impostor == 10 and p1.n_genuine == 4
+    assert p1.fmr_floor == pytest.approx(0.1) and p1.n_impostor == 10 and p1.n_genuine == 4
 
 
-def test_far_floor_respected_for_every_target() -> None:
+def test_tar_at_far_is_the_deprecated_name_of_tar_at_fmr() -> None:
+    # export/validate.py still imports the old name
+    assert M.tar_at_far is M.tar_at_fmr
+
+
+def test_fmr_floor_respected_for_every_target() -> None:
     rng = np.random.default_rng(1)
     imp = rng.normal(size=999)
-    points = M.tar_at_far(rng.normal(2, 1, 50), imp, [1e-2, 1e-3, 1e-4])
+    points = M.tar_at_fmr(rng.normal(2, 1, 50), imp, [1e-2, 1e-3, 1e-4])
     assert [p.resolvable for p in points] == [True, False, False]
-    assert points[0].observed_far is not None and points[0].observed_far <= 1e-2
+    assert points[0].observed_fmr is not None and points[0].observed_fmr <= 1e-2
 
 
 def test_rates_at_threshold() -> None:
@@ -173,16 +178,16 @@ def test_fairness_per_group_rates_and_ratio() -> None:
         genuine_group=np.array([0, 0, 1, 1]),
         impostor_group=np.array([0, 0, 1, 1, -1]),
     )
-    f = M.fairness(scores, ["A", "B"], shared_threshold=0.5, target_far=0.5)
+    f = M.fairness(scores, ["A", "B"], shared_threshold=0.5, target_fmr=0.5)
     a, b = f.groups
     assert (a.n_genuine, a.n_impostor, a.fnmr, a.fmr) == (2, 2, 0.5, 0.5)
     assert (b.n_genuine, b.n_impostor, b.fnmr, b.fmr) == (2, 2, 0.0, 0.0)
     assert f.fnmr_ratio is None and f.fnmr_gap == 0.5  # min is 0: ratio undefined, gap still reported
     assert f.cross_group_impostors == 1 and f.cross_group_fmr == 1.0
-    # own thresholds at FAR 0.5 of 2 impostors: one may pass
+    # own thresholds at FMR 0.5 of 2 impostors: one may pass
     assert a.own_threshold is not None and 0.1 < a.own_threshold < 0.1 + 1e-9 and a.own_fnmr == 0.0
     assert b.own_threshold is not None and 0.2 < b.own_threshold < 0.2 + 1e-9
-    g = M.fairness(scores, ["A", "B"], shared_threshold=0.75, target_far=0.5)
+    g = M.fairness(scores, ["A", "B"], shared_threshold=0.75, target_fmr=0.5)
     assert g.fnmr_ratio == pytest.approx(1.0)  # both groups reject one genuine pair of two
 
 
@@ -198,10 +203,44 @@ def test_fairness_ratio_when_both_groups_err() -> None:
     assert f.fnmr_ratio == pytest.approx(4.0)
 
 
-def test_wilson_interval_contains_the_estimate() -> None:
-    lo, hi = M.wilson_interval(5, 100)
-    assert lo < 0.05 < hi and lo >= 0 and hi <= 1
+def test_wilson_interval_known_answers() -> None:
+    # the textbook example: 8 successes of 10 at z = 1.96
+    lo, hi = M.wilson_interval(8, 10, z=1.96)
+    assert lo == pytest.approx(0.4902, abs=5e-5) and hi == pytest.approx(0.9433, abs=5e-5)
+    # 0 of n and n of n: one bound sits on the boundary, the other is n / (n + z^2) from it
+    z = 1.96
+    for n in (1, 6, 10, 11, 1000):  # 6 and 11 once gave bounds a few ulps beyond the estimate
+        lo0, hi0 = M.wilson_interval(0, n, z)
+        assert lo0 == 0.0 and hi0 == pytest.approx(z * z / (n + z * z), rel=1e-12)
+        lon, hin = M.wilson_interval(n, n, z)
+        assert hin == 1.0 and lon == pytest.approx(n / (n + z * z), rel=1e-12)
+    # no trials: nothing is known; more successes than trials is an error
     assert M.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(InvalidArgumentError):
+        M.wilson_interval(11, 10)
+    # z = 0: the interval collapses onto the estimate
+    assert M.wilson_interval(3, 12, z=0.0) == pytest.approx((0.25, 0.25))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 5000), st.data(), st.sampled_from([1.0, 1.645, 1.96, 2.576]))
+def test_wilson_interval_is_the_closed_form(n: int, data: st.DataObject, z: float) -> None:
+    """Oracle: the Wilson bounds are the roots in p of (k/n - p)^2 = z^2 p (1 - p) / n."""
+    k = data.draw(st.integers(0, n))
+    ph = k / n
+    roots = np.sort(np.roots([n + z * z, -(2 * n * ph + z * z), n * ph * ph]).real)
+    lo, hi = M.wilson_interval(k, n, z)
+    assert lo == pytest.approx(max(0.0, roots[0]), abs=1e-9)
+    assert hi == pytest.approx(min(1.0, roots[1]), abs=1e-9)
+    assert lo <= ph <= hi
+
+
+def test_wilson_interval_narrows_with_more_trials_and_widens_with_z() -> None:
+    widths = [hi - lo for lo, hi in (M.wilson_interval(n // 5, n) for n in (10, 100, 1000, 10000))]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < 0.02
+    w95 = np.subtract(*M.wilson_interval(20, 100, 1.96)[::-1])
+    w99 = np.subtract(*M.wilson_interval(20, 100, 2.576)[::-1])
+    assert w99 > w95
 
 
 def test_alignment_and_uniformity_known_values() -> None:
@@ -239,11 +278,15 @@ def test_best_threshold_and_kfold() -> None:
 
 
 def test_kfold_accuracy_hand_case() -> None:
-    # fold 0 holds a mislabelled pair that the threshold learnt on fold 1 gets wrong
+    # fold 1 holds a high-scoring impostor (0.8) that the threshold learnt on fold 0 accepts
     s = np.array([0.9, 0.1, 0.8, 0.2])
     y = np.array([True, False, False, False])
     k = M.kfold_accuracy(s, y, np.array([0, 0, 1, 1]))
-    assert k.fold_accuracy[1] == 0.5  # threshold from fold 0 (0.5) accepts the 0.8 impostor
+    # fold 0 is tested with fold 1's threshold: fold 1 has only impostors, so accept nothing above 0.8
+    assert k.fold_threshold[0] == np.nextafter(0.8, np.inf) and k.fold_accuracy[0] == 1.0
+    # fold 1 is tested with fold 0's threshold, midway between 0.1 and 0.9: the 0.8 impostor passes
+    assert k.fold_threshold[1] == pytest.approx(0.5) and k.fold_accuracy[1] == 0.5
+    assert k.mean_accuracy == 0.75 and k.std_accuracy == 0.25 and k.fold_sizes == [2, 2]
 
 
 def test_assign_folds_balanced_and_seeded() -> None:
@@ -251,3 +294,5 @@ def test_assign_folds_balanced_and_seeded() -> None:
     counts = np.bincount(f)
     assert counts.max() - counts.min() <= 1 and counts.sum() == 23
     np.testing.assert_array_equal(f, M.assign_folds(23, 10, seed=3))
+    assert not np.array_equal(f, M.assign_folds(23, 10, seed=4))  # the seed matters
+    assert np.bincount(M.assign_folds(3, 10)).tolist() == [1, 1, 1]  # never more folds than items

@@ -75,8 +75,20 @@ def test_verification_and_card_points() -> None:
     assert [c.card_fmr for c in v.card_points] == ["1e-2", "1e-3"]
     assert v.card_points[0].tar == 1.0
     # 375 impostor pairs resolve 1e-2 but not 1e-3: the report says so instead of "0.00e+00"
-    assert [c.far_resolvable for c in v.card_points] == [True, False]
-    assert v.card_points[1].observed_far_text() == "n/a (< 1/375 impostor pairs)"
+    assert [c.fmr_resolvable for c in v.card_points] == [True, False]
+    assert v.card_points[1].observed_fmr_text() == "n/a (< 1/375 impostor pairs)"
+    assert v.fmr_floor == pytest.approx(1 / 375)
+
+
+def test_card_points_observable_exactly_where_a_threshold_exists() -> None:
+    # 100 impostor pairs: FMR 1e-2 lets one impostor through (observable), 9e-3 none (not observable)
+    scores = M.PairScores(genuine=np.linspace(0.5, 0.9, 20), impostor=np.linspace(-0.5, 0.45, 100))
+    v = P.verification(scores, (1e-2,), card_thresholds={"1e-2": 0.445, "9e-3": 0.46})
+    by_key = {c.card_fmr: c for c in v.card_points}
+    assert by_key["1e-2"].fmr_resolvable and not by_key["9e-3"].fmr_resolvable
+    assert by_key["1e-2"].observed_fmr == pytest.approx(0.01)  # 0.45 is the one impostor at or above 0.445
+    assert by_key["1e-2"].observed_fmr_text() == "1.00e-02" and by_key["9e-3"].tar == 1.0
+    assert [c.card_fmr for c in v.card_points] == ["1e-2", "9e-3"]  # coarsest first
 
 
 def test_hypersphere_tight_vs_loose_classes() -> None:
@@ -92,21 +104,27 @@ def test_hypersphere_tight_vs_loose_classes() -> None:
 
 
 def test_pairs_protocol_counts_failures_apart() -> None:
-    rng = np.random.default_rng(0)
+    # separable scores: every pair with faces is classified right, so only the failures can cost accuracy
     same = np.r_[np.ones(150, bool), np.zeros(150, bool)]
-    scores = np.where(same, rng.normal(0.6, 0.1, 300), rng.normal(0.0, 0.1, 300))
+    scores = np.r_[np.linspace(0.5, 0.9, 150), np.linspace(-0.3, 0.3, 150)]
     valid = np.ones(300, bool)
-    valid[[0, 1, 200]] = False
+    valid[[0, 1, 200]] = False  # two genuine pairs and one impostor pair with a failed image
     r = P.pairs_protocol(scores, same, valid, None)
     assert r.n_pairs == 300 and r.n_failed_pairs == 3 and r.n_genuine == 148 and r.n_impostor == 149
-    assert r.accuracy.mean_accuracy > 0.99 and len(r.accuracy.fold_accuracy) == 10
+    assert r.accuracy.mean_accuracy == 1.0 and len(r.accuracy.fold_accuracy) == 10
+    assert sum(r.accuracy.fold_sizes) == 297
     assert r.accuracy_failures_as_nonmatch is not None
-    # two failed genuine pairs become false non-matches: at most 2/300 lower
-    assert r.accuracy_failures_as_nonmatch.mean_accuracy == pytest.approx(r.accuracy.mean_accuracy - 2 / 300, abs=0.01)
+    # counted as non-matches, the two failed genuine pairs are errors and the failed impostor pair is right:
+    # 10 folds of 30 pairs, so the mean accuracy drops by exactly 2/300
+    assert sum(r.accuracy_failures_as_nonmatch.fold_sizes) == 300
+    assert r.accuracy_failures_as_nonmatch.mean_accuracy == pytest.approx(1.0 - 2 / 300, abs=1e-12)
+    assert r.auc == 1.0 and r.eer == 0.0
     assert [p.resolvable for p in r.operating_points] == [True, False, False]
     assert "seeded" in r.fold_source
     folds = np.repeat(np.arange(10), 30)
     assert P.pairs_protocol(scores, same, valid, folds).fold_source == "file"
+    # nothing failed: no second accuracy
+    assert P.pairs_protocol(scores, same, np.ones(300, bool), None).accuracy_failures_as_nonmatch is None
 
 
 def test_pairs_protocol_needs_both_classes() -> None:
@@ -120,3 +138,6 @@ def test_reports_are_json_without_nan() -> None:
     data = to_jsonable(v)
     text = json.dumps(data, allow_nan=False)
     assert '"tar": null' in text and data["operating_points"][0]["resolvable"] is False
+    # FMR is the one name: no key says FAR
+    assert set(data["operating_points"][0]) >= {"target_fmr", "observed_fmr", "fmr_floor"}
+    assert "fmr_floor" in data and "far" not in text.lower()

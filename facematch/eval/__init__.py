@@ -1,6 +1,6 @@
 """Evaluation, calibration and fairness reports.
 
-- :mod:`.metrics` — pure numpy metrics: ROC, AUC, EER, TAR@FAR (floored at 1/impostors),
+- :mod:`.metrics` — pure numpy metrics: ROC, AUC, EER, TAR@FMR (floored at 1/impostors),
   rank-k, DIR@FPIR, per-group fairness, alignment/uniformity, intra/inter-class angles,
   the 10-fold verification protocol.
 - :mod:`.protocols` — verification, identification, hypersphere health and pair

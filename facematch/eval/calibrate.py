@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import Calibration
+from ..calibration import Calibration, fmr_key, threshold_at_fmr
 from ..cards import ModelCard, write_card
 from ..errors import InvalidArgumentError, ModelError
 from ..model_files import load_card
@@ -60,7 +60,7 @@ def measure_calibration(
     scores = M.all_pair_scores(x, y)
     if scores.impostor.size == 0:
         raise InvalidArgumentError(f"{root} gives no impostor pairs")
-    if default_fmr < 1.0 / scores.impostor.size:
+    if np.isnan(threshold_at_fmr(scores.impostor, default_fmr)):
         raise InvalidArgumentError(
             f"default FMR {default_fmr:g} is finer than 1/{scores.impostor.size} impostor pairs on {root}"
         )
@@ -72,7 +72,7 @@ def measure_calibration(
         target_fmrs=sorted(set(target_fmrs), reverse=True),
         default_fmr=default_fmr,
     )
-    skipped = [f for f in target_fmrs if f < 1.0 / scores.impostor.size]
+    skipped = [f for f in target_fmrs if fmr_key(f) not in cal.thresholds]
     if skipped:
         logger.warning(
             "FMRs %s are finer than 1/%d impostor pairs: no threshold written for them", skipped, scores.impostor.size

@@ -33,9 +33,19 @@ CacheOpt = Annotated[
     ),
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
-FarOpt = Annotated[
-    list[float] | None, typer.Option("--far", help="Target FARs to report (repeatable; default 1e-2 1e-3 1e-4).")
+FmrOpt = Annotated[
+    list[float] | None,
+    typer.Option("--fmr", help="Target false-match rates (FMR) to report TAR at (repeatable; default 1e-2 1e-3 1e-4)."),
 ]
+FarAlias = Annotated[list[float] | None, typer.Option("--far", hidden=True, help="Deprecated alias of --fmr.")]
+AlignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aligned/--detect",
+        help="--aligned: the images are aligned face crops (no detection); --detect: ordinary photos, "
+        "the largest face detected and aligned first.",
+    ),
+]  # one flag, spelled the same in every command; the default differs per command
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 
@@ -54,14 +64,28 @@ def _matcher(model: str | None, detector: str | None = None) -> Any:
     return FaceMatcher(detector=detector, embedder=model)
 
 
-def _fars(fars: list[float] | None) -> tuple[float, ...]:
+def _renamed(value: Any, old_value: Any, new: str, old: str) -> Any:
+    """``value`` of option ``new``, or of its deprecated spelling ``old`` (with a one-line notice on stderr)."""
     from ..errors import InvalidArgumentError
-    from .protocols import DEFAULT_FARS
 
-    out = tuple(fars) if fars else DEFAULT_FARS
-    if any(not (0.0 < f < 1.0) for f in out):
-        raise InvalidArgumentError(f"--far values must be in (0, 1), got {list(out)}")
-    return out
+    if old_value is None or old_value == []:
+        return value
+    typer.echo(f"warning: {old} is deprecated; use {new} (FMR, the false-match rate)", err=True)
+    if value is not None and value != []:
+        raise InvalidArgumentError(f"give {new} or its deprecated alias {old}, not both")
+    return old_value
+
+
+def _fmrs(fmrs: list[float] | None, fars: list[float] | None) -> tuple[float, ...]:
+    from ..calibration import check_rate
+    from .protocols import DEFAULT_FMRS
+
+    given = _renamed(fmrs, fars, "--fmr", "--far")
+    return tuple(check_rate(f, "--fmr") for f in given) if given else DEFAULT_FMRS
+
+
+def _rate(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 @eval_app.command("aligned")
@@ -71,12 +95,18 @@ def aligned_cmd(
     group_col: Annotated[str, typer.Option(help="Column of --meta to compare groups by.")] = "gender",
     model: ModelOpt = None,
     out: Annotated[Path, typer.Option(help="Report folder: report.json, report.md, PNG plots.")] = Path("report"),
-    detect: Annotated[bool, typer.Option("--detect", help="Images are not aligned: detect and align first.")] = False,
+    aligned: AlignedOpt = True,
     detector: Annotated[str | None, typer.Option(help="Detector card for --detect (default pack).")] = None,
-    far: FarOpt = None,
-    target_far: Annotated[float, typer.Option(help="FAR that sets the fairness threshold.")] = 1e-3,
+    fmr: FmrOpt = None,
+    far: FarAlias = None,
+    target_fmr: Annotated[
+        float | None, typer.Option(help="FMR whose threshold on all pairs is the fairness threshold (default 1e-3).")
+    ] = None,
+    target_far: Annotated[
+        float | None, typer.Option("--target-far", hidden=True, help="Deprecated alias of --target-fmr.")
+    ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Fairness threshold instead of the one at --target-far.")
+        float | None, typer.Option(help="Fairness threshold instead of the one at --target-fmr.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the gallery and hold-out splits.")] = 0,
     cache_dir: CacheOpt = None,
@@ -85,25 +115,27 @@ def aligned_cmd(
     no_progress: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verification (ROC, EER, TAR@FAR), identification (rank-k, DIR@FPIR), fairness and hypersphere health."""
+    """Verification (ROC, EER, TAR@FMR), identification (rank-k, DIR@FPIR), fairness and hypersphere health."""
     with reported_errors():
         from .report import to_jsonable
-        from .runner import run_aligned
+        from .runner import DEFAULT_TARGET_FMR, run_aligned
 
         if meta is not None and not meta.is_file():
             from ..errors import InvalidArgumentError
 
             raise InvalidArgumentError(f"--meta file {meta} not found")
+        fmrs = _fmrs(fmr, far)
+        target = _renamed(target_fmr, target_far, "--target-fmr", "--target-far")
         rep = run_aligned(
             _matcher(model, detector),
             directory,
             out,
             meta=meta,
             group_col=group_col,
-            detect=detect,
+            detect=not aligned,
             cache_dir=_cache_dir(cache_dir, no_cache),
-            fars=_fars(far),
-            target_far=target_far,
+            fmrs=fmrs,
+            target_fmr=DEFAULT_TARGET_FMR if target is None else target,
             threshold=threshold,
             seed=seed,
             plots=not no_plots,
@@ -113,10 +145,7 @@ def aligned_cmd(
             typer.echo(json.dumps(to_jsonable(rep), indent=2))
             return
         v, c = rep.verification, rep.identification.closed_set
-        ops = ", ".join(
-            f"TAR@{p.target_far:g}={p.tar:.4f}" if p.resolvable and p.tar is not None else f"TAR@{p.target_far:g}=n/a"
-            for p in v.operating_points
-        )
+        ops = ", ".join(f"TAR@FMR{p.target_fmr:g}={_rate(p.tar)}" for p in v.operating_points)
         typer.echo(
             f"{rep.model.id}: {rep.dataset.n_embedded}/{rep.dataset.n_images} images, "
             f"{v.n_genuine} genuine / {v.n_impostor} impostor pairs"
@@ -125,17 +154,13 @@ def aligned_cmd(
         typer.echo("  " + " ".join(f"rank-{k}={val:.4f}" for k, val in c.rank.items()))
         if rep.identification.open_set is not None:
             typer.echo(
-                "  "
-                + " ".join(
-                    f"DIR@FPIR{p.target_fpir:g}={p.dir:.4f}" if p.dir is not None else f"DIR@FPIR{p.target_fpir:g}=n/a"
-                    for p in rep.identification.open_set.points
-                )
+                "  " + " ".join(f"DIR@FPIR{p.target_fpir:g}={_rate(p.dir)}" for p in rep.identification.open_set.points)
             )
         if rep.fairness is not None:
             f = rep.fairness.result
             typer.echo(
                 f"  fairness by {rep.fairness.column} at {f.shared_threshold:.4f}: "
-                + " ".join(f"{g.group}: FNMR={g.fnmr} FMR={g.fmr}" for g in f.groups)
+                + " ".join(f"{g.group}: FNMR={_rate(g.fnmr)} FMR={_rate(g.fmr, '.2e')}" for g in f.groups)
             )
         if rep.dataset.failures:
             typer.echo(f"  {len(rep.dataset.failures)} image(s) without an embedding (listed in the report)")
@@ -150,9 +175,10 @@ def pairs_cmd(
     ] = None,
     model: ModelOpt = None,
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("report-pairs"),
-    aligned: Annotated[bool, typer.Option("--aligned", help="Images are aligned 112x112 crops: no detection.")] = False,
-    detector: Annotated[str | None, typer.Option(help="Detector card (default pack).")] = None,
-    far: FarOpt = None,
+    aligned: AlignedOpt = False,
+    detector: Annotated[str | None, typer.Option(help="Detector card for --detect (default pack).")] = None,
+    fmr: FmrOpt = None,
+    far: FarAlias = None,
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment when FILE defines no folds.")] = 0,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -160,11 +186,12 @@ def pairs_cmd(
     no_progress: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """10-fold accuracy, AUC, EER and TAR@FAR on a list of pairs; images without a face reported apart."""
+    """10-fold accuracy, AUC, EER and TAR@FMR on a list of pairs; images without a face reported apart."""
     with reported_errors():
         from .report import to_jsonable
         from .runner import run_pairs
 
+        fmrs = _fmrs(fmr, far)
         rep = run_pairs(
             _matcher(model, detector),
             file,
@@ -172,7 +199,7 @@ def pairs_cmd(
             root=root,
             detect=not aligned,
             cache_dir=_cache_dir(cache_dir, no_cache),
-            fars=_fars(far),
+            fmrs=fmrs,
             seed=seed,
             plots=not no_plots,
             progress=not no_progress,
@@ -196,7 +223,9 @@ def pairs_cmd(
 
 
 def calibrate(
-    directory: Annotated[Path, typer.Argument(help="Calibration set: one folder per identity of aligned crops.")],
+    directory: Annotated[
+        Path, typer.Argument(help="Calibration set: one folder per identity (aligned crops, or photos with --detect).")
+    ],
     model: Annotated[
         str | None, typer.Option("--model", help="Embedder card id, card JSON, or model file with a card.")
     ] = None,
@@ -211,7 +240,7 @@ def calibrate(
     write: Annotated[bool, typer.Option("--write", help="Write the calibration into the model card.")] = False,
     card_out: Annotated[Path | None, typer.Option("--out", help="Write the calibrated card here instead.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also save the calibration curve as a PNG.")] = None,
-    detect: Annotated[bool, typer.Option("--detect", help="Images are not aligned: detect and align first.")] = False,
+    aligned: AlignedOpt = True,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     no_progress: QuietOpt = False,
@@ -219,13 +248,13 @@ def calibrate(
 ) -> None:
     """Measure genuine/impostor scores on a calibration set and write thresholds + the FMR curve into the card."""
     with reported_errors():
-        from ..errors import FacematchError, InvalidArgumentError
+        from ..calibration import check_rate
+        from ..errors import FacematchError
         from .calibrate import card_destination, measure_calibration, write_calibration
         from .report import to_jsonable
 
-        fmrs = tuple(fmr) if fmr else (1e-2, 1e-3, 1e-4)
-        if any(not (0.0 < f < 1.0) for f in (*fmrs, default_fmr)):
-            raise InvalidArgumentError("FMRs must be in (0, 1)")
+        fmrs = tuple(check_rate(f, "--fmr") for f in fmr) if fmr else (1e-2, 1e-3, 1e-4)
+        check_rate(default_fmr, "--default-fmr")
         name = set_name or directory.resolve().name
         argv = ["facematch", "calibrate", str(directory)]
         if model:
@@ -236,7 +265,7 @@ def calibrate(
             argv += ["--fmr", f"{f:g}"]
         if default_fmr != 1e-3:
             argv += ["--default-fmr", f"{default_fmr:g}"]
-        if detect:
+        if not aligned:
             argv.append("--detect")
         argv.append("--write")
         matcher = _matcher(model)
@@ -247,7 +276,7 @@ def calibrate(
             command=shlex.join(argv),
             target_fmrs=fmrs,
             default_fmr=default_fmr,
-            detect=detect,
+            detect=not aligned,
             cache_dir=_cache_dir(cache_dir, no_cache),
             progress=not no_progress,
         )

@@ -1,5 +1,9 @@
 """Embedding a list of image files for evaluation: aligned crops or detect + align, with a cache.
 
+Images go through the SDK's own steps, ``FaceMatcher.prepare`` (decode, then detect →
+largest face → align, or the image taken as an aligned crop) and ``FaceMatcher.embed_crops``
+(batched), so an evaluation measures exactly what ``embed`` and ``verify`` compute.
+
 Every image gives an outcome: an embedding, or a failure (no face, unreadable or
 undecodable file) that the reports list separately. Nothing is dropped silently.
 """
@@ -15,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FacematchError, NoFaceError
+from ..errors import FacematchError
 from .cache import CachedEmbedding, EmbeddingCache, content_hash
 
 logger = logging.getLogger(__name__)
@@ -69,35 +73,32 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True, leave=False)
 
 
-def _embed_aligned(matcher: Any, blobs: list[bytes]) -> list[CachedEmbedding]:
-    crops: list[np.ndarray | None] = []
-    out: list[CachedEmbedding | None] = []
-    for data in blobs:
-        try:
-            crops.append(matcher.aligned_crop(data))
-            out.append(None)
-        except FacematchError as exc:
-            crops.append(None)
-            out.append(CachedEmbedding(exc.code, None, None, exc.message))
-    good = [c for c in crops if c is not None]
-    if good:
-        vecs, norms = matcher.embed_aligned_with_norms(good)
-        it = iter(zip(vecs, norms, strict=True))
-        for k, c in enumerate(crops):
-            if c is not None:
-                v, n = next(it)
-                out[k] = CachedEmbedding("ok", v, float(n))
-    return [o for o in out if o is not None]
-
-
-def _embed_detect(matcher: Any, data: bytes) -> CachedEmbedding:
+def _prepare(matcher: Any, data: bytes, detect: bool) -> np.ndarray | CachedEmbedding:
+    """The one crop an image gives (the SDK's ``prepare``: largest face, or the image as an aligned crop)."""
     try:
-        fe = matcher.embed(data, faces="largest")[0]
-    except NoFaceError as exc:
-        return CachedEmbedding("no_face", None, None, exc.message)
-    except FacematchError as exc:
+        prep = matcher.prepare(data, "largest" if detect else None, aligned=not detect)
+    except FacematchError as exc:  # no_face, not_aligned, invalid_image...
         return CachedEmbedding(exc.code, None, None, exc.message)
-    return CachedEmbedding("ok", fe.vector, fe.norm)
+    crop: np.ndarray = prep.crops[0]
+    return crop
+
+
+def _embed_batch(matcher: Any, blobs: list[bytes], detect: bool) -> list[CachedEmbedding]:
+    """``prepare`` each image, then ``embed_crops`` on all the crops at once: ``FaceMatcher.embed``, batched."""
+    prepared = [_prepare(matcher, data, detect) for data in blobs]
+    crops = [p for p in prepared if isinstance(p, np.ndarray)]
+    if not crops:
+        return [p for p in prepared if isinstance(p, CachedEmbedding)]
+    vectors, norms = matcher.embed_crops(np.stack(crops))
+    done = iter(zip(vectors, norms, strict=True))
+    out = []
+    for p in prepared:
+        if isinstance(p, CachedEmbedding):
+            out.append(p)
+        else:
+            v, n = next(done)
+            out.append(CachedEmbedding("ok", v, float(n)))
+    return out
 
 
 def embed_files(
@@ -109,7 +110,7 @@ def embed_files(
     batch_size: int = 64,
     progress: bool = True,
 ) -> EmbeddedSet:
-    """Embed image files with ``matcher`` (largest face when ``detect``), reusing cached results."""
+    """Embed image files with ``matcher`` (largest face when ``detect``, else aligned crops), reusing cached results."""
     paths = [Path(p) for p in paths]
     dim = int(matcher.dim)
     key = pipeline_key(matcher, detect)
@@ -139,10 +140,7 @@ def embed_files(
         with _progress(len(todo), "detect+embed" if detect else "embed", progress) as bar:
             for start in range(0, len(todo), batch_size):
                 idx = todo[start : start + batch_size]
-                if detect:
-                    outs = [_embed_detect(matcher, blobs[i]) for i in idx]
-                else:
-                    outs = _embed_aligned(matcher, [blobs[i] for i in idx])
+                outs = _embed_batch(matcher, [blobs[i] for i in idx], detect)
                 for i, o in zip(idx, outs, strict=True):
                     results[i] = o
                     h = hashes[i]

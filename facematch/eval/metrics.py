@@ -2,9 +2,11 @@
 
 Conventions: a *score* is a cosine similarity (higher = more alike) and a comparison
 is accepted when ``score >= threshold`` (ties count as matches, the conservative
-choice for false matches). FAR and FMR are used interchangeably for 1:1 comparisons;
-TAR = 1 - FNMR. A rate finer than ``1 / (number of trials)`` cannot be measured and is
-reported as not resolvable rather than extrapolated.
+choice for false matches). FMR (false-match rate) is the share of impostor comparisons
+accepted, FNMR (false non-match rate) the share of genuine comparisons rejected, and
+TAR = 1 - FNMR (FAR, the older name of FMR, is not used). A rate finer than
+``1 / (number of trials)`` cannot be measured and is reported as not resolvable rather
+than extrapolated.
 """
 
 from __future__ import annotations
@@ -98,13 +100,13 @@ def all_pair_scores(
 
 @dataclass(frozen=True)
 class Roc:
-    """A ROC curve: at ``thresholds[k]``, ``far[k]`` of impostors and ``tar[k]`` of genuines pass.
+    """A ROC curve: at ``thresholds[k]``, ``fmr[k]`` of impostors and ``tar[k]`` of genuines pass.
 
-    Thresholds decrease from +inf (nothing accepted: FAR = TAR = 0) to the lowest score
-    (everything accepted: FAR = TAR = 1), one point per distinct score.
+    Thresholds decrease from +inf (nothing accepted: FMR = TAR = 0) to the lowest score
+    (everything accepted: FMR = TAR = 1), one point per distinct score.
     """
 
-    far: np.ndarray
+    fmr: np.ndarray
     tar: np.ndarray
     thresholds: np.ndarray
     n_genuine: int
@@ -127,19 +129,19 @@ def roc(genuine: np.ndarray | Sequence[float], impostor: np.ndarray | Sequence[f
     # last index of each run of equal scores: accepting a score accepts all its ties
     last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
     tar = np.r_[0.0, tp[last] / g.size]
-    far = np.r_[0.0, fp[last] / i.size]
+    fmr = np.r_[0.0, fp[last] / i.size]
     thr = np.r_[np.inf, s[last]]
-    return Roc(far=far, tar=tar, thresholds=thr, n_genuine=int(g.size), n_impostor=int(i.size))
+    return Roc(fmr=fmr, tar=tar, thresholds=thr, n_genuine=int(g.size), n_impostor=int(i.size))
 
 
 def auc(curve: Roc) -> float:
     """Area under the ROC curve (trapezoids; equals the Mann-Whitney probability, ties counted half)."""
-    return float(np.sum(np.diff(curve.far) * (curve.tar[1:] + curve.tar[:-1]) / 2.0))
+    return float(np.sum(np.diff(curve.fmr) * (curve.tar[1:] + curve.tar[:-1]) / 2.0))
 
 
 @dataclass(frozen=True)
 class Eer:
-    """Equal error rate: where FAR equals FNMR on the (linearly interpolated) ROC."""
+    """Equal error rate: where FMR equals FNMR on the (linearly interpolated) ROC."""
 
     eer: float
     threshold: float
@@ -147,13 +149,13 @@ class Eer:
 
 def eer(curve: Roc) -> Eer:
     """The equal error rate of a ROC curve and the similarity threshold there."""
-    d = (1.0 - curve.tar) - curve.far  # FNMR - FAR: 1 at threshold +inf, decreasing to -1
+    d = (1.0 - curve.tar) - curve.fmr  # FNMR - FMR: 1 at threshold +inf, decreasing to -1
     k = int(np.argmax(d <= 0.0))
     thr_k = float(curve.thresholds[k])
     if d[k] == 0.0 or k == 0:
-        return Eer(eer=float(curve.far[k]), threshold=thr_k)
+        return Eer(eer=float(curve.fmr[k]), threshold=thr_k)
     t = d[k - 1] / (d[k - 1] - d[k])
-    rate = float(curve.far[k - 1] + t * (curve.far[k] - curve.far[k - 1]))
+    rate = float(curve.fmr[k - 1] + t * (curve.fmr[k] - curve.fmr[k - 1]))
     prev = float(curve.thresholds[k - 1])
     thr = thr_k if not math.isfinite(prev) else prev + t * (thr_k - prev)
     return Eer(eer=rate, threshold=float(thr))
@@ -164,49 +166,52 @@ def eer(curve: Roc) -> Eer:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """TAR at a target FAR, with the threshold and what was actually observed there.
+    """TAR at a target FMR, with the threshold and what was actually observed there.
 
     ``resolvable`` is False when the target is finer than ``1 / n_impostor``; then
-    ``threshold``, ``tar`` and ``observed_far`` are None.
+    ``threshold``, ``tar`` and ``observed_fmr`` are None.
     """
 
-    target_far: float
+    target_fmr: float
     resolvable: bool
     threshold: float | None
     tar: float | None
     fnmr: float | None
-    observed_far: float | None
+    observed_fmr: float | None
     n_genuine: int
     n_impostor: int
-    far_floor: float
+    fmr_floor: float
 
 
-def tar_at_far(
-    genuine: np.ndarray | Sequence[float], impostor: np.ndarray | Sequence[float], fars: Sequence[float]
+def tar_at_fmr(
+    genuine: np.ndarray | Sequence[float], impostor: np.ndarray | Sequence[float], fmrs: Sequence[float]
 ) -> list[OperatingPoint]:
-    """TAR at each target FAR, never reporting a FAR finer than ``1 / n_impostor``."""
+    """TAR at each target FMR, never reporting an FMR finer than ``1 / n_impostor``."""
     g, i = _both(genuine, impostor)
-    thr = thresholds_at_fmr(i, fars)
+    thr = thresholds_at_fmr(i, fmrs)
     out = []
-    for f, t in zip(fars, thr, strict=True):
+    for f, t in zip(fmrs, thr, strict=True):
         if not np.isfinite(t):
             out.append(OperatingPoint(float(f), False, None, None, None, None, g.size, i.size, 1.0 / i.size))
             continue
         tar = float(np.mean(g >= t))
         out.append(
             OperatingPoint(
-                target_far=float(f),
+                target_fmr=float(f),
                 resolvable=True,
                 threshold=float(t),
                 tar=tar,
                 fnmr=1.0 - tar,
-                observed_far=float(np.mean(i >= t)),
+                observed_fmr=float(np.mean(i >= t)),
                 n_genuine=int(g.size),
                 n_impostor=int(i.size),
-                far_floor=1.0 / i.size,
+                fmr_floor=1.0 / i.size,
             )
         )
     return out
+
+
+tar_at_far = tar_at_fmr  # deprecated alias (export/validate.py still imports it): use tar_at_fmr
 
 
 def rates_at_threshold(
@@ -312,14 +317,14 @@ def dir_at_fpir(
 
 @dataclass(frozen=True)
 class GroupRates:
-    """Error rates of one group: at the shared threshold, and the group's own threshold at the target FAR."""
+    """Error rates of one group: at the shared threshold, and the group's own threshold at the target FMR."""
 
     group: str
     n_genuine: int
     n_impostor: int
     fnmr: float | None
     fmr: float | None
-    own_threshold: float | None  # None: target FAR finer than 1 / n_impostor of this group
+    own_threshold: float | None  # None: target FMR finer than 1 / n_impostor of this group
     own_fnmr: float | None
 
 
@@ -328,7 +333,7 @@ class Fairness:
     """Per-group error rates and their spread (max/min ratio; None when the minimum is 0)."""
 
     shared_threshold: float
-    target_far: float
+    target_fmr: float
     groups: list[GroupRates]
     fnmr_ratio: float | None
     fmr_ratio: float | None
@@ -348,7 +353,7 @@ def _ratio(values: list[float | None]) -> tuple[float | None, float | None]:
 
 
 def fairness(
-    scores: PairScores, group_names: Sequence[str], shared_threshold: float, target_far: float = 1e-3
+    scores: PairScores, group_names: Sequence[str], shared_threshold: float, target_fmr: float = 1e-3
 ) -> Fairness:
     """Per-group FNMR/FMR at one shared threshold, each group's own threshold, and spreads.
 
@@ -366,7 +371,7 @@ def fairness(
         own_t: float | None = None
         own_fnmr: float | None = None
         if i.size:
-            t = float(thresholds_at_fmr(i, [target_far])[0])
+            t = float(thresholds_at_fmr(i, [target_fmr])[0])
             if math.isfinite(t):
                 own_t = t
                 own_fnmr = float(np.mean(g < t)) if g.size else None
@@ -377,7 +382,7 @@ def fairness(
     cross = scores.impostor[scores.impostor_group == -1]
     return Fairness(
         shared_threshold=float(shared_threshold),
-        target_far=float(target_far),
+        target_fmr=float(target_fmr),
         groups=rows,
         fnmr_ratio=fnmr_ratio,
         fmr_ratio=fmr_ratio,
@@ -390,14 +395,23 @@ def fairness(
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (treats trials as independent)."""
+    """Wilson score interval of a binomial proportion (treats trials as independent).
+
+    ``(0, 1)`` for no trials. The bounds are the closed form's; with no successes the
+    lower bound is exactly 0, and with no failures the upper bound exactly 1 (the closed
+    form's rounding would otherwise put them a few ulps to the wrong side of the estimate).
+    """
     if n <= 0:
         return (0.0, 1.0)
+    if not 0 <= successes <= n:
+        raise InvalidArgumentError(f"successes must be in [0, {n}], got {successes}")
     p = successes / n
     den = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 # ---- hypersphere health ----------------------------------------------------------------------
@@ -580,6 +594,7 @@ __all__ = [
     "rates_at_threshold",
     "roc",
     "tar_at_far",
+    "tar_at_fmr",
     "uniformity",
     "wilson_interval",
 ]

@@ -21,33 +21,33 @@ def _pyplot() -> Any:
 
 
 def _thin(curve: M.Roc, max_points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
-    """A ROC reduced to at most ``max_points`` points, dense where FAR is small (log axis)."""
-    far, tar = curve.far, curve.tar
-    if far.size <= max_points:
-        return far, tar
-    grid = np.geomspace(max(far[far > 0].min(), 1e-12), 1.0, max_points)
-    idx = np.unique(np.clip(np.searchsorted(far, grid, side="right") - 1, 0, far.size - 1))
-    return far[idx], tar[idx]
+    """A ROC reduced to at most ``max_points`` points, dense where FMR is small (log axis)."""
+    fmr, tar = curve.fmr, curve.tar
+    if fmr.size <= max_points:
+        return fmr, tar
+    grid = np.geomspace(max(fmr[fmr > 0].min(), 1e-12), 1.0, max_points)
+    idx = np.unique(np.clip(np.searchsorted(fmr, grid, side="right") - 1, 0, fmr.size - 1))
+    return fmr[idx], tar[idx]
 
 
 def roc_plot(
     curves: Sequence[tuple[str, M.Roc]], points: Sequence[M.OperatingPoint], path: Path, title: str = "ROC"
 ) -> Path:
-    """TAR against FAR on a log axis; the FAR floor (1/impostors) shaded, operating points marked."""
+    """TAR against FMR on a log axis; the FMR floor (1/impostors) shaded, operating points marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
     floor = 1.0
     for label, curve in curves:
-        far, tar = _thin(curve)
-        keep = far > 0
-        ax.step(far[keep], tar[keep], where="post", label=f"{label} (AUC {M.auc(curve):.4f})")
+        fmr, tar = _thin(curve)
+        keep = fmr > 0
+        ax.step(fmr[keep], tar[keep], where="post", label=f"{label} (AUC {M.auc(curve):.4f})")
         floor = min(floor, 1.0 / curve.n_impostor)
     for p in points:
         if p.resolvable and p.tar is not None:
-            ax.plot([p.target_far], [p.tar], "o", color="black", ms=4)
+            ax.plot([p.target_fmr], [p.tar], "o", color="black", ms=4)
             ax.annotate(
-                f"{p.tar:.3f}@{p.target_far:g}",
-                (p.target_far, p.tar),
+                f"{p.tar:.3f}@{p.target_fmr:g}",
+                (p.target_fmr, p.tar),
                 textcoords="offset points",
                 xytext=(4, -12),
                 fontsize=8,
@@ -56,8 +56,8 @@ def roc_plot(
     ax.set_xscale("log")
     ax.set_xlim(floor / 10, 1.0)
     ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel("false accept rate (log)")
-    ax.set_ylabel("true accept rate")
+    ax.set_xlabel("false-match rate, FMR (log)")
+    ax.set_ylabel("true accept rate, TAR = 1 − FNMR")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -117,7 +117,7 @@ def fairness_plot(fair: M.Fairness, path: Path, group_col: str = "group") -> Pat
         ax.set_xticks(x, names)
         ax.set_xlabel(group_col)
         ax.set_title(f"{title} at {fair.shared_threshold:.3f}")
-    fig.suptitle(f"per-group errors at one threshold (target FAR {fair.target_far:g}); bars: 95% Wilson CI", fontsize=9)
+    fig.suptitle(f"per-group errors at one threshold (target FMR {fair.target_fmr:g}); bars: 95% Wilson CI", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

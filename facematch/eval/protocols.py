@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..calibration import thresholds_at_fmr
 from ..errors import InvalidArgumentError
 from . import metrics as M
 
-DEFAULT_FARS = (1e-2, 1e-3, 1e-4)
+DEFAULT_FMRS = (1e-2, 1e-3, 1e-4)
 DEFAULT_FPIRS = (1e-1, 1e-2)
 
 
@@ -23,21 +24,21 @@ DEFAULT_FPIRS = (1e-1, 1e-2)
 class CardPoint:
     """How a model card's calibrated threshold behaves on this evaluation set.
 
-    TAR at a fixed threshold is always measurable; the observed FAR is only meaningful
-    when the card's FMR is at least ``1 / n_impostor`` (``far_resolvable``).
+    TAR at a fixed threshold is always measurable; the observed FMR is only meaningful
+    when the card's FMR is at least ``1 / n_impostor`` (``fmr_resolvable``).
     """
 
     card_fmr: str
     threshold: float
-    observed_far: float
+    observed_fmr: float
     tar: float
     n_impostor: int
-    far_resolvable: bool
+    fmr_resolvable: bool
 
-    def observed_far_text(self, digits: int = 2) -> str:
-        """The observed FAR for a report, or why it cannot be read off this set."""
-        if self.far_resolvable:
-            return f"{self.observed_far:.{digits}e}"
+    def observed_fmr_text(self, digits: int = 2) -> str:
+        """The observed FMR for a report, or why it cannot be read off this set."""
+        if self.fmr_resolvable:
+            return f"{self.observed_fmr:.{digits}e}"
         return f"n/a (< 1/{self.n_impostor} impostor pairs)"
 
 
@@ -47,7 +48,7 @@ class Verification:
 
     n_genuine: int
     n_impostor: int
-    far_floor: float
+    fmr_floor: float
     auc: float
     eer: float
     eer_threshold: float
@@ -56,26 +57,28 @@ class Verification:
 
 
 def verification(
-    scores: M.PairScores, fars: Sequence[float] = DEFAULT_FARS, card_thresholds: dict[str, float] | None = None
+    scores: M.PairScores, fmrs: Sequence[float] = DEFAULT_FMRS, card_thresholds: dict[str, float] | None = None
 ) -> Verification:
-    """ROC, AUC, EER and TAR at each FAR (floored at 1/impostors), plus the card's thresholds checked."""
+    """ROC, AUC, EER and TAR at each FMR (floored at 1/impostors), plus the card's thresholds checked."""
     curve = M.roc(scores.genuine, scores.impostor)
     e = M.eer(curve)
-    far_floor = 1.0 / curve.n_impostor
+    fmr_floor = 1.0 / curve.n_impostor
     card_points = []
-    for key, thr in sorted((card_thresholds or {}).items(), key=lambda kv: -float(kv[0])):
+    cards = sorted((card_thresholds or {}).items(), key=lambda kv: -float(kv[0]))
+    # a card FMR is observable here exactly when this set has a threshold at it
+    observable = np.isfinite(thresholds_at_fmr(scores.impostor, [float(k) for k, _ in cards])) if cards else []
+    for (key, thr), resolvable in zip(cards, observable, strict=True):
         fnmr, fmr = M.rates_at_threshold(scores.genuine, scores.impostor, thr)
         assert fnmr is not None and fmr is not None
-        resolvable = float(key) >= far_floor
-        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr, curve.n_impostor, resolvable))
+        card_points.append(CardPoint(key, float(thr), fmr, 1.0 - fnmr, curve.n_impostor, bool(resolvable)))
     return Verification(
         n_genuine=curve.n_genuine,
         n_impostor=curve.n_impostor,
-        far_floor=far_floor,
+        fmr_floor=fmr_floor,
         auc=M.auc(curve),
         eer=e.eer,
         eer_threshold=e.threshold,
-        operating_points=M.tar_at_far(scores.genuine, scores.impostor, fars),
+        operating_points=M.tar_at_fmr(scores.genuine, scores.impostor, fmrs),
         card_points=card_points,
     )
 
@@ -280,12 +283,12 @@ def pairs_protocol(
     valid: np.ndarray,
     folds: np.ndarray | None,
     *,
-    fars: Sequence[float] = DEFAULT_FARS,
+    fmrs: Sequence[float] = DEFAULT_FMRS,
     n_folds: int = 10,
     seed: int = 0,
     card_thresholds: dict[str, float] | None = None,
 ) -> PairsResult:
-    """10-fold accuracy, AUC, EER and TAR@FAR on pairs; ``valid`` False marks pairs with a failed image."""
+    """10-fold accuracy, AUC, EER and TAR@FMR on pairs; ``valid`` False marks pairs with a failed image."""
     s = np.asarray(scores, np.float64)
     y = np.asarray(same, bool)
     v = np.asarray(valid, bool)
@@ -301,7 +304,7 @@ def pairs_protocol(
     acc_all = None
     if not v.all():
         acc_all = M.kfold_accuracy(np.where(v, s, FAILED_SCORE), y, f)
-    ver = verification(M.PairScores(genuine=s[v & y], impostor=s[v & ~y]), fars, card_thresholds)
+    ver = verification(M.PairScores(genuine=s[v & y], impostor=s[v & ~y]), fmrs, card_thresholds)
     return PairsResult(
         n_pairs=int(s.size),
         n_genuine=int((v & y).sum()),
@@ -323,7 +326,7 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 __all__ = [
-    "DEFAULT_FARS",
+    "DEFAULT_FMRS",
     "DEFAULT_FPIRS",
     "CardPoint",
     "ClosedSet",

@@ -1,14 +1,26 @@
-"""Report objects to JSON and Markdown."""
+"""Evaluation reports: the report objects, and writing them as JSON, Markdown and PNG plots.
+
+:mod:`.runner` measures and builds an :class:`AlignedReport` or :class:`PairsReport`;
+this module turns one into ``report.json`` (:func:`write_json`), ``report.md``
+(:func:`aligned_markdown`, :func:`pairs_markdown`) and the plots (:func:`aligned_plots`,
+:func:`pairs_plots`, drawn by :mod:`.plots`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import metrics as M
+from . import protocols as P
+from .embed import ImageFailure
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -52,4 +64,351 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["num", "pct", "table", "to_jsonable", "write_json"]
+# ---- report objects ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    sha256: str
+    dim: int
+    calibration_set: str | None
+    card_thresholds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    root: str
+    n_identities: int
+    n_images: int
+    n_embedded: int
+    n_from_cache: int
+    detect: bool
+    failures: list[ImageFailure]
+
+
+@dataclass(frozen=True)
+class FairnessInfo:
+    column: str
+    meta: str
+    identities_without_group: list[str]
+    result: M.Fairness
+
+
+@dataclass(frozen=True)
+class AlignedReport:
+    """Everything ``facematch eval aligned`` measured, with its sample sizes."""
+
+    model: ModelInfo
+    dataset: DatasetInfo
+    verification: P.Verification
+    identification: P.Identification
+    fairness: FairnessInfo | None
+    hypersphere: P.Hypersphere
+    seconds: dict[str, float]
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PairsReport:
+    """Everything ``facematch eval pairs`` measured."""
+
+    model: ModelInfo
+    pairs_file: str
+    format: str
+    detect: bool
+    n_images: int
+    n_from_cache: int
+    failures: list[ImageFailure]
+    failed_pairs: list[tuple[str, str, bool]]
+    excluded_entries: list[tuple[str, str]]
+    result: P.PairsResult
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# ---- plots -------------------------------------------------------------------------------------
+
+
+def aligned_plots(report: AlignedReport, scores: M.PairScores, out: Path) -> dict[str, str]:
+    """ROC, score histogram and (with groups) fairness PNGs in ``out``; returns their file names by kind."""
+    from . import plots
+
+    files = {}
+    ops = report.verification.operating_points
+    curve = M.roc(scores.genuine, scores.impostor)
+    files["roc"] = plots.roc_plot([(report.model.id, curve)], ops, out / "roc.png", "ROC: all pairs").name
+    thr = {f"FMR {p.target_fmr:g}": p.threshold for p in ops if p.resolvable and p.threshold is not None}
+    if report.fairness is not None:
+        thr["shared (fairness)"] = report.fairness.result.shared_threshold
+    files["histogram"] = plots.histogram_plot(scores.genuine, scores.impostor, thr, out / "scores.png").name
+    if report.fairness is not None and report.fairness.result.groups:
+        files["fairness"] = plots.fairness_plot(
+            report.fairness.result, out / "fairness.png", report.fairness.column
+        ).name
+    return files
+
+
+def pairs_plots(report: PairsReport, scores: M.PairScores, out: Path) -> dict[str, str]:
+    """ROC and score histogram PNGs of the pairs with faces in ``out``; returns their file names by kind."""
+    from . import plots
+
+    res = report.result
+    curve = M.roc(scores.genuine, scores.impostor)
+    roc = plots.roc_plot([(report.model.id, curve)], res.operating_points, out / "roc.png", "ROC: pairs")
+    files = {"roc": roc.name}
+    thr = {
+        f"FMR {p.target_fmr:g}": p.threshold for p in res.operating_points if p.resolvable and p.threshold is not None
+    }
+    thr.update({f"card FMR {c.card_fmr}": c.threshold for c in res.card_points})
+    files["histogram"] = plots.histogram_plot(scores.genuine, scores.impostor, thr, out / "scores.png").name
+    return files
+
+
+def write_report(report: AlignedReport | PairsReport, out: Path) -> None:
+    """``report.json`` and ``report.md`` of ``report`` in ``out``."""
+    write_json(report, out / "report.json")
+    text = aligned_markdown(report) if isinstance(report, AlignedReport) else pairs_markdown(report)
+    (out / "report.md").write_text(text, encoding="utf-8")
+
+
+# ---- markdown ----------------------------------------------------------------------------------
+
+
+OP_HEADER = ["target FMR", "TAR", "threshold", "observed FMR", "genuine", "impostor"]
+CARD_HEADER = ["card FMR", "threshold", "observed FMR", "TAR"]
+
+
+def _op_rows(points: Sequence[M.OperatingPoint]) -> list[list[str]]:
+    rows = []
+    for p in points:
+        if p.resolvable:
+            rows.append(
+                [
+                    f"{p.target_fmr:g}",
+                    pct(p.tar),
+                    num(p.threshold),
+                    f"{p.observed_fmr:.2e}",
+                    f"{p.n_genuine:,}",
+                    f"{p.n_impostor:,}",
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    f"{p.target_fmr:g}",
+                    "not resolvable",
+                    "—",
+                    f"< 1/{p.n_impostor:,}",
+                    f"{p.n_genuine:,}",
+                    f"{p.n_impostor:,}",
+                ]
+            )
+    return rows
+
+
+def aligned_markdown(r: AlignedReport) -> str:
+    """A short human report tying the numbers and plots together."""
+    v, i, h, d = r.verification, r.identification, r.hypersphere, r.dataset
+    lines = [
+        f"# Evaluation of `{r.model.id}` on `{d.root}`",
+        "",
+        f"{d.n_images} images of {d.n_identities} identities; {d.n_embedded} embedded "
+        f"({'detect + align' if d.detect else 'aligned crops'}), {len(d.failures)} failed, "
+        f"{d.n_from_cache} from cache. "
+        f"Model sha256 `{r.model.sha256[:12]}…`, {r.model.dim}-D.",
+        "",
+        "## Verification (all pairs)",
+        "",
+        f"{v.n_genuine:,} genuine and {v.n_impostor:,} impostor pairs; the finest measurable FMR is "
+        f"1/{v.n_impostor:,} = {v.fmr_floor:.1e}.",
+        "",
+        f"- AUC **{v.auc:.5f}**, EER **{pct(v.eer, 3)}** (threshold {v.eer_threshold:.4f})",
+        "",
+        table(OP_HEADER, _op_rows(v.operating_points)),
+        "",
+    ]
+    if v.card_points:
+        lines += [
+            f"The card's calibrated thresholds (set `{r.model.calibration_set}`) on this set:",
+            "",
+            table(
+                CARD_HEADER,
+                [[c.card_fmr, num(c.threshold), c.observed_fmr_text(), pct(c.tar)] for c in v.card_points],
+            ),
+            "",
+        ]
+        if r.model.calibration_set and Path(d.root).name == r.model.calibration_set:
+            lines += [
+                "*The card was calibrated on this same set, so its thresholds hit their FMRs here by construction; "
+                "on other images the observed FMR can differ.*",
+                "",
+            ]
+    if "roc" in r.files:
+        lines += [f"![ROC]({r.files['roc']})", f"![scores]({r.files['histogram']})", ""]
+    cs = i.closed_set
+    lines += [
+        "## Identification",
+        "",
+        f"Closed set: gallery of {cs.n_gallery_images} images ({i.gallery_per_identity} per identity, seed {i.seed}) "
+        f"for {cs.n_gallery_identities} identities, {cs.n_probes} probes: "
+        + ", ".join(f"rank-{k} **{pct(val)}**" for k, val in cs.rank.items()),
+        "",
+    ]
+    if i.open_set is not None:
+        o = i.open_set
+        lines += [
+            f"Open set: {o.n_folds} folds, each holding a part of the identities out of the gallery "
+            f"(gallery identities per fold: {o.gallery_identities_per_fold}); {o.n_mated} mated and "
+            f"{o.n_nonmated} non-mated probes pooled.",
+            "",
+            table(
+                ["target FPIR", "DIR", "threshold", "observed FPIR"],
+                [
+                    [f"{p.target_fpir:g}", pct(p.dir), num(p.threshold), f"{p.observed_fpir:.3f}"]
+                    if p.resolvable
+                    else [f"{p.target_fpir:g}", "not resolvable", "—", f"< 1/{p.n_nonmated}"]
+                    for p in o.points
+                ],
+            ),
+            "",
+        ]
+    if r.fairness is not None:
+        f = r.fairness.result
+        lines += [
+            f"## Fairness by `{r.fairness.column}`",
+            "",
+            f"One shared threshold {f.shared_threshold:.4f} (target FMR {f.target_fmr:g} on all pairs); pairs count "
+            f"toward a group when both images belong to it ({f.cross_group_impostors:,} cross-group impostor pairs, "
+            f"FMR {f.cross_group_fmr if f.cross_group_fmr is None else f'{f.cross_group_fmr:.2e}'}).",
+            "",
+            table(
+                ["group", "genuine", "impostor", "FNMR", "FMR", f"own threshold @ FMR {f.target_fmr:g}", "FNMR at own"],
+                [
+                    [
+                        g.group,
+                        f"{g.n_genuine:,}",
+                        f"{g.n_impostor:,}",
+                        pct(g.fnmr),
+                        "n/a" if g.fmr is None else f"{g.fmr:.2e}",
+                        num(g.own_threshold),
+                        pct(g.own_fnmr),
+                    ]
+                    for g in f.groups
+                ],
+            ),
+            "",
+            f"max/min ratio: FNMR {num(f.fnmr_ratio, 3)}, FMR {num(f.fmr_ratio, 3)} "
+            "(n/a when a group has no errors); gap of the groups' own thresholds: "
+            f"{num(f.own_threshold_gap)}.",
+            "",
+        ]
+        if r.fairness.identities_without_group:
+            lines += [
+                f"Identities without a `{r.fairness.column}`: {', '.join(r.fairness.identities_without_group)}",
+                "",
+            ]
+        if "fairness" in r.files:
+            lines += [f"![fairness]({r.files['fairness']})", ""]
+    a = h.angles
+    lines += [
+        "## Hypersphere health",
+        "",
+        f"- alignment (E‖f(x)−f(y)‖², genuine pairs): **{h.alignment:.4f}** (lower = tighter classes)",
+        f"- uniformity (log E exp(−{h.uniformity_t:g}‖f(x)−f(y)‖²), all pairs): **{h.uniformity:.4f}** "
+        "(lower = more spread)",
+        f"- largest intra-class angle {a.max_intra_deg:.1f}° vs smallest inter-class angle {a.min_inter_deg:.1f}°: "
+        f"open-set criterion {'met' if a.criterion_met else 'not met'}; met by {a.classes_meeting_criterion} of "
+        f"{a.n_classes} classes; robust: 99th pct intra {a.intra_p99_deg:.1f}°, 1st pct inter {a.inter_p01_deg:.1f}°; "
+        f"means {a.mean_intra_deg:.1f}° / {a.mean_inter_deg:.1f}°",
+    ]
+    if h.feature_norm is not None:
+        n = h.feature_norm
+        lines.append(
+            f"- feature norm before normalisation: mean {n.mean:.2f} ± {n.std:.2f} "
+            f"(5/50/95%: {n.p05:.2f}/{n.p50:.2f}/{n.p95:.2f}, n={n.n})"
+        )
+    else:
+        lines.append(f"- feature norm: {h.feature_norm_note}")
+    lines.append("")
+    if d.failures:
+        lines += [
+            "## Images without an embedding",
+            "",
+            table(["image", "status", "message"], [[f.path, f.status, f.message] for f in d.failures]),
+            "",
+        ]
+    lines += ["All numbers with their sample sizes: `report.json`.", ""]
+    return "\n".join(lines)
+
+
+def pairs_markdown(r: PairsReport) -> str:
+    res = r.result
+    acc = res.accuracy
+    lines = [
+        f"# Pair verification of `{r.model.id}` on `{r.pairs_file}`",
+        "",
+        f"{res.n_pairs} pairs ({r.format} format) over {r.n_images} images "
+        f"({'detect + align, largest face' if r.detect else 'aligned crops'}; {r.n_from_cache} from cache). "
+        f"{len(r.failures)} images gave no embedding; {res.n_failed_pairs} pairs involve them and are counted apart.",
+        "",
+        f"- accuracy ({len(acc.fold_accuracy)}-fold, folds {res.fold_source}): "
+        f"**{pct(acc.mean_accuracy)} ± {pct(acc.std_accuracy)}** "
+        f"on {res.n_genuine + res.n_impostor} pairs with faces ({res.n_genuine} genuine, {res.n_impostor} impostor)",
+    ]
+    if res.accuracy_failures_as_nonmatch is not None:
+        lines.append(
+            "- accuracy counting pairs with a failed image as non-matches: "
+            f"{pct(res.accuracy_failures_as_nonmatch.mean_accuracy)} "
+            f"on all {res.n_pairs} pairs"
+        )
+    lines += [
+        f"- AUC **{res.auc:.5f}**, EER **{pct(res.eer, 3)}** (threshold {res.eer_threshold:.4f})",
+        "",
+        table(OP_HEADER, _op_rows(res.operating_points)),
+        "",
+    ]
+    if res.card_points:
+        lines += [
+            table(
+                CARD_HEADER,
+                [[c.card_fmr, num(c.threshold), c.observed_fmr_text(), pct(c.tar)] for c in res.card_points],
+            ),
+            "",
+        ]
+    if "roc" in r.files:
+        lines += [f"![ROC]({r.files['roc']})", f"![scores]({r.files['histogram']})", ""]
+    if r.failures:
+        lines += [
+            "## Images without an embedding",
+            "",
+            table(["image", "status", "message"], [[f.path, f.status, f.message] for f in r.failures]),
+            "",
+        ]
+    if r.excluded_entries:
+        lines += [
+            "## Entries that gave no pairs",
+            "",
+            table(["entry", "reason"], [[a, b] for a, b in r.excluded_entries]),
+            "",
+        ]
+    lines += ["All numbers with their sample sizes: `report.json`.", ""]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "AlignedReport",
+    "DatasetInfo",
+    "FairnessInfo",
+    "ModelInfo",
+    "PairsReport",
+    "aligned_markdown",
+    "aligned_plots",
+    "num",
+    "pairs_markdown",
+    "pairs_plots",
+    "pct",
+    "table",
+    "to_jsonable",
+    "write_json",
+    "write_report",
+]
