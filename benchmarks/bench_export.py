@@ -147,7 +147,7 @@ def main() -> None:
     if tar and tar.resolvable and tar.delta is not None:
         lines += [
             "",
-            f"TAR@FAR {tar.far:g}: fp32 {tar.tar_reference:.4f} → int8 {tar.tar_candidate:.4f} "
+            f"TAR@FMR {tar.fmr:g}: fp32 {tar.tar_reference:.4f} → int8 {tar.tar_candidate:.4f} "
             f"({tar.delta:+.4f}; {tar.n_genuine} genuine / {tar.n_impostor} impostor pairs).",
         ]
     lines += [

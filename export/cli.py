@@ -256,13 +256,17 @@ def validate_cmd(
     ],
     arch: Annotated[str | None, typer.Option(help="Architecture of the checkpoint side.")] = None,
     card: CardOpt = None,
-    far: Annotated[float, typer.Option(help="FAR at which TAR is compared.")] = 1e-3,
+    fmr: Annotated[float, typer.Option(help="False-match rate at which TAR is compared.")] = 1e-3,
+    far: Annotated[float | None, typer.Option(hidden=True, help="Deprecated alias of --fmr.")] = None,
     min_cos: Annotated[float | None, typer.Option(help="Bar (default: by the candidate's precision).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare two models on real aligned faces: min/mean cosine and the TAR@FAR change. Exit 1 below the bar."""
+    """Compare two models on real aligned faces: min/mean cosine and the TAR@FMR change. Exit 1 below the bar."""
     with reported_errors():
-        report = _validate(reference, candidate, images, arch=arch, card=card, far=far, min_cos=min_cos)
+        if far is not None:
+            typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
+            fmr = far
+        report = _validate(reference, candidate, images, arch=arch, card=card, fmr=fmr, min_cos=min_cos)
         typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
         if not report.passed:
             raise typer.Exit(1)
@@ -275,7 +279,7 @@ def _validate(
     *,
     arch: str | None,
     card: str | None,
-    far: float,
+    fmr: float,
     min_cos: float | None,
 ) -> ValidationReport:
     from facematch.errors import InvalidArgumentError
@@ -289,8 +293,8 @@ def _validate(
     onnx_side = [p for p in (reference, candidate) if p.suffix == ".onnx"]
     if not onnx_side:
         raise InvalidArgumentError("at least one side must be an ONNX model with a card")
-    if not 0.0 < far < 1.0:
-        raise InvalidArgumentError(f"--far must be in (0, 1), got {far}")
+    if not 0.0 < fmr < 1.0:
+        raise InvalidArgumentError(f"--fmr must be in (0, 1), got {fmr}")
     cards = {p: source_card(p, card) for p in onnx_side}
     spec_card = cards[onnx_side[0]]
 
@@ -307,7 +311,7 @@ def _validate(
     precision = cards[candidate].precision if candidate in cards else "fp32"
     size = spec_card.input.size or (112, 112)
     faces = load_faces(images, size)
-    return compare(ref, cand, precision=precision, faces=faces, far=far, min_cos=min_cos)
+    return compare(ref, cand, precision=precision, faces=faces, fmr=fmr, min_cos=min_cos)
 
 
 __all__ = ["export_app"]

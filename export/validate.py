@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from facematch.errors import FacematchError
-from facematch.eval.metrics import OperatingPoint, tar_at_far
+from facematch.eval.metrics import OperatingPoint, tar_at_fmr
 from facematch.preprocess import to_blob
 from facematch.similarity import l2_normalize
 
@@ -23,7 +23,7 @@ MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 # maximum relative error of a pre-normalisation norm output, per precision
 MAX_NORM_REL_ERR = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
 CHECK_BATCHES = (1, 7)
-DEFAULT_FAR = 1e-3
+DEFAULT_FMR = 1e-3
 
 
 class ExportValidationError(FacematchError):
@@ -49,12 +49,12 @@ class CosineCheck:
 
 @dataclass(frozen=True)
 class TarCheck:
-    """Verification accuracy (TAR at a fixed FAR, all pairs of a labelled folder) of source and export.
+    """Verification accuracy (TAR at a fixed FMR, all pairs of a labelled folder) of source and export.
 
-    ``resolvable`` is False when ``far`` is finer than ``1 / n_impostor``: the TARs are then None.
+    ``resolvable`` is False when ``fmr`` is finer than ``1 / n_impostor``: the TARs are then None.
     """
 
-    far: float
+    fmr: float
     tar_reference: float | None
     tar_candidate: float | None
     delta: float | None
@@ -94,9 +94,9 @@ class ValidationReport:
         parts = [f"{c.name}@b{c.batch}: min {c.min_cos:.6f} mean {c.mean_cos:.6f}" for c in self.checks]
         t = self.tar
         if t is not None and t.delta is not None:  # delta is set exactly when both TARs were measured
-            parts.append(f"TAR@FAR{t.far:g} {t.tar_reference:.4f} -> {t.tar_candidate:.4f} ({t.delta:+.4f})")
+            parts.append(f"TAR@FMR{t.fmr:g} {t.tar_reference:.4f} -> {t.tar_candidate:.4f} ({t.delta:+.4f})")
         elif t is not None:
-            parts.append(f"TAR@FAR{t.far:g} n/a (finer than 1/{t.n_impostor} impostor pairs)")
+            parts.append(f"TAR@FMR{t.fmr:g} n/a (finer than 1/{t.n_impostor} impostor pairs)")
         if self.norm_max_rel_err is not None:
             parts.append(f"norm max rel err {self.norm_max_rel_err:.2e}")
         verdict = "PASS" if self.passed else "FAIL"
@@ -120,7 +120,7 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(l2_normalize(a, dtype=np.float64)[0] * l2_normalize(b, dtype=np.float64)[0], axis=1)
 
 
-def pair_operating_point(emb: np.ndarray, labels: tuple[str, ...], fmr: float = DEFAULT_FAR) -> OperatingPoint:
+def pair_operating_point(emb: np.ndarray, labels: tuple[str, ...], fmr: float = DEFAULT_FMR) -> OperatingPoint:
     """TAR at false-match rate ``fmr`` over all pairs of ``emb`` (never finer than ``1 / impostor pairs``)."""
     e = l2_normalize(emb, dtype=np.float64)[0]
     lab = np.asarray(labels)
@@ -130,7 +130,7 @@ def pair_operating_point(emb: np.ndarray, labels: tuple[str, ...], fmr: float = 
     gen, imp = sims[same], sims[~same]
     if gen.size == 0 or imp.size == 0:
         return OperatingPoint(fmr, False, None, None, None, None, int(gen.size), int(imp.size), 1.0)
-    return tar_at_far(gen, imp, [fmr])[0]
+    return tar_at_fmr(gen, imp, [fmr])[0]
 
 
 def _check(name: str, a: np.ndarray, b: np.ndarray, batch: int, bar: float, gating: bool) -> CosineCheck:
@@ -145,7 +145,7 @@ def compare(
     *,
     precision: str = "fp32",
     faces: FaceSet | None = None,
-    far: float = DEFAULT_FAR,
+    fmr: float = DEFAULT_FMR,
     min_cos: float | None = None,
     random_gating: bool = True,
     seed: int = 0,
@@ -178,13 +178,13 @@ def compare(
             truth = ref_norm if ref_norm is not None else np.linalg.norm(ref, axis=1)
             norm_err = float(np.max(np.abs(got_norm - truth) / np.maximum(truth, 1e-12)))
         if faces.labels is not None and len(set(faces.labels)) > 1:
-            p_ref, p_got = pair_operating_point(ref, faces.labels, far), pair_operating_point(got, faces.labels, far)
-            # an operating point's TAR is None exactly where its FAR is not resolvable
+            p_ref, p_got = pair_operating_point(ref, faces.labels, fmr), pair_operating_point(got, faces.labels, fmr)
+            # an operating point's TAR is None exactly where its FMR is not resolvable
             delta = p_got.tar - p_ref.tar if p_got.tar is not None and p_ref.tar is not None else None
             ok = delta is not None
-            tar = TarCheck(far, p_ref.tar, p_got.tar, delta, p_ref.n_genuine, p_ref.n_impostor, ok)
+            tar = TarCheck(fmr, p_ref.tar, p_got.tar, delta, p_ref.n_genuine, p_ref.n_impostor, ok)
             if not ok:
-                notes.append(f"TAR@FAR {far:g} not measured: {p_ref.n_impostor} impostor pairs resolve FAR >= 1/n")
+                notes.append(f"TAR@FMR {fmr:g} not measured: {p_ref.n_impostor} impostor pairs resolve FMR >= 1/n")
         else:
             notes.append("faces are unlabelled (flat folder): TAR not measured")
     else:

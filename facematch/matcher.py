@@ -406,9 +406,7 @@ class FaceMatcher:
         and ``face2`` default to the embeddings' faces.
         """
         thr, target = self.resolve_threshold(threshold, fmr)
-        vectors = [self._comparable(embedding1, "embedding1"), self._comparable(embedding2, "embedding2")]
-        a, b = unit_rows(np.stack(vectors))
-        sim = float(np.clip(a @ b, -1.0, 1.0))
+        sim = self.similarity(embedding1, embedding2)
         return VerifyResult(
             is_match=sim >= thr,
             similarity=sim,
@@ -418,6 +416,12 @@ class FaceMatcher:
             model_id=self.model_id,
             target_fmr=target,
         )
+
+    def similarity(self, embedding1: FaceEmbedding | np.ndarray, embedding2: FaceEmbedding | np.ndarray) -> float:
+        """Cosine similarity of two embeddings of this model, in [-1, 1] (no decision; see :meth:`compare`)."""
+        vectors = [self._comparable(embedding1, "embedding1"), self._comparable(embedding2, "embedding2")]
+        a, b = unit_rows(np.stack(vectors))
+        return float(np.clip(a @ b, -1.0, 1.0))
 
     def _comparable(self, embedding: FaceEmbedding | np.ndarray, name: str) -> np.ndarray:
         if isinstance(embedding, FaceEmbedding):

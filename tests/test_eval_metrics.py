@@ -87,11 +87,6 @@ def test_tar_at_fmr_hand_computed() -> None:
     assert p1.fmr_floor == pytest.approx(0.1) and p1.n_impostor == 10 and p1.n_genuine == 4
 
 
-def test_tar_at_far_is_the_deprecated_name_of_tar_at_fmr() -> None:
-    # export/validate.py still imports the old name
-    assert M.tar_at_far is M.tar_at_fmr
-
-
 def test_fmr_floor_respected_for_every_target() -> None:
     rng = np.random.default_rng(1)
     imp = rng.normal(size=999)

@@ -96,7 +96,7 @@ def test_exported_card(exported: Path, ported: Path) -> None:
     export = card.export or {}
     assert export["options"]["with_norm"] is True and export["tool"].startswith("facematch.export")
     val = export["validation"]
-    assert val["passed"] is True and val["n_images"] > 900 and val["tar"]["far"] == 0.001
+    assert val["passed"] is True and val["n_images"] > 900 and val["tar"]["fmr"] == 0.001
     assert {(c["name"], c["batch"]) for c in val["checks"]} >= {
         ("faces", 1),
         ("faces", 7),

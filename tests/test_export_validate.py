@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from facematch.export.validate import ExportValidationError, pair_operating_point, row_cosines
 
-from facematch.eval.metrics import tar_at_far
+from facematch.eval.metrics import tar_at_fmr
 
 
 def test_row_cosines_are_plain_cosines_in_float64() -> None:
@@ -38,7 +38,7 @@ def test_pair_operating_point_scores_every_unordered_pair_once() -> None:
         (gen if labels[i] == labels[j] else imp).append(cos)
     for fmr in (0.05, 0.2):
         got = pair_operating_point(emb, labels, fmr)
-        want = tar_at_far(np.array(gen), np.array(imp), [fmr])[0]
+        want = tar_at_fmr(np.array(gen), np.array(imp), [fmr])[0]
         assert (got.n_genuine, got.n_impostor) == (len(gen), len(imp)) == (10, 35)
         assert got.resolvable and got.tar == want.tar and got.threshold == pytest.approx(want.threshold, abs=1e-12)
     assert not pair_operating_point(emb, labels, 1e-3).resolvable  # finer than 1 / 35 impostor pairs

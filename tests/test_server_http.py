@@ -82,11 +82,15 @@ def test_verify_same_and_different_people(server: Server, wild_dir: Path) -> Non
 def test_verify_json_base64_and_options(server: Server, wild_dir: Path) -> None:
     body = {"image1": b64(wild_dir / "kit_harington1.jpg"), "image2": b64(wild_dir / "kit_harington2.jpg")}
     with server.client(headers=auth("match")) as c:
-        r = c.post("/verify", json={**body, "far": 1e-4})
+        r = c.post("/verify", json={**body, "fmr": 1e-4})
+        old = c.post("/verify", json={**body, "far": 1e-4})  # the deprecated name of the same field
+        both = c.post("/verify", json={**body, "far": 1e-4, "fmr": 1e-4})
         strict = c.post("/verify", json={**body, "threshold": 0.99})
         data_url = c.post("/verify", json={**body, "image1": "data:image/jpeg;base64," + body["image1"]})
     assert r.status_code == 200, r.text
     assert r.json()["is_match"] is True and r.json()["target_fmr"] == pytest.approx(1e-4)
+    assert old.status_code == 200 and old.json()["threshold"] == r.json()["threshold"]
+    assert both.status_code == 422 and both.json()["code"] == "invalid_argument"
     assert strict.json()["is_match"] is False and strict.json()["threshold"] == 0.99
     assert strict.json()["target_fmr"] is None
     assert data_url.json()["similarity"] == pytest.approx(r.json()["similarity"], abs=1e-5)
@@ -97,8 +101,10 @@ def test_verify_agrees_with_the_sdk(server: Server, wild_dir: Path, matcher) -> 
     with server.client(headers=auth("match")) as c:
         r = c.post("/verify", files=files(image1=a, image2=b)).json()
     sdk = matcher.verify(a, b)
-    assert r["similarity"] == pytest.approx(sdk.similarity, abs=1e-4)
-    assert r["is_match"] == sdk.is_match
+    # the same steps (prepare → embed → compare): identical up to the response's 6-decimal rounding
+    assert r["similarity"] == pytest.approx(sdk.similarity, abs=1.5e-6)
+    assert r["is_match"] == sdk.is_match and r["threshold"] == pytest.approx(sdk.threshold, abs=1e-6)
+    assert r["face1"]["box"] == sdk.to_dict()["face1"]["box"] and r["face2"]["box"] == sdk.to_dict()["face2"]["box"]
 
 
 def test_gallery_lifecycle_and_identify(server: Server, wild_dir: Path, wild_labels: dict[str, list[str]]) -> None:

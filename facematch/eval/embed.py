@@ -52,7 +52,7 @@ def pipeline_key(matcher: Any, detect: bool) -> str:
     """Everything that decides an image's embedding besides its bytes: models, preprocessing, detection settings."""
     card = matcher.embedder_card
     spec = hashlib.sha256(card.input.model_dump_json().encode()).hexdigest()[:12]
-    key = f"v1|emb={card.id}@{card.sha256}|input={spec}"
+    key = f"v2|emb={card.id}@{card.sha256}|input={spec}"  # v2: one to_blob for every card (0.2)
     if detect:
         det = matcher.detector_card
         settings = ("det_size", "det_threshold", "coarse_det_size", "min_coarse_face", "decode_max_side", "max_pixels")

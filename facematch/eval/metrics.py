@@ -211,9 +211,6 @@ def tar_at_fmr(
     return out
 
 
-tar_at_far = tar_at_fmr  # deprecated alias (export/validate.py still imports it): use tar_at_fmr
-
-
 def rates_at_threshold(
     genuine: np.ndarray | Sequence[float], impostor: np.ndarray | Sequence[float], threshold: float
 ) -> tuple[float | None, float | None]:
@@ -593,7 +590,6 @@ __all__ = [
     "max_by_identity",
     "rates_at_threshold",
     "roc",
-    "tar_at_far",
     "tar_at_fmr",
     "uniformity",
     "wilson_interval",

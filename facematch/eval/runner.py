@@ -161,7 +161,7 @@ def run_aligned(
 
 
 def pair_similarities(matcher: Any, a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Similarity of each pair ``(a[k], b[k])`` as ``FaceMatcher.compare`` (hence ``verify``) computes it.
+    """Similarity of each pair ``(a[k], b[k])``: ``FaceMatcher.similarity``, what ``verify`` decides on.
 
     The protocol then accepts a pair at threshold ``t`` when its similarity is ``>= t``, the
     SDK's decision rule. Pairs that are not ``valid`` (an image gave no embedding) get
@@ -169,8 +169,7 @@ def pair_similarities(matcher: Any, a: np.ndarray, b: np.ndarray, valid: np.ndar
     """
     out = np.full(len(valid), P.FAILED_SCORE, np.float64)
     for k in np.flatnonzero(valid):
-        # threshold -1 accepts every pair: only the similarity is read here
-        out[k] = matcher.compare(a[k], b[k], threshold=-1.0).similarity
+        out[k] = matcher.similarity(a[k], b[k])
     return out
 
 

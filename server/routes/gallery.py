@@ -151,7 +151,7 @@ async def add_templates(
     include_in_schema=False,
     deprecated=True,
 )
-async def add_faces(
+async def add_templates_deprecated(
     identity_id: IdentityPath,
     request: Request,
     response: Response,
@@ -216,10 +216,13 @@ async def delete_identity(identity_id: IdentityPath, state: StateDep, gallery: G
 
 
 def _remove_template(gallery: Gallery, identity_id: str, template_id: int) -> DeletedTemplate:
-    if template_id not in gallery.get(identity_id).template_ids:
-        raise TemplateNotFoundError(f"identity {identity_id!r} has no template {template_id}", template_id=template_id)
+    info = gallery.get(identity_id)  # validates (and NFC-normalises) the id
+    if template_id not in info.template_ids:
+        raise TemplateNotFoundError(
+            f"identity {info.identity_id!r} has no template {template_id}", template_id=template_id
+        )
     gallery.remove_template(template_id)
-    return DeletedTemplate(identity_id=identity_id, template_id=template_id)
+    return DeletedTemplate(identity_id=info.identity_id, template_id=template_id)
 
 
 @router.delete(
@@ -243,7 +246,7 @@ async def delete_template(
     include_in_schema=False,
     deprecated=True,
 )
-async def delete_face(
+async def delete_template_deprecated(
     identity_id: IdentityPath, template_id: TemplateIdPath, response: Response, state: StateDep, gallery: GalleryDep
 ) -> DeletedTemplate:
     """Deprecated alias of `DELETE /gallery/identities/{identity_id}/templates/{template_id}`."""

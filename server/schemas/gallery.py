@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, Json
+from pydantic import AfterValidator, Field, Json
+
+from facematch.gallery.store import validate_identity_id
 
 from .common import _IDENTITY_EXAMPLE, _OUTCOME_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _In, _Out
 
-IDENTITY_ID_DESC = "identity id (1-256 characters, no control characters, no '/': it names the identity in URLs)"
-IDENTITY_ID_PATTERN = r"^[^/]+$"
+IDENTITY_ID_DESC = (
+    "identity id: 1-256 characters after Unicode NFC normalisation; not only whitespace, not '.' or '..', "
+    "no '/', no control, format (zero-width, BOM, bidi) or line/paragraph separator characters "
+    "(the rule of facematch.gallery.store.validate_identity_id, shared by the SDK, CLI and server)"
+)
+# One rule for the SDK, CLI and server: the gallery's own validator (which also NFC-normalises).
+IdentityId = Annotated[
+    str, Field(min_length=1, max_length=1024, description=IDENTITY_ID_DESC), AfterValidator(validate_identity_id)
+]
 
 
 class EnrollForm(_In):
     """Text fields of a multipart enrolment."""
 
-    identity_id: str = Field(min_length=1, max_length=256, pattern=IDENTITY_ID_PATTERN, description=IDENTITY_ID_DESC)
+    identity_id: IdentityId
     metadata: Json[dict[str, Any]] | None = Field(default=None, description="JSON object stored with the identity")
 
 
 class EnrollJSON(_In):
-    identity_id: str = Field(min_length=1, max_length=256, pattern=IDENTITY_ID_PATTERN, description=IDENTITY_ID_DESC)
+    identity_id: IdentityId
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
     metadata: dict[str, Any] | None = None
 
@@ -108,12 +117,12 @@ class DeletedTemplate(_Out):
 
 __all__ = [
     "IDENTITY_ID_DESC",
-    "IDENTITY_ID_PATTERN",
     "AddTemplatesJSON",
     "DeletedTemplate",
     "EnrollForm",
     "EnrollJSON",
     "EnrollResponse",
+    "IdentityId",
     "IdentityOut",
     "IdentityPage",
     "ImageOutcomeOut",
