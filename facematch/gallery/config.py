@@ -3,32 +3,44 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from ..errors import InvalidArgumentError
 
-IndexKind = Literal["flat", "ivf", "hnsw"]
-Storage = Literal["fp32", "fp16", "sq8"]
+IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+Storage = Literal["fp32", "fp16", "sq8", "pq"]
 Device = Literal["auto", "cpu", "gpu"]
 Aggregation = Literal["max", "mean", "topk_mean"]
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
-STORAGES = ("fp32", "fp16", "sq8")
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+STORAGES = ("fp32", "fp16", "sq8", "pq")
 DEVICES = ("auto", "cpu", "gpu")
 AGGREGATIONS = ("max", "mean", "topk_mean")
+
+# The size rule of kind="auto", from benchmarks/bench_gallery_scale.py on galleries fitted to
+# celeb24 (benchmarks/gallery_results.md): exact flat fp32 while a one-probe scan is cheap,
+# then IVF with 8-bit codes and an exact fp32 re-rank of the shortlist.
+AUTO_FLAT_MAX = 50_000  # templates; flat fp32 below, IVF-SQ8 + re-rank from here
+AUTO_NPROBE = 32
+AUTO_RERANK_FACTOR = 4
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     """How templates are indexed.
 
-    ``kind``: ``flat`` (exact, default), ``ivf`` (inverted lists, searched with ``nprobe``)
-    or ``hnsw`` (graph). ``storage``: ``fp32``, ``fp16`` or ``sq8`` (8-bit scalar
-    quantisation, 4x smaller than fp32). ``rerank`` re-scores the shortlist exactly
-    against the fp32 embeddings kept in SQLite. Kinds that need training (IVF, SQ8)
-    use an exact flat index until the gallery holds ``min_train`` templates, then the
-    index is rebuilt and trained on the stored embeddings.
+    ``kind``: ``flat`` (exact), ``ivf`` (inverted lists, searched with ``nprobe``),
+    ``hnsw`` (graph), or ``auto``: chosen by size (:meth:`resolve`; what a new gallery
+    gets when no index is given). ``storage``: ``fp32``, ``fp16``, ``sq8`` (8-bit scalar
+    quantisation, 4x smaller than fp32) or ``pq`` (product quantisation, ``pq_m`` bytes
+    per template). ``rerank`` re-scores the shortlist exactly against the fp32
+    embeddings kept in the store. Kinds that need training (IVF, SQ8, PQ) use an exact
+    flat index until the gallery holds ``min_train`` templates, then the index is
+    rebuilt and trained on the stored embeddings (in the background: the old index
+    serves meanwhile). ``search_threads``: FAISS threads per search call; ``None``
+    chooses per call (one thread below ``PARALLEL_MIN_BATCH`` probes, every core from
+    there), ``0`` leaves FAISS's own setting alone.
     """
 
     kind: IndexKind = "flat"
@@ -42,6 +54,8 @@ class IndexConfig:
     rerank_factor: int = 4  # the shortlist holds rerank_factor x the templates asked for
     min_train: int = 2048
     device: Device = "auto"
+    pq_m: int = 64  # PQ sub-quantisers (bytes per template); the dimension must be a multiple
+    search_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -50,7 +64,7 @@ class IndexConfig:
             raise InvalidArgumentError(f"index storage must be one of {STORAGES}, got {self.storage!r}")
         if self.device not in DEVICES:
             raise InvalidArgumentError(f"index device must be one of {DEVICES}, got {self.device!r}")
-        for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search", "rerank_factor", "min_train"):
+        for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search", "rerank_factor", "min_train", "pq_m"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
@@ -60,10 +74,51 @@ class IndexConfig:
             not isinstance(self.nlist, int) or isinstance(self.nlist, bool) or self.nlist < 1
         ):
             raise InvalidArgumentError(f"nlist must be a positive integer or None, got {self.nlist!r}")
+        threads = self.search_threads
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+            raise InvalidArgumentError(f"search_threads must be None or an integer >= 0, got {threads!r}")
+
+    @classmethod
+    def auto(cls, **kwargs: Any) -> IndexConfig:
+        """The size-dependent default (``kind="auto"``); ``device`` and ``search_threads`` may be given."""
+        return cls(kind="auto", **kwargs)
+
+    def resolve(self) -> IndexConfig:
+        """The concrete structure behind this configuration (``self`` unless ``kind="auto"``).
+
+        ``auto`` is exact flat fp32 below ``AUTO_FLAT_MAX`` templates and IVF-SQ8 with an
+        exact re-rank from there (``nlist = min(4 sqrt(N), N/39)`` at each training,
+        retrained about every 4x growth, ``nprobe = AUTO_NPROBE``): an IVF-SQ8
+        configuration whose ``min_train`` is ``AUTO_FLAT_MAX``.
+        """
+        if self.kind != "auto":
+            return self
+        return replace(
+            self,
+            kind="ivf",
+            storage="sq8",
+            nlist=None,
+            nprobe=AUTO_NPROBE,
+            rerank=True,
+            rerank_factor=AUTO_RERANK_FACTOR,
+            min_train=AUTO_FLAT_MAX,
+        )
+
+    def choice_reason(self) -> str:
+        """Why this configuration is the one in use (for the gallery's record and ``info()``)."""
+        if self.kind != "auto":
+            return f"explicit: {self.describe()}"
+        return (
+            f"auto: exact flat fp32 below {AUTO_FLAT_MAX:,} templates (a one-probe scan costs a few ms there); "
+            f"from {AUTO_FLAT_MAX:,}, IVF-SQ8 with nlist = min(4 sqrt(N), N/39) retrained at each 4x growth, "
+            f"nprobe {AUTO_NPROBE} and an exact fp32 re-rank of {AUTO_RERANK_FACTOR}x the shortlist "
+            "(identity recall@1 >= 0.99 of exact search at 1M templates on galleries fitted to celeb24, "
+            "benchmarks/gallery_results.md)"
+        )
 
     @property
     def needs_training(self) -> bool:
-        return self.kind == "ivf" or self.storage == "sq8"
+        return self.kind == "ivf" or self.storage in ("sq8", "pq")
 
     @property
     def exact(self) -> bool:
@@ -78,7 +133,8 @@ class IndexConfig:
 
     def factory_string(self, n: int) -> str:
         """FAISS ``index_factory`` description of the inner index for ``n`` training vectors."""
-        codec = {"fp32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}[self.storage]
+        # "np": no polysemous training (a slow code reordering only Hamming-filtered search uses)
+        codec = {"fp32": "Flat", "fp16": "SQfp16", "sq8": "SQ8", "pq": f"PQ{self.pq_m}np"}[self.storage]
         if self.kind == "flat":
             return codec
         if self.kind == "ivf":
@@ -86,8 +142,12 @@ class IndexConfig:
         return f"HNSW{self.hnsw_m}" if self.storage == "fp32" else f"HNSW{self.hnsw_m},{codec}"
 
     def describe(self) -> str:
-        parts: list[str] = [self.kind, self.storage]
+        if self.kind == "auto":
+            return "auto"
+        parts: list[str] = [self.kind, self.storage if self.storage != "pq" else f"pq{self.pq_m}"]
         if self.kind == "ivf":
+            if self.nlist is not None:
+                parts.append(f"nlist={self.nlist}")
             parts.append(f"nprobe={self.nprobe}")
         if self.kind == "hnsw":
             parts.append(f"M={self.hnsw_m},efSearch={self.ef_search}")
@@ -111,7 +171,7 @@ class IndexConfig:
 
     def structure_key(self) -> dict[str, Any]:
         """The fields that change what is stored in the index file (search-time knobs excluded)."""
-        return {
+        key: dict[str, Any] = {
             "kind": self.kind,
             "storage": self.storage,
             "nlist": self.nlist,
@@ -119,6 +179,19 @@ class IndexConfig:
             "ef_construction": self.ef_construction,
             "min_train": self.min_train,
         }
+        if self.storage == "pq":  # only where it matters, so indexes saved before PQ existed still load
+            key["pq_m"] = self.pq_m
+        return key
 
 
-__all__ = ["AGGREGATIONS", "Aggregation", "Device", "IndexConfig", "IndexKind", "Storage"]
+__all__ = [
+    "AGGREGATIONS",
+    "AUTO_FLAT_MAX",
+    "AUTO_NPROBE",
+    "AUTO_RERANK_FACTOR",
+    "Aggregation",
+    "Device",
+    "IndexConfig",
+    "IndexKind",
+    "Storage",
+]

@@ -66,7 +66,10 @@ class Gallery(Enrolment, Identification):
         backend: ``"faiss"`` (embedded, default) or ``"milvus"`` (``pymilvus``; milvus-lite
             file inside the gallery, or a server at ``milvus_uri``). Defaults to the
             backend the gallery was created with.
-        index: FAISS index structure; defaults to the one stored with the gallery (flat).
+        index: FAISS index structure (an explicit one wins, and is stored); defaults to the
+            one stored with the gallery, and for a new gallery to ``IndexConfig.auto()``:
+            exact flat search while small, IVF-SQ8 with an exact re-rank once large (the
+            structure in use and why are recorded in the gallery's ``index_choice`` setting).
         model: embedder card id / card / model path the gallery is for. When omitted the
             gallery binds to the model of its first enrolment.
         matcher: the FaceMatcher used for image inputs (``facematch.default_matcher()``
@@ -137,6 +140,7 @@ class Gallery(Enrolment, Identification):
                 config=self.index_config,
                 read_only=read_only,
                 milvus_uri=milvus_uri,
+                lock=self._lock,
             )
             self._n_identities = self._store.counts()[0]
             if self.dim is not None:
@@ -169,7 +173,7 @@ class Gallery(Enrolment, Identification):
 
     def _stored_index_config(self) -> IndexConfig:
         raw = self._store.get_meta("index_config")
-        return IndexConfig.from_dict(json.loads(raw)) if raw else IndexConfig()
+        return IndexConfig.from_dict(json.loads(raw)) if raw else IndexConfig.auto()
 
     @property
     def model_id(self) -> str | None:
@@ -292,7 +296,6 @@ class Gallery(Enrolment, Identification):
             calibrated = self.calibration is not None
         except FacematchError:
             calibrated = False
-        index = self._index
         return GalleryInfo(
             path=str(self.path),
             model_id=self.model_id,
@@ -300,7 +303,7 @@ class Gallery(Enrolment, Identification):
             identities=self._n_identities,
             templates=self.num_templates,
             backend=self.backend,
-            index=index.describe() if index is not None else "none (no model bound yet)",
+            index=self._sync.describe(),
             read_only=self.read_only,
             calibrated=calibrated,
         )
@@ -323,6 +326,14 @@ class Gallery(Enrolment, Identification):
         with self._lock:
             sync.rebuild()
             sync.save()
+
+    def wait_for_retrain(self, timeout: float | None = None) -> bool:
+        """Wait for a background index retrain (as the gallery grows) to finish; True when none runs.
+
+        Retraining never blocks enrolment or search: the old index serves until the new one
+        has caught up with the writes made meanwhile and is swapped in.
+        """
+        return self._check_open().wait_retrain(timeout)
 
     def save(self) -> None:
         """Persist the derived index beside the database (also done by :meth:`close`)."""

@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from .config import IndexConfig
+from .threads import faiss_threads, threads_for
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ MANIFEST_FILE = "index.json"
 MANIFEST_FORMAT = 1
 GPU_MAX_K = 2048  # FAISS-GPU's largest k per search
 TOMBSTONE_REBUILD_FRACTION = 0.2
+TRAIN_PER_LIST = 64  # k-means sample per IVF list (FAISS wants >= 39, samples up to 256 itself)
+TRAIN_MAX = 131_072  # training sample of the codecs (SQ ranges, PQ codebooks)
 
 
 @runtime_checkable
@@ -68,6 +73,14 @@ class VectorIndex(Protocol):
         """Persist beside the database (no-op for engines that persist themselves)."""
 
     def close(self) -> None: ...
+
+
+def training_sample(vectors: np.ndarray, size: int) -> np.ndarray:
+    """``size`` rows of ``vectors`` drawn at random (all of them when there are no more)."""
+    if size <= 0 or vectors.shape[0] <= size:
+        return vectors
+    pick = np.sort(np.random.default_rng(vectors.shape[0]).choice(vectors.shape[0], size, replace=False))
+    return np.ascontiguousarray(vectors[pick])
 
 
 def ids_digest(ids: np.ndarray) -> str:
@@ -109,6 +122,9 @@ class FaissIndex:
         self._faiss = import_faiss()
         self.dim = int(dim)
         self.shared = False
+        config = config.resolve()
+        if config.storage == "pq" and self.dim % config.pq_m:
+            raise InvalidArgumentError(f"pq_m={config.pq_m} must divide the embedding dimension {self.dim}")
         self.config = config
         self.directory = directory
         self._index: Any = None
@@ -124,9 +140,9 @@ class FaissIndex:
         self.rebuild(np.zeros((0,), np.int64), np.zeros((0, self.dim), np.float32))
 
     # ---- structure -------------------------------------------------------------------------
-    def _new_index(self, train: np.ndarray) -> Any:
+    def _new_index(self, train: np.ndarray, n: int) -> Any:
+        """An empty index structured (and trained on ``train``) for a gallery of ``n`` templates."""
         faiss = self._faiss
-        n = int(train.shape[0])
         cfg = self.config
         use_structure = not cfg.needs_training or n >= cfg.min_train
         desc = cfg.factory_string(n) if use_structure else "Flat"
@@ -138,12 +154,25 @@ class FaissIndex:
         if use_structure and cfg.kind == "hnsw":
             faiss.downcast_index(inner).hnsw.efConstruction = cfg.ef_construction
         if not inner.is_trained:
-            inner.train(train)
+            inner.train(training_sample(train, self.training_size(n)))
         self._trained_structure = use_structure
         self._native_ids = use_structure and cfg.kind == "ivf"
         index = inner if self._native_ids else faiss.IndexIDMap2(inner)
         self._apply_search_params(index)
         return index
+
+    def training_size(self, n: int) -> int:
+        """How many of ``n`` templates a rebuild trains on (0: the structure needs no training)."""
+        cfg = self.config
+        if not cfg.needs_training or n < cfg.min_train:
+            return 0
+        return min(n, max(TRAIN_MAX, TRAIN_PER_LIST * cfg.nlist_for(n)) if cfg.kind == "ivf" else TRAIN_MAX)
+
+    @property
+    def scores_exact(self) -> bool:
+        """True when search scores are exact fp32 inner products (a re-rank would change nothing):
+        fp32 storage, or the exact flat index a trained kind uses until ``min_train``."""
+        return self.config.storage == "fp32" or not self._trained_structure
 
     def _inner(self, index: Any) -> Any:
         return index if self._native_ids else self._faiss.downcast_index(index.index)
@@ -157,12 +186,29 @@ class FaissIndex:
         elif self.config.kind == "hnsw":
             inner.hnsw.efSearch = self.config.ef_search
 
+    def configure_search(self, config: IndexConfig) -> None:
+        """Use the search-time knobs of ``config`` (``nprobe``, ``ef_search``, ``rerank``,
+        ``search_threads``, ...); its structure must be this index's."""
+        config = config.resolve()
+        if config.structure_key() != self.config.structure_key():
+            raise InvalidArgumentError(f"{config.describe()} is another structure than {self.config.describe()}")
+        self.config = config
+        self._apply_search_params(self._index)
+        self._invalidate_gpu()
+
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids, vectors = _check_batch(ids, vectors, self.dim)
-        self._index = self._new_index(vectors)
+        self.rebuild_from(vectors, int(ids.size), [(ids, vectors)])
+
+    def rebuild_from(self, train: np.ndarray, n: int, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Replace the content: a structure for ``n`` templates, trained on ``train`` (a random
+        sample of them; :meth:`training_size` rows are used), then filled batch by batch."""
+        self._index = self._new_index(np.ascontiguousarray(train, dtype=np.float32), int(n))
         self._tombstones.clear()
-        if ids.size:
-            self._index.add_with_ids(vectors, ids)
+        for ids, vectors in batches:
+            ids, vectors = _check_batch(ids, vectors, self.dim)
+            if ids.size:
+                self._index.add_with_ids(vectors, ids)
         self._invalidate_gpu()
 
     @property
@@ -252,7 +298,8 @@ class FaissIndex:
             assert self._gpu_ids is not None
             ids = np.where(pos >= 0, self._gpu_ids[np.clip(pos, 0, None)], -1)
             return scores, ids.astype(np.int64)
-        scores, ids = self._index.search(q, k)
+        with faiss_threads(self._faiss, threads_for(q.shape[0], self.config.search_threads)):
+            scores, ids = self._index.search(q, k)
         return scores, ids.astype(np.int64)
 
     def _drop_tombstones(self, scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -297,7 +344,8 @@ class FaissIndex:
             self._faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", self.config.nprobe)
 
     def describe(self) -> str:
-        live = self.config.describe() if (self._trained_structure or not self.config.needs_training) else "flat/fp32"
+        cfg = self.config if self._nlist is None else replace(self.config, nlist=self._nlist)
+        live = cfg.describe() if (self._trained_structure or not self.config.needs_training) else "flat/fp32"
         if not self._trained_structure and self.config.needs_training:
             live += f" (exact until {self.config.min_train} templates, then {self.config.describe()})"
         return f"faiss:{live}@{'gpu' if self._use_gpu else 'cpu'}"
@@ -388,4 +436,4 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["FaissIndex", "VectorIndex", "gpu_available", "ids_digest", "import_faiss"]
+__all__ = ["FaissIndex", "VectorIndex", "gpu_available", "ids_digest", "import_faiss", "training_sample"]

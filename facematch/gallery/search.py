@@ -1,11 +1,13 @@
 """Identification search: index shortlist, exact re-rank, per-identity aggregation, results.
 
 A probe is searched in the derived index for enough templates to cover ``k`` identities
-(widened when one identity dominates the shortlist), re-scored exactly against the
-stored fp32 embeddings when the index is approximate and ``rerank`` is set, aggregated
-per identity (:func:`~facematch.gallery.openset.aggregate`: ``max``, ``mean``,
-``topk_mean``; the latter two re-score every template of the shortlisted identities),
-and turned into :class:`IdentifyResult` / :class:`Candidate` with the open-set decision.
+(widened when one identity dominates the shortlist) and aggregated per identity
+(:func:`~facematch.gallery.openset.aggregate`: ``max``, ``mean``, ``topk_mean``). With
+``rerank`` (when the index's scores are approximate), and always for ``mean`` /
+``topk_mean``, every template of the shortlisted identities is scored exactly against
+the store's fp32 embeddings, and more identities are taken until none left out could
+reach the top ``k``. Results become :class:`IdentifyResult` / :class:`Candidate` with
+the open-set decision.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..types import Candidate, IdentifyResult
 from .binding import ModelBinding
 from .config import AGGREGATIONS, Aggregation
 from .enrol import MultiFacePolicy, as_image_list, source_label
+from .index import VectorIndex
 from .openset import aggregate, needs_extrapolation, threshold_for_fpir
 from .store import Store
 from .sync import IndexSync
@@ -41,48 +44,104 @@ def search(
     n_templates = len(owners_map)
     if index is None or n_templates == 0:
         return [[] for _ in range(q.shape[0])]
+    rerank = config.rerank and not getattr(index, "scores_exact", False)
+    exact = rerank or method != "max"
     per_identity = max(1.0, n_templates / max(n_identities, 1))
-    want = k if method == "max" else max(2 * k, 10)  # identities in the shortlist
+    want = max(2 * k, 10) if exact else k  # identities in the shortlist
     fetch = min(n_templates, math.ceil(want * per_identity * 2) + 16)
-    if config.rerank:
+    if rerank:
         fetch = min(n_templates, fetch * config.rerank_factor)
     scores, tids = index.search(q, fetch)
-    exact: dict[int, np.ndarray] = {}
-    if config.rerank:
-        exact = _exact_embeddings(sync, np.unique(tids[tids >= 0]))
-    out = []
-    for r in range(q.shape[0]):
-        s, t = scores[r], tids[r]
-        f = fetch
+    ranker = _Ranker(sync, index, k, method, top_k, n_templates, exact)
+    if exact:  # one store read for the first shortlists of the whole batch
+        ranker.load(np.concatenate([ranker.shortlist(scores[r], tids[r])[0][:want] for r in range(q.shape[0])]))
+    return [ranker.rank(q[r], scores[r], tids[r], fetch, want) for r in range(q.shape[0])]
+
+
+class _Ranker:
+    """One probe's ranking: widen the shortlist until it holds what the aggregation needs.
+
+    Without re-rank, ``max`` takes the index's scores: the shortlist holds ``k`` identities
+    (widened when one identity dominates it). With re-rank, and always for ``mean`` /
+    ``topk_mean``, every template of the shortlisted identities is scored exactly from
+    the store's fp32 embeddings (so an identity the index found by any one template gets
+    its exact score), and the shortlist is widened until the ``k``-th aggregated score is
+    at least the best score any identity left out can reach: an aggregate never exceeds the
+    identity's best template, and a left-out identity's best template scores at most the
+    first identity cut from the shortlist, or the last template fetched. With an exact
+    index the answer therefore equals a brute-force aggregation over every template.
+    """
+
+    def __init__(
+        self,
+        sync: IndexSync,
+        index: VectorIndex,
+        k: int,
+        method: Aggregation,
+        top_k: int,
+        n_templates: int,
+        exact: bool,
+    ) -> None:
+        self.sync, self.index, self.k, self.method, self.top_k = sync, index, k, method, top_k
+        self.n_templates, self.exact = n_templates, exact
+        self._templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # identity -> (template ids, fp32)
+
+    def shortlist(self, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Identities by their best template in the index: (identities, scores, best template, last score)."""
+        valid = t >= 0
+        s_v, t_v = s[valid], t[valid]
+        owners = self.sync.owners.lookup(t_v)
+        known = owners >= 0
+        floor = float(s_v[-1]) if s_v.size else -math.inf  # the index's last score fetched
+        ident, agg, best = aggregate(owners[known], s_v[known], t_v[known], "max")
+        return ident, agg, best, floor
+
+    def rank(self, probe: np.ndarray, s: np.ndarray, t: np.ndarray, fetch: int, want: int) -> Ranked:
+        k = self.k
         while True:
-            valid = t >= 0
-            s_v, t_v = s[valid], t[valid]
-            owners = owners_map.lookup(t_v)
-            known = owners >= 0
-            s_v, t_v, owners = s_v[known], t_v[known], owners[known]
-            if np.unique(owners).size >= want or f >= n_templates:
-                break
-            f = min(n_templates, f * 4)  # one identity dominated the shortlist: widen it
-            s2, t2 = index.search(q[r : r + 1], f)
+            ident, agg, best, floor = self.shortlist(s, t)
+            complete = fetch >= self.n_templates
+            if ident.size >= want or complete:
+                if not self.exact:
+                    return _rows(ident[:k], agg[:k], best[:k])
+                cut = ident.size > want
+                left_out = max(float(agg[want]) if cut else -math.inf, -math.inf if complete else floor)
+                a_ident, a_agg, a_best = self.score(probe, ident[:want])
+                kth = float(a_agg[k - 1]) if a_agg.size >= k else -math.inf
+                if kth >= left_out:
+                    return _rows(a_ident[:k], a_agg[:k], a_best[:k])
+                want *= 2  # an identity left out could still reach the top k: take more of them
+                if ident.size >= want or complete:
+                    continue
+            fetch = min(self.n_templates, fetch * 4)  # too few identities in the shortlist: widen it
+            s2, t2 = self.index.search(probe[None, :], fetch)
             s, t = s2[0], t2[0]
-            if config.rerank:
-                exact.update(_exact_embeddings(sync, np.setdiff1d(t[t >= 0], np.fromiter(exact, np.int64))))
-        if config.rerank and t_v.size:
-            s_v = np.stack([exact[int(x)] for x in t_v]) @ q[r]
-        if method == "max":
-            ident, agg, best = aggregate(owners, s_v, t_v, "max")
-        else:
-            shortlist = aggregate(owners, s_v, t_v, "max")[0][:want]
-            all_t, all_o, all_v = sync.store.embeddings_of_identities(shortlist.tolist(), q.shape[1])
-            ident, agg, best = aggregate(all_o, all_v @ q[r], all_t, method, top_k)
-        out.append([(int(i), float(a), int(b)) for i, a, b in zip(ident[:k], agg[:k], best[:k], strict=True)])
-    return out
+
+    def score(self, probe: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact aggregation over every template of ``identities``."""
+        self.load(identities)
+        parts = [self._templates[int(i)] for i in identities]
+        tids = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0,), np.int64)
+        owners = np.repeat(np.asarray(identities, np.int64), [p[0].size for p in parts])
+        vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, probe.shape[0]), np.float32)
+        return aggregate(owners, vecs @ probe, tids, self.method, self.top_k)
+
+    def load(self, identities: np.ndarray) -> None:
+        """Read the templates of the ``identities`` not read yet from the store (one query)."""
+        missing = sorted({int(i) for i in identities} - self._templates.keys())
+        if not missing:
+            return
+        assert self.sync.dim is not None
+        tids, owners, vecs = self.sync.store.embeddings_of_identities(missing, self.sync.dim)
+        order = np.argsort(owners, kind="stable")
+        tids, owners, vecs = tids[order], owners[order], vecs[order]
+        bounds = np.searchsorted(owners, [*missing, np.iinfo(np.int64).max])
+        for j, key in enumerate(missing):
+            self._templates[key] = (tids[bounds[j] : bounds[j + 1]], vecs[bounds[j] : bounds[j + 1]])
 
 
-def _exact_embeddings(sync: IndexSync, tids: np.ndarray) -> dict[int, np.ndarray]:
-    assert sync.dim is not None
-    ids, vecs = sync.store.embeddings(tids.tolist(), sync.dim)
-    return {int(i): v for i, v in zip(ids, vecs, strict=True)}
+def _rows(ident: np.ndarray, agg: np.ndarray, best: np.ndarray) -> Ranked:
+    return [(int(i), float(a), int(b)) for i, a, b in zip(ident, agg, best, strict=True)]
 
 
 def build_results(

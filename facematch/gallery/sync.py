@@ -1,4 +1,4 @@
-"""The derived index, kept in step with the store: opening it, reconciling, rebuilding.
+"""The derived index, kept in step with the store: opening it, reconciling, rebuilding, retraining.
 
 The store holds every template's fp32 embedding; the vector index (FAISS files beside
 the database, or a Milvus collection) is derived from it and can always be rebuilt.
@@ -6,25 +6,43 @@ the database, or a Milvus collection) is derived from it and can always be rebui
 (:class:`TemplateOwners`), follows each committed write, and on open (or ``refresh``)
 makes the index hold exactly the store's templates: a small disagreement is repaired by
 delta, a large one (or a damaged file, or another structure) by a full rebuild.
+
+Retraining as the gallery grows (the first training at ``min_train``, more IVF lists
+about every 4x growth, HNSW compaction) happens off the write path: a background thread
+builds the new index from the store's embeddings of the templates present when it
+started, while the old index keeps serving and every write is applied to it and logged;
+the thread then replays the log onto the new index (outside the lock, until little is
+left), and swaps it in under the gallery's lock. The store stays the only truth: a crash
+or a close mid-retrain loses nothing (the next open reconciles the saved index).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import GalleryCorruptError, GalleryError
 from .config import IndexConfig
-from .index import FaissIndex, VectorIndex
+from .index import FaissIndex, VectorIndex, import_faiss
 from .owners import TemplateOwners
 from .store import Store
+from .threads import cores, faiss_threads
 
 logger = logging.getLogger(__name__)
 
 REBUILD_FRACTION = 0.5  # repair by delta below this much disagreement, rebuild above
 _BATCH = 50_000
+RETRAIN_BATCH = 2048  # rows per store read in a background retrain (each read holds the store's lock briefly)
+SWAP_CATCHUP = 256  # writes left to replay when the background retrain takes the lock to swap
+RETRY_AFTER_S = 60
+CHOICE_KEY = "index_choice"  # store setting: the structure in use, and why
+
+Logged = tuple[str, np.ndarray, np.ndarray | None]  # ("add", ids, vectors) or ("remove", ids, None)
 
 
 class IndexSync:
@@ -32,6 +50,8 @@ class IndexSync:
 
     ``index`` is ``None`` until the gallery is bound to a model (the dimension is unknown).
     A read-only handle never writes to an index another process owns (a Milvus collection).
+    ``lock`` is the gallery's lock: writes and searches hold it, and a background retrain
+    takes it to swap its index in. ``config`` is the concrete structure (``policy.resolve()``).
     """
 
     def __init__(
@@ -43,16 +63,22 @@ class IndexSync:
         config: IndexConfig,
         read_only: bool,
         milvus_uri: str | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
         self.store = store
         self.path = path
         self.backend = backend
-        self.config = config
+        self.policy = config
+        self.config = config.resolve()
         self.read_only = read_only
         self.milvus_uri = milvus_uri
         self.owners = TemplateOwners(*store.template_owners())
         self.index: VectorIndex | None = None
         self.dim: int | None = None
+        self.background_retrain = True  # False: retrain inline on the write that crosses the mark
+        self._lock = lock if lock is not None else threading.RLock()
+        self._job: _Retrain | None = None
+        self._retry_at = 0.0  # after a failed background retrain, when to try again
 
     # ---- opening ---------------------------------------------------------------------------
     def open(self, dim: int) -> None:
@@ -77,6 +103,7 @@ class IndexSync:
                 index = FaissIndex(dim, self.config, self.path)
         self.dim, self.index = dim, index
         self.reconcile()
+        self._record_choice()
 
     def reload(self) -> bool:
         """Re-read the store's templates (another process committed) and reconcile. True if any changed."""
@@ -110,27 +137,31 @@ class IndexSync:
             self.rebuild()
         elif changed:
             logger.info("repairing index: %d templates added, %d removed", missing.size, extra.size)
-            index.remove(extra)
+            self._remove(extra)
             for i in range(0, missing.size, _BATCH):
                 ids, vecs = self.store.embeddings(missing[i : i + _BATCH].tolist(), dim)
-                index.add(ids, vecs)
-        if index.needs_rebuild:
-            self.rebuild()
-            changed = True
+                self._add(ids, vecs)
         if changed and not self.read_only:
             index.save()
+        self._maybe_retrain()
         return changed
 
     def rebuild(self) -> None:
-        """Rebuild (and retrain) the index from every stored embedding."""
+        """Rebuild (and retrain) the index from every stored embedding, now (a retrain under way is dropped)."""
         index, dim = self.index, self.dim
         if index is None or dim is None:
             return
-        parts = list(self.store.iter_embeddings(dim, _BATCH))
-        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0,), np.int64)
-        vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float32)
-        index.rebuild(ids, vecs)
-        logger.info("index rebuilt from %d stored templates (%s)", ids.size, index.describe())
+        self.cancel_retrain()
+        if isinstance(index, FaissIndex):
+            snapshot = self.owners.template_ids.copy()
+            _fill(index, self.store, dim, snapshot, batch=_BATCH, cancelled=lambda: False)
+        else:
+            parts = list(self.store.iter_embeddings(dim, _BATCH))
+            ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0,), np.int64)
+            vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float32)
+            index.rebuild(ids, vecs)
+        logger.info("index rebuilt from %d stored templates (%s)", len(index), index.describe())
+        self._record_choice()
 
     # ---- following committed writes ----------------------------------------------------------
     def added(self, template_ids: np.ndarray, identity_key: int, vectors: np.ndarray) -> None:
@@ -138,18 +169,107 @@ class IndexSync:
         self.owners.append(template_ids, identity_key)
         if self.index is None or template_ids.size == 0:
             return
-        self.index.add(template_ids, vectors)
-        if self.index.needs_rebuild:
-            self.rebuild()
+        self._add(template_ids, vectors)
+        self._maybe_retrain()
 
     def removed(self, template_ids: np.ndarray) -> None:
         """Templates the store just deleted."""
         self.owners.remove(template_ids)
         if self.index is None or template_ids.size == 0:
             return
-        self.index.remove(template_ids)
-        if self.index.needs_rebuild:  # e.g. HNSW tombstones past their share
+        self._remove(template_ids)
+        self._maybe_retrain()  # e.g. HNSW tombstones past their share
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        assert self.index is not None
+        ids = np.asarray(ids, np.int64)
+        self.index.add(ids, vectors)
+        if self._job is not None:
+            self._job.log.append(("add", ids.copy(), np.array(vectors, np.float32)))
+
+    def _remove(self, ids: np.ndarray) -> None:
+        assert self.index is not None
+        ids = np.asarray(ids, np.int64)
+        self.index.remove(ids)
+        if self._job is not None and ids.size:
+            self._job.log.append(("remove", ids.copy(), None))
+
+    # ---- retraining off the write path -----------------------------------------------------
+    def _maybe_retrain(self) -> None:
+        index = self.index
+        if index is None or not index.needs_rebuild:
+            return
+        if self._job is not None or time.monotonic() < self._retry_at:
+            return  # one at a time (the next one starts after the swap if still needed); back off after a failure
+        if not self.background_retrain or not isinstance(index, FaissIndex) or self.dim is None:
             self.rebuild()
+            return
+        job = _Retrain(self, self.owners.template_ids.copy())
+        self._job = job
+        logger.info("retraining %s on %d templates in the background", index.describe(), len(index))
+        job.start()
+
+    @property
+    def retraining(self) -> bool:
+        """True while a background retrain is under way."""
+        return self._job is not None
+
+    def wait_retrain(self, timeout: float | None = None) -> bool:
+        """Wait for a background retrain to finish; True when none is under way any more."""
+        job = self._job
+        if job is None:
+            return True
+        job.thread.join(timeout)
+        return not job.thread.is_alive()
+
+    def cancel_retrain(self) -> None:
+        """Drop a background retrain (its thread stops at its next step; nothing it built is used)."""
+        job = self._job
+        if job is not None:
+            job.cancelled.set()
+            self._job = None
+
+    def _swap(self, job: _Retrain, new: FaissIndex) -> bool:
+        """Called by the retrain thread with the lock held: replay the rest of the log and swap."""
+        if self._job is not job or job.cancelled.is_set():
+            return False
+        _replay(new, job.log[job.applied :])
+        old, self.index, self._job = self.index, new, None
+        if old is not None:
+            old.close()
+        logger.info("background retrain done in %.1f s: %s", time.monotonic() - job.started, new.describe())
+        self._record_choice()
+        self._maybe_retrain()
+        return True
+
+    def describe(self) -> str:
+        """The live index, the policy that chose it, and a retrain under way."""
+        if self.index is None:
+            return "none (no model bound yet)"
+        text = self.index.describe()
+        if self.policy.kind == "auto":
+            text += " [auto]"
+        if self._job is not None:
+            text += " (retraining in the background)"
+        return text
+
+    def _record_choice(self) -> None:
+        """Write the structure in use, and why, into the store (writers; only when it changed)."""
+        if self.read_only or self.index is None:
+            return
+        choice = {
+            "policy": self.policy.describe(),
+            "structure": self.config.describe(),
+            "live": self.index.describe(),
+            "reason": self.policy.choice_reason(),
+        }
+        try:
+            raw = self.store.get_meta(CHOICE_KEY)
+            if raw is not None and {k: v for k, v in json.loads(raw).items() if k in choice} == choice:
+                return
+            self.store.set_meta({CHOICE_KEY: json.dumps({**choice, "templates": len(self.owners), "at": time.time()})})
+        except Exception as exc:  # a record is informative; failing to write it must not fail the caller
+            logger.warning("could not record the index choice: %s", exc)
 
     # ---- checks and persistence ----------------------------------------------------------------
     def verify(self) -> tuple[int, int]:
@@ -165,8 +285,109 @@ class IndexSync:
             self.index.save()
 
     def close(self) -> None:
+        self.cancel_retrain()
         if self.index is not None:
             self.index.close()
 
 
-__all__ = ["REBUILD_FRACTION", "IndexSync"]
+def _fill(
+    index: FaissIndex,
+    store: Store,
+    dim: int,
+    snapshot: np.ndarray,
+    *,
+    batch: int,
+    cancelled: object,
+) -> bool:
+    """Rebuild ``index`` from the store's embeddings of the template ids in ``snapshot`` (sorted):
+    train on a random sample, then add in id order. False when ``cancelled()`` stopped it."""
+    stop = cancelled if callable(cancelled) else (lambda: False)
+    n = int(snapshot.size)
+    size = index.training_size(n)
+    if size:
+        pick = np.sort(np.random.default_rng(n).choice(snapshot, size, replace=False)) if size < n else snapshot
+        parts = [store.embeddings(pick[i : i + batch].tolist(), dim)[1] for i in range(0, pick.size, batch)]
+        train = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    else:
+        train = np.zeros((0, dim), np.float32)
+    if stop():
+        return False
+    last = int(snapshot[-1]) if n else -1
+
+    def batches():  # type: ignore[no-untyped-def]
+        for ids, vecs in store.iter_embeddings(dim, batch):
+            if stop():
+                raise _Cancelled
+            pos = np.minimum(np.searchsorted(snapshot, ids), max(n - 1, 0))
+            keep = snapshot[pos] == ids if n else np.zeros(ids.shape, bool)
+            yield ids[keep], vecs[keep]
+            if ids.size and int(ids[-1]) >= last:
+                return
+
+    try:
+        index.rebuild_from(train, n, batches())
+    except _Cancelled:
+        return False
+    return True
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _replay(index: FaissIndex, entries: list[Logged]) -> None:
+    for op, ids, vecs in entries:
+        if op == "add":
+            assert vecs is not None
+            index.add(ids, vecs)
+        else:
+            index.remove(ids)
+
+
+class _Retrain:
+    """A background rebuild of a FAISS index from the store, swapped in when it has caught up."""
+
+    def __init__(self, sync: IndexSync, snapshot: np.ndarray) -> None:
+        self.sync = sync
+        self.snapshot = snapshot
+        self.log: list[Logged] = []  # writes since the snapshot, appended under the gallery's lock
+        self.applied = 0
+        self.cancelled = threading.Event()
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="facematch-index-retrain", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        sync = self.sync
+        assert sync.dim is not None and isinstance(sync.index, FaissIndex)
+        try:
+            # leave a core to the searches and enrolments the old index keeps serving
+            with faiss_threads(import_faiss(), max(1, cores() - 1)):
+                new = FaissIndex(sync.dim, sync.config, sync.index.directory)
+                if not _fill(
+                    new, sync.store, sync.dim, self.snapshot, batch=RETRAIN_BATCH, cancelled=self.cancelled.is_set
+                ):
+                    return
+                while not self.cancelled.is_set():
+                    with sync._lock:
+                        if len(self.log) - self.applied <= SWAP_CATCHUP:
+                            sync._swap(self, new)
+                            return
+                        pending = self.log[self.applied :]
+                    _replay(new, pending)  # outside the lock: writes go on meanwhile
+                    self.applied += len(pending)
+        except Exception:
+            if not self.cancelled.is_set():
+                logger.exception(
+                    "background index retrain failed; the current index keeps serving (next try in %d s)",
+                    RETRY_AFTER_S,
+                )
+                with sync._lock:
+                    if sync._job is self:
+                        sync._job = None
+                        sync._retry_at = time.monotonic() + RETRY_AFTER_S
+
+
+__all__ = ["CHOICE_KEY", "REBUILD_FRACTION", "IndexSync"]
