@@ -28,6 +28,7 @@ import hashlib
 import os
 import pickle
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 CELEB24 = Path(os.environ.get("FACEMATCH_SHARED", REPO.parent / "shared")) / "data" / "celeb24"
 CACHE = Path(os.environ.get("FACEMATCH_BENCH_CACHE", Path(tempfile.gettempdir()) / "facematch-scale"))
 D = 512
+MODEL_ID = "w600k_mbf"  # the default embedder: its card's calibration gives the FPIR threshold
 K = 5  # candidates asked for, as Gallery.identify's default
 FPIR = 0.01
 
@@ -275,23 +277,8 @@ DEFAULT_CONFIGS = {
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     faiss = import_faiss()
-    model, _, _ = synthetic_model()
-    n = args.size
-    gal = SyntheticGallery(model, n // args.per, args.per, seed=args.seed)
-    mm = gallery_vectors(gal)
-    qm, truth = gal.mated_probes(args.mated, seed=1)
-    qn = gal.non_mated_probes(args.non_mated, seed=1)
-    q = np.concatenate([qm, qn])
-    truth = np.concatenate([truth, np.full(qn.shape[0], -1, np.int64)])
-    tag = f"{n}-{args.per}-{args.seed}-{args.mated}-{args.non_mated}"
-    ex_s, ex_t = exact_top1(mm, q, tag)
-    ex_id = gal.owners(ex_t)
-    from facematch.model_files import load_card
-
-    cal = load_card("w600k_mbf").calibration
-    assert cal is not None
-    thr = threshold_for_fpir(cal, FPIR, n)
-    ex_dec = np.where(ex_s >= thr, ex_id, -1)
+    gal, mm, q, truth, _, ex_id, thr, ex_dec = sweep_data(args)
+    n = gal.n_templates
     mated = truth >= 0
     header = [
         f"### N = {n:,} templates ({gal.n_identities:,} identities x {args.per})",
@@ -328,7 +315,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             args.out.with_suffix(".log").open("a").write(f"built {spec} {index.describe()} {b}\n")
         sync = SimpleNamespace(index=index, owners=owners, config=cfg, store=store, dim=D)
         for scfg in search_params(cfg, args):
-            for rerank in (False, True) if cfg.storage != "fp32" else (False,):
+            for rerank in (False, True) if cfg.kind != "flat" or cfg.storage != "fp32" else (False,):
                 c = replace(scfg, rerank=rerank, rerank_factor=args.rerank_factor)
                 r = run_cell(index, c, sync, q, truth, ex_dec, ex_id, thr, gal.n_identities, args)
                 knob = (
@@ -352,6 +339,195 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         gc.collect()
     emit("")
     emit(f"Sweep time: {(time.perf_counter() - t_all) / 60:.0f} min; FAISS {faiss.__version__}.")
+
+
+def sweep_data(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The gallery, probes, exact answers and threshold a sweep of this size uses (cached)."""
+    model, _, _ = synthetic_model()
+    n = args.size
+    gal = SyntheticGallery(model, n // args.per, args.per, seed=args.seed)
+    mm = gallery_vectors(gal)
+    qm, truth = gal.mated_probes(args.mated, seed=1)
+    qn = gal.non_mated_probes(args.non_mated, seed=1)
+    q = np.concatenate([qm, qn])
+    truth = np.concatenate([truth, np.full(qn.shape[0], -1, np.int64)])
+    ex_s, ex_t = exact_top1(mm, q, f"{n}-{args.per}-{args.seed}-{args.mated}-{args.non_mated}")
+    from facematch.model_files import load_card
+
+    cal = load_card(MODEL_ID).calibration
+    assert cal is not None
+    thr = threshold_for_fpir(cal, FPIR, n)
+    ex_id = gal.owners(ex_t)
+    return gal, mm, q, truth, ex_s, ex_id, thr, np.where(ex_s >= thr, ex_id, -1)
+
+
+def pct(a: list[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(np.asarray(a) * 1e3, q)) if len(a) else float("nan")
+
+
+def enrol_all(path: Path, gal: SyntheticGallery, mm: np.ndarray, background: bool) -> dict[str, Any]:
+    """Enrol the whole synthetic gallery through ``Gallery.enroll_embeddings`` (one identity per call,
+    SQLite synchronous=FULL, the default ``auto`` index); every call's latency and the retrains."""
+    from facematch.gallery import Gallery
+
+    shutil.rmtree(path, ignore_errors=True)
+    lat = np.zeros(gal.n_identities)
+    retrains: list[dict[str, float]] = []
+    t_all = time.perf_counter()
+    with Gallery(path) as g:
+        g._sync.background_retrain = background  # False: the old behaviour (inline on the crossing write)
+        running = None
+        for i in range(gal.n_identities):
+            x = np.asarray(mm[i * gal.per : (i + 1) * gal.per])
+            before = g._sync.index.describe() if g._sync.index is not None else ""
+            t = time.perf_counter()
+            g.enroll_embeddings(f"id{i:07d}", x, MODEL_ID)
+            lat[i] = time.perf_counter() - t
+            now = g._sync.retraining
+            if not background and g._sync.index is not None and g._sync.index.describe() != before and i:
+                retrains.append({"at": float(i), "until": float(i), "seconds": float(lat[i])})
+            if now and running is None:
+                running = {"at": float(i), "t0": time.perf_counter()}
+            elif not now and running is not None:
+                running.update(until=float(i), seconds=time.perf_counter() - running.pop("t0"))
+                retrains.append(running)
+                running = None
+        g.wait_for_retrain()
+        if running is not None:
+            running.update(until=float(gal.n_identities), seconds=time.perf_counter() - running.pop("t0"))
+            retrains.append(running)
+        live = g.info().index
+    total = time.perf_counter() - t_all
+    windows = []
+    for r in retrains:
+        lo, hi = int(r["at"]) - 2000, int(r["until"]) + 2000
+        w = lat[max(lo, 0) : hi]
+        windows.append({**r, "n": w.size, "p50": pct(w, 50), "p99": pct(w, 99), "max": pct(w, 100)})
+    return {
+        "total_s": total,
+        "p50": pct(lat, 50),
+        "p99": pct(lat, 99),
+        "p999": pct(lat, 99.9),
+        "max": pct(lat, 100),
+        "retrains": windows,
+        "live": live,
+    }
+
+
+def cmd_gallery(args: argparse.Namespace) -> None:
+    """Full Gallery at N templates: bulk enrolment with inline vs background retrain, then identify."""
+    from facematch.gallery import Gallery
+
+    gal, mm, q, truth, _, ex_id, thr, ex_dec = sweep_data(args)
+    n = gal.n_templates
+    lines = [f"### Full Gallery, N = {n:,} templates ({gal.n_identities:,} identities x {gal.per}), auto index", ""]
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+        if args.out:
+            args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    path = CACHE / f"gallery-{n}.fmg"
+    if "enrol" in args.steps:
+        emit(
+            "| retrain | enrolment total | p50 ms | p99 ms | p99.9 ms | max ms | "
+            "retrains (templates at start: s, window p50/p99/max ms) |"
+        )
+        emit("|---|---:|---:|---:|---:|---:|---|")
+        for mode in args.modes:
+            where = path if mode == "background" else CACHE / f"gallery-{n}-{mode}.fmg"
+            r = enrol_all(where, gal, mm, mode == "background")
+            if where != path:
+                shutil.rmtree(where, ignore_errors=True)
+            detail = "; ".join(
+                f"{int(w['at']) * gal.per:,}: {w['seconds']:.1f} s, {w['p50']:.2f}/{w['p99']:.2f}/{w['max']:.0f}"
+                for w in r["retrains"]
+            )
+            emit(
+                f"| {mode} | {r['total_s'] / 60:.1f} min | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | "
+                f"{r['max']:.0f} | {detail} |"
+            )
+            print(f"# {mode}: {r['live']}", flush=True)
+        emit()
+    if "identify" in args.steps:
+        with Gallery(path) as g:
+            assert g.wait_for_retrain(3600)
+            live = g.info().index
+
+            def ident(rows: np.ndarray) -> list[Any]:
+                return g.identify_embeddings(rows, MODEL_ID, k=K)
+
+            res = [r for i in range(0, q.shape[0], 64) for r in ident(q[i : i + 64])]
+            got = np.asarray([int(r.identity_id[2:]) if r.candidates and not r.is_unknown else -1 for r in res])
+            top = np.asarray([int(r.candidates[0].identity_id[2:]) if r.candidates else -1 for r in res])
+            assert abs(res[0].threshold - thr) < 1e-6
+            p1 = latency(lambda i: ident(q[i % q.shape[0]][None]), args.reps, args.budget)
+            p64 = latency(lambda i: ident(q[(i * 64) % (q.shape[0] - 64) :][:64]), max(5, args.reps // 10), args.budget)
+        mated = truth >= 0
+        emit(
+            f"`Gallery.identify_embeddings` (k={K}, FPIR {FPIR}: threshold {thr:.3f}) on {live}: identity recall@1 "
+            f"{np.mean(top[mated] == ex_id[mated]):.3f} of exact search (mated probes), open-set decision agreement "
+            f"{np.mean(got == ex_dec):.3f} ({q.shape[0]} probes, {int(mated.sum())} mated); p50/p99 "
+            f"{p1[0]:.2f}/{p1[1]:.2f} ms for 1 probe, {p64[0]:.1f}/{p64[1]:.1f} ms per batch of 64."
+        )
+        emit()
+
+
+def cmd_threads(args: argparse.Namespace) -> None:
+    """One-probe flat search at 20k templates: 1 FAISS thread vs FAISS's default, idle vs a busy core."""
+    import subprocess
+    import sys
+
+    faiss = import_faiss()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.size, D)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[rng.choice(args.size, 500, replace=False)]
+    indexes = {}
+    for name, threads in (
+        ("1 thread (per-call choice)", None),
+        (f"{faiss.omp_get_max_threads()} threads (FAISS default)", 0),
+    ):
+        idx = FaissIndex(D, IndexConfig(device="cpu", search_threads=threads))
+        idx.add(np.arange(args.size), x)
+        indexes[name] = idx
+    busy_code = (
+        "import numpy as np\nfrom facematch import FaceMatcher\nm = FaceMatcher(threads=1, workers=1)\n"
+        "c = np.zeros((8, 112, 112, 3), np.uint8)\nwhile True:\n    m.embed_crops(c)\n"
+    )
+    rows: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for cond in ("no extra load", "ONNX Runtime busy on one core"):
+            proc = subprocess.Popen([sys.executable, "-c", busy_code]) if cond.startswith("ONNX") else None
+            try:
+                if proc is not None:
+                    time.sleep(8)  # the model loaded and running
+                for name, idx in indexes.items():
+                    for i in range(20):
+                        idx.search(q[i][None], 10)
+                    ts = []
+                    for i in range(args.reps):
+                        t = time.perf_counter()
+                        idx.search(q[i % q.shape[0]][None], 10)
+                        ts.append(time.perf_counter() - t)
+                    rows.setdefault((cond, name), []).extend(ts)
+            finally:
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(30)
+    lines = [
+        f"One-probe flat fp32 search, {args.size:,} random 512-D templates, top-10, {args.rounds} rounds x "
+        f"{args.reps} searches per cell, cells taking turns; FAISS {faiss.__version__}:",
+        "",
+        "| load | FAISS threads | p50 ms | p99 ms |",
+        "|---|---|---:|---:|",
+    ]
+    for (cond, name), ts in rows.items():
+        lines.append(f"| {cond} | {name} | {pct(ts, 50):.2f} | {pct(ts, 99):.2f} |")
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -388,9 +564,25 @@ def main() -> None:
     s.add_argument("--reps", type=int, default=300)
     s.add_argument("--budget", type=float, default=20.0, help="seconds per latency measurement at most")
     s.add_argument("--out", type=Path)
+    g = sub.add_parser("gallery", help="full Gallery: bulk enrolment (inline vs background retrain), identify")
+    g.add_argument("--size", type=int, default=1_000_000)
+    g.add_argument("--per", type=int, default=4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--mated", type=int, default=1000)
+    g.add_argument("--non-mated", type=int, default=2000)
+    g.add_argument("--steps", nargs="+", default=["enrol", "identify"], choices=["enrol", "identify"])
+    g.add_argument("--modes", nargs="+", default=["inline", "background"], choices=["inline", "background"])
+    g.add_argument("--reps", type=int, default=300)
+    g.add_argument("--budget", type=float, default=30.0)
+    g.add_argument("--out", type=Path)
+    t = sub.add_parser("threads", help="FAISS threads per call: one-probe search, idle vs a busy core")
+    t.add_argument("--size", type=int, default=20_000)
+    t.add_argument("--reps", type=int, default=300)
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--out", type=Path)
     args = ap.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} cores; cache {CACHE}", flush=True)
-    {"fit": cmd_fit, "sweep": cmd_sweep}[args.cmd](args)
+    {"fit": cmd_fit, "sweep": cmd_sweep, "gallery": cmd_gallery, "threads": cmd_threads}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ the batching gain is measured side by side. Writes benchmarks/server_results.md.
 ``--servers NAME=PYTHON,...`` runs the same cells against several installs side by side in one
 run (each started with its own interpreter, e.g. the virtual environment of an older checkout),
 taking turns cell by cell, to measure a change before/after on the same machine state.
+``--gallery-templates N`` first fills each server's gallery (with that server's own install)
+with N random unit templates of the default model, 4 per identity, so that /identify searches
+a gallery of realistic size.
 
-    python benchmarks/bench_server.py [--seconds 15] [--requests 400] \\
+    python benchmarks/bench_server.py [--seconds 15] [--requests 400] [--gallery-templates 20000] \\
         [--servers before=/old/.venv/bin/python,after=python]
 """
 
@@ -57,11 +60,28 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(tmp: Path, python: str = sys.executable, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
+PREFILL = """
+import sys
+import numpy as np
+from facematch.gallery import Gallery
+path, n = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+with Gallery(path, synchronous="NORMAL") as g:
+    for i in range(0, n, 4):
+        x = rng.standard_normal((min(4, n - i), 512)).astype(np.float32)
+        g.enroll_embeddings(f"bulk{i // 4:07d}", x, "w600k_mbf")
+"""
+
+
+def start_server(
+    tmp: Path, python: str = sys.executable, prefill: int = 0, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
     env["FACEMATCH_API_KEYS"] = json.dumps([{"name": "bench", "key": KEY, "scopes": ["admin"]}])
     env.update({f"FACEMATCH_{k.upper()}": v for k, v in settings.items()})
+    if prefill:
+        subprocess.run([python, "-c", PREFILL, str(tmp / f"bench-{port}.fmg"), str(prefill)], env=env, check=True)
     cmd = [
         python,
         "-m",
@@ -169,6 +189,8 @@ def main() -> None:
         help="NAME=PYTHON[,NAME=PYTHON...]: installs to measure side by side (default: this interpreter)",
     )
     ap.add_argument("--no-unbatched", action="store_true", help="skip the batch-size-1 comparison")
+    ap.add_argument("--gallery-templates", type=int, default=0, help="fill the gallery with N random templates first")
+    ap.add_argument("--endpoints", default="/verify,/identify", help="endpoints to measure, comma-separated")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "server_results.md")
     args = ap.parse_args()
     if not WILD.is_dir():
@@ -181,11 +203,11 @@ def main() -> None:
         running = []
         try:
             for name, python in servers:
-                proc, url = start_server(Path(tmp), python)
+                proc, url = start_server(Path(tmp), python, prefill=args.gallery_templates)
                 running.append((name, proc, url))
                 enrol(url, images)
                 asyncio.run(run_cell(url, "/verify", 4, 20, 5, images))  # warm-up
-            for endpoint in ("/verify", "/identify"):
+            for endpoint in args.endpoints.split(","):
                 for conc in levels:
                     for name, _, url in running:  # taking turns: the same machine state for each install
                         res = asyncio.run(run_cell(url, endpoint, conc, args.requests, args.seconds, images))
@@ -221,11 +243,15 @@ def write(out: Path, rows: list[tuple[str, str, int, dict[str, float]]], args: a
         "absolute numbers are noisy; the batched/unbatched rows were measured back to back in one run.",
         "",
         f"Command: `python benchmarks/bench_server.py --seconds {args.seconds:g} --requests {args.requests}"
+        + (f" --gallery-templates {args.gallery_templates}" if args.gallery_templates else "")
+        + (f" --endpoints {args.endpoints}" if args.endpoints != "/verify,/identify" else "")
         + (f" --servers {_names(args.servers)}`." if "," in args.servers else "`."),
         "One uvicorn worker on 127.0.0.1, httpx async clients on the same machine (they share the CPU).",
         "Images: real photos from ../shared/data/wild (JPEG/PNG, 0.1-0.6 MB, up to 1080p) as multipart uploads;",
         "/verify decodes, detects, aligns and embeds two images per request; /identify one image plus a",
-        "search of a 5-identity gallery. Latency is client-side, end to end.",
+        "search of a gallery of 5 identities"
+        + (f" and {args.gallery_templates:,} random templates" if args.gallery_templates else "")
+        + ". Latency is client-side, end to end.",
         "",
         "| server | endpoint | concurrency | requests | ok | req/s | p50 ms | p95 ms | p99 ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -146,7 +146,7 @@ def test_ivf_pq_against_bruteforce_on_synthetic_faces(model) -> None:  # type: i
     index = FaissIndex(model.dim, IndexConfig(kind="ivf", storage="pq", pq_m=32, nprobe=76, min_train=1))
     with faiss_threads(faiss, 1):  # many small k-means: one thread is faster on a busy machine
         index.rebuild(ids, x)
-    assert index.describe().startswith("faiss:ivf/pq32/nlist=76") and not index.scores_exact
+    assert index.describe().startswith("faiss:ivf/pq32/nlist=76") and not index.exhaustive
     scores, got = index.search(probes, 10)
     ref = (probes.astype(np.float64) @ x.T.astype(np.float64)).argmax(1) + 1
     found = float(np.mean((got == ref[:, None]).any(1)))  # the best template among the 10 PQ candidates

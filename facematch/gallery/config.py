@@ -34,8 +34,9 @@ class IndexConfig:
     ``hnsw`` (graph), or ``auto``: chosen by size (:meth:`resolve`; what a new gallery
     gets when no index is given). ``storage``: ``fp32``, ``fp16``, ``sq8`` (8-bit scalar
     quantisation, 4x smaller than fp32) or ``pq`` (product quantisation, ``pq_m`` bytes
-    per template). ``rerank`` re-scores the shortlist exactly against the fp32
-    embeddings kept in the store. Kinds that need training (IVF, SQ8, PQ) use an exact
+    per template). ``rerank`` scores every template of the shortlisted identities
+    exactly against the fp32 embeddings kept in the store (any approximate index: an
+    identity found by one of its templates gets its exact score). Kinds that need training (IVF, SQ8, PQ) use an exact
     flat index until the gallery holds ``min_train`` templates, then the index is
     rebuilt and trained on the stored embeddings (in the background: the old index
     serves meanwhile). ``search_threads``: FAISS threads per search call; ``None``
@@ -51,7 +52,7 @@ class IndexConfig:
     ef_construction: int = 80
     ef_search: int = 64
     rerank: bool = False
-    rerank_factor: int = 4  # the shortlist holds rerank_factor x the templates asked for
+    rerank_factor: int = 4  # with rerank, the index is asked for rerank_factor x the templates
     min_train: int = 2048
     device: Device = "auto"
     pq_m: int = 64  # PQ sub-quantisers (bytes per template); the dimension must be a multiple

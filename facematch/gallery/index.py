@@ -169,10 +169,10 @@ class FaissIndex:
         return min(n, max(TRAIN_MAX, TRAIN_PER_LIST * cfg.nlist_for(n)) if cfg.kind == "ivf" else TRAIN_MAX)
 
     @property
-    def scores_exact(self) -> bool:
-        """True when search scores are exact fp32 inner products (a re-rank would change nothing):
-        fp32 storage, or the exact flat index a trained kind uses until ``min_train``."""
-        return self.config.storage == "fp32" or not self._trained_structure
+    def exhaustive(self) -> bool:
+        """True when a search is exact and complete (a re-rank would change nothing): flat fp32,
+        or the exact flat index a trained kind uses until ``min_train``."""
+        return (self.config.kind == "flat" and self.config.storage == "fp32") or not self._trained_structure
 
     def _inner(self, index: Any) -> Any:
         return index if self._native_ids else self._faiss.downcast_index(index.index)

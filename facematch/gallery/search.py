@@ -44,7 +44,7 @@ def search(
     n_templates = len(owners_map)
     if index is None or n_templates == 0:
         return [[] for _ in range(q.shape[0])]
-    rerank = config.rerank and not getattr(index, "scores_exact", False)
+    rerank = config.rerank and not getattr(index, "exhaustive", False)
     exact = rerank or method != "max"
     per_identity = max(1.0, n_templates / max(n_identities, 1))
     want = max(2 * k, 10) if exact else k  # identities in the shortlist
