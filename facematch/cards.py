@@ -90,6 +90,29 @@ class DetectionSpec(_Strict):
         return self
 
 
+class ExplainSpec(_Strict):
+    """Where :mod:`facematch.explain` reads the model for the exact similarity decomposition.
+
+    ``feature`` names the tensor that feeds the embedding head (the last feature map, shape
+    ``(N, C, H, W)`` with ``feature_shape = (C, H, W)``); ``head`` says, for people, what follows
+    it up to the embedding (the decomposition checks itself on every pair: docs/explain.md).
+    ``embedding_output`` names the head's output when it is not the graph's first output, e.g.
+    the pre-normalisation embedding of a graph that L2-normalises.
+    """
+
+    feature: str = Field(min_length=1)
+    feature_shape: tuple[int, int, int]
+    head: str = ""
+    embedding_output: str | None = Field(default=None, min_length=1)
+
+    @field_validator("feature_shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1:
+            raise ValueError(f"feature_shape must be three positive sizes (C, H, W), got {list(v)}")
+        return v
+
+
 class LandmarkSpec(_Strict):
     num_points: int
     box_scale: float = 1.5  # the crop around the detection box is this many box sizes wide
@@ -112,6 +135,7 @@ class ModelCard(_Strict):
     detection: DetectionSpec | None = None
     landmarks: LandmarkSpec | None = None
     calibration: Calibration | None = None
+    explain: ExplainSpec | None = None  # embedding cards: the feature tensor of the exact decomposition
     arch: str | None = None
     opset: int | None = None
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
@@ -135,6 +159,8 @@ class ModelCard(_Strict):
             raise ValueError("a detection card needs 'detection'")
         if self.task == "landmarks" and (self.landmarks is None or self.input.size is None):
             raise ValueError("a landmarks card needs 'landmarks' and 'input.size'")
+        if self.explain is not None and self.task != "embedding":
+            raise ValueError("only an embedding card can have an 'explain' block")
         return self
 
     # ---- thresholds -------------------------------------------------------------------
@@ -204,6 +230,7 @@ __all__ = [
     "Calibration",
     "DetectionSpec",
     "EmbeddingSpec",
+    "ExplainSpec",
     "InputSpec",
     "LandmarkSpec",
     "License",

@@ -1,4 +1,5 @@
-"""The ``facematch`` command line: verify, detect, embed, models, demo (+ gallery, eval, calibrate, serve, export).
+"""The ``facematch`` command line: verify, explain, detect, embed, models, demo (+ gallery, eval, calibrate, serve,
+export).
 
 Exit status 0 when the command ran; otherwise non-zero with a one-line message on stderr.
 Heavy modules are imported inside commands, so ``facematch --help`` is instant.
@@ -95,6 +96,52 @@ def verify(
     else:
         verdict = "MATCH" if res.is_match else "NO MATCH"
         typer.echo(f"{verdict}  similarity={res.similarity:.4f}  threshold={res.threshold:.4f}")
+
+
+@app.command()
+def explain(
+    image1: Annotated[Path, typer.Argument(help="First image.")],
+    image2: Annotated[Path, typer.Argument(help="Second image.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the figure here (PNG): both faces with their maps, the verdict.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="auto (decomposition, else occlusion), decomposition, or occlusion.")
+    ] = "auto",
+    threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
+    fmr: Annotated[
+        float | None, typer.Option(help="Target false-match rate (threshold from the model card's calibration).")
+    ] = None,
+    aligned: Annotated[bool, typer.Option(help="Inputs are aligned 112x112 crops: skip detection.")] = False,
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why are two faces (not) a match? Similarity maps of both faces and their region shares."""
+    from .explain import check_method
+
+    m = _matcher(detector, embedder)
+    expl = m.explain(image1, image2, method=check_method(method), threshold=threshold, fmr=fmr, aligned=aligned)
+    if out is not None:
+        from .explain_render import figure
+
+        try:
+            figure(expl, out, photos=(m.load(image1), m.load(image2)), labels=(image1.name, image2.name))
+        except (OSError, ValueError) as exc:  # an unwritable path, or a format matplotlib does not know
+            fail(f"cannot write {out}: {exc}")
+    if as_json:
+        _echo_json({**expl.to_dict(), "figure": str(out) if out is not None else None})
+        return
+    verdict = "MATCH" if expl.is_match else "NO MATCH"
+    how = f"{expl.method} (residual {expl.residual:.1e})" if expl.residual is not None else expl.method
+    typer.echo(f"{verdict}  similarity={expl.similarity:.4f}  threshold={expl.threshold:.4f}  method={how}")
+    if expl.fallback_reason:
+        typer.echo(f"  (decomposition unavailable: {expl.fallback_reason})")
+    for path, side in zip((image1, image2), expl.faces, strict=True):
+        shares = "  ".join(f"{r.region} {100 * r.share:+.0f}%" for r in side.regions)
+        typer.echo(f"  {path.name}: {shares}")
+    if out is not None:
+        typer.echo(f"figure: {out}")
 
 
 @app.command()

@@ -166,6 +166,13 @@ class GalleryCorruptError(GalleryError):
     http_status = 500
 
 
+class ExplanationUnavailableError(FacematchError):
+    """The requested explanation method cannot run on this model (no ``explain`` block, a non-affine head)."""
+
+    code = "explanation_unavailable"
+    http_status = 422
+
+
 class BackendUnavailableError(FacematchError):
     """An optional backend (FAISS-GPU, Milvus, TensorRT, torch) is not installed or usable."""
 
@@ -178,6 +185,7 @@ __all__ = [
     "CalibrationMissingError",
     "ChecksumMismatchError",
     "DuplicateIdentityError",
+    "ExplanationUnavailableError",
     "FacematchError",
     "GalleryCorruptError",
     "GalleryError",

@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .similarity import unit_rows
 from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyResult
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 
 logger = logging.getLogger(__name__)
 
@@ -475,6 +478,27 @@ class FaceMatcher:
                 raise
             e2 = second.result()
         return self.compare(e1, e2, threshold=threshold, fmr=fmr)
+
+    def explain(
+        self,
+        image1: ImageInput | DecodedImage,
+        image2: ImageInput | DecodedImage,
+        *,
+        method: Literal["auto", "decomposition", "occlusion"] = "auto",
+        aligned: bool = False,
+        threshold: float | None = None,
+        fmr: float | None = None,
+    ) -> Explanation:
+        """Why the faces :meth:`verify` compares are (not) a match: one similarity map per face.
+
+        ``decomposition`` splits the cosine exactly over the last feature map (the card's
+        ``explain`` block names it; checked on every pair), ``occlusion`` measures the drop when
+        each cell is covered (any model), ``auto`` tries the first and falls back to the second.
+        See :mod:`facematch.explain`; the graphs it needs are built on first use.
+        """
+        from .explain import explain_images
+
+        return explain_images(self, image1, image2, method=method, aligned=aligned, threshold=threshold, fmr=fmr)
 
 
 def _deprecated_far(fmr: float | None, far: float | None) -> float | None:

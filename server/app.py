@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app. ``settings`` default to :meth:`Settings.load` (environment and env file)."""
     from fastapi import FastAPI
 
-    from .routes import gallery, match, ops
+    from .routes import explain, gallery, match, ops
 
     settings = settings or Settings.load()
     settings.check_exposure()
@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served below from local files: FastAPI's default page loads them from a CDN
         redoc_url=None,
         openapi_tags=[
-            {"name": "matching", "description": "verify, identify, detect, embed"},
+            {"name": "matching", "description": "verify, explain, identify, detect, embed"},
             {"name": "gallery", "description": "enrolled identities (scope `enroll`)"},
             {"name": "operations", "description": "health, readiness, metrics"},
         ],
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # answer under /v1 too, hidden from the schema so generated clients see each operation once.
     for prefix, listed in (("", True), ("/v1", False)):
         app.include_router(match.router, prefix=prefix, include_in_schema=listed)
+        app.include_router(explain.router, prefix=prefix, include_in_schema=listed)
         app.include_router(gallery.router, prefix=prefix, include_in_schema=listed)
     _install_docs(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

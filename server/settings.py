@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Scope = Literal["match", "enroll", "embed", "admin"]
-SCOPES: tuple[Scope, ...] = ("match", "enroll", "embed", "admin")
+Scope = Literal["match", "enroll", "embed", "explain", "admin"]
+SCOPES: tuple[Scope, ...] = ("match", "enroll", "embed", "explain", "admin")
 ENV_FILE_VAR = "FACEMATCH_ENV_FILE"
 MiB = 1024 * 1024
 
@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(10, ge=1, le=1000)
     max_faces_per_image: int = Field(20, ge=1, le=1000)
     max_k: int = Field(100, ge=1, le=1000)
+    explain_max_png_side: int = Field(1024, ge=16, le=8192)  # /explain: longest side of a map PNG in image pixels
 
     # inference scheduling
     batch_max_size: int = Field(32, ge=1, le=1024)

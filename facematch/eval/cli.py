@@ -112,6 +112,16 @@ def aligned_cmd(
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    explain: Annotated[
+        int,
+        typer.Option(
+            "--explain",
+            min=0,
+            metavar="N",
+            help="Add the N hardest false non-matches and N closest false matches at the card's default threshold, "
+            "each explained with its similarity maps (a 'why did these fail' section).",
+        ),
+    ] = 0,
     no_progress: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -140,6 +150,7 @@ def aligned_cmd(
             seed=seed,
             plots=not no_plots,
             progress=not no_progress,
+            explain=explain,
         )
         if as_json:
             typer.echo(json.dumps(to_jsonable(rep), indent=2))
@@ -164,6 +175,12 @@ def aligned_cmd(
             )
         if rep.dataset.failures:
             typer.echo(f"  {len(rep.dataset.failures)} image(s) without an embedding (listed in the report)")
+        if rep.explanations is not None:
+            e = rep.explanations
+            typer.echo(
+                f"  explained {len(e.false_non_matches)} false non-match(es) and {len(e.false_matches)} false "
+                f"match(es) at threshold {e.threshold:.4f} (in the report)"
+            )
         typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -14,13 +14,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import metrics as M
 from . import protocols as P
 from .embed import ImageFailure
+
+if TYPE_CHECKING:
+    from .explain_page import ExplainPage
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -107,6 +110,7 @@ class AlignedReport:
     hypersphere: P.Hypersphere
     seconds: dict[str, float]
     files: dict[str, str] = field(default_factory=dict)
+    explanations: ExplainPage | None = None  # --explain N: the hardest errors, explained
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,10 @@ def aligned_markdown(r: AlignedReport) -> str:
     else:
         lines.append(f"- feature norm: {h.feature_norm_note}")
     lines.append("")
+    if r.explanations is not None:
+        from .explain_page import explain_markdown
+
+        lines += explain_markdown(r.explanations)
     if d.failures:
         lines += [
             "## Images without an embedding",

@@ -6,6 +6,7 @@ builds the report object; :mod:`.report` writes it (``report.json``, ``report.md
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -82,11 +83,18 @@ def run_aligned(
     seed: int = 0,
     plots: bool = True,
     progress: bool = True,
+    explain: int = 0,
 ) -> AlignedReport:
-    """Verification, identification, fairness and hypersphere health of a folder-per-identity set."""
+    """Verification, identification, fairness and hypersphere health of a folder-per-identity set.
+
+    ``explain=N`` adds the N hardest false non-matches and N closest false matches at the card's
+    default threshold, each explained and drawn (:mod:`.explain_page`).
+    """
     target_fmr = check_rate(target_fmr, "target_fmr")
     if threshold is not None:
         threshold = check_threshold(threshold)
+    if isinstance(explain, bool) or not isinstance(explain, int) or explain < 0:
+        raise InvalidArgumentError(f"explain must be a whole number of pairs >= 0, got {explain!r}")
     t0 = time.perf_counter()
     ids = list_identity_dir(root)
     emb, x, y = embed_identity_set(matcher, ids, detect=detect, cache_dir=cache_dir, progress=progress)
@@ -152,6 +160,16 @@ def run_aligned(
     out.mkdir(parents=True, exist_ok=True)
     if plots:
         report.files.update(aligned_plots(report, scores, out))
+    if explain:
+        from .explain_page import explain_errors
+
+        t = time.perf_counter()
+        paths = [p for p, ok in zip(ids.paths, emb.ok, strict=True) if ok]
+        page = explain_errors(
+            matcher, paths, y, ids.identities, x, scores.impostor, out, n=explain, detect=detect, target_fmr=target_fmr
+        )
+        report = dataclasses.replace(report, explanations=page)
+        report.seconds["explain"] = round(time.perf_counter() - t, 3)
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
     write_report(report, out)
     return report

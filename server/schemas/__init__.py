@@ -3,7 +3,7 @@
 Optional response members default to ``None`` so the OpenAPI examples (from which FastAPI
 drops nulls) still validate; responses always carry them, as ``null`` when empty.
 
-One module per area (common, match, gallery, ops); import them from here.
+One module per area (common, match, explain, gallery, ops); import them from here.
 
 Images travel as multipart file parts, or in JSON as base64 strings. Responses carry
 boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResponse``.
@@ -12,6 +12,7 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 from __future__ import annotations
 
 from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
+from .explain import ExplainedFaceOut, ExplainJSON, ExplainParams, ExplainResponse, RegionShareOut
 from .gallery import (
     AddTemplatesJSON,
     DeletedTemplate,
@@ -55,6 +56,10 @@ __all__ = [
     "EnrollForm",
     "EnrollJSON",
     "EnrollResponse",
+    "ExplainJSON",
+    "ExplainParams",
+    "ExplainResponse",
+    "ExplainedFaceOut",
     "FaceIdentification",
     "FaceOut",
     "GallerySummary",
@@ -69,6 +74,7 @@ __all__ = [
     "NoParams",
     "Problem",
     "ReadyResponse",
+    "RegionShareOut",
     "Timings",
     "ValidationIssue",
     "VerifyJSON",
