@@ -98,8 +98,33 @@ def torch_to_onnx(
         except Exception as exc:
             raise InvalidArgumentError(f"ONNX export failed at opset {opset}: {type(exc).__name__}: {exc}") from exc
         model = onnx.load(str(path))
+    if features:
+        separate_output(model, FEATURES_NAME)
     onnx.checker.check_model(model)
     return model
+
+
+def separate_output(model: Any, name: str) -> None:
+    """Make graph output ``name`` an Identity of the tensor the graph reads internally (``<name>_map``), in place.
+
+    A tensor that is both an output and an input of later nodes trips converters that retype
+    outputs: fp16's ``keep_io_types`` casts the output back to float32 and the head's fp16 nodes
+    then read the float32 copy. With the Identity, the internal consumers keep their own tensor.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    internal = f"{name}_map"
+    if not any(name in n.input for n in graph.node):
+        return
+    for node in graph.node:
+        for k, v in enumerate(node.output):
+            if v == name:
+                node.output[k] = internal
+        for k, v in enumerate(node.input):
+            if v == name:
+                node.input[k] = internal
+    graph.node.append(helper.make_node("Identity", [internal], [name], name=f"{name}_output"))
 
 
 def explain_spec(proto: Any, head: str, *, normalize: bool) -> ExplainSpec:
@@ -205,6 +230,7 @@ __all__ = [
     "ExportResult",
     "explain_spec",
     "export_onnx",
+    "separate_output",
     "torch_to_onnx",
     "wrap_head",
 ]

@@ -16,6 +16,7 @@ from .errors import (
     CalibrationMissingError,
     ChecksumMismatchError,
     DuplicateIdentityError,
+    ExplanationUnavailableError,
     FacematchError,
     GalleryError,
     GalleryLockedError,
@@ -36,6 +37,7 @@ from .errors import (
 from .types import Candidate, Detections, Face, FaceEmbedding, IdentifyResult, PreparedImage, VerifyResult
 
 if TYPE_CHECKING:
+    from .explain import Explanation
     from .gallery import Gallery
     from .matcher import FaceMatcher
 
@@ -43,6 +45,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "FaceMatcher": ("facematch.matcher", "FaceMatcher"),
+    "Explanation": ("facematch.explain", "Explanation"),
     "default_matcher": ("facematch.matcher", "default_matcher"),
     "cosine_similarity": ("facematch.similarity", "cosine_similarity"),
     "Gallery": ("facematch.gallery", "Gallery"),
@@ -92,6 +95,8 @@ __all__ = [
     "ChecksumMismatchError",
     "Detections",
     "DuplicateIdentityError",
+    "Explanation",
+    "ExplanationUnavailableError",
     "Face",
     "FaceEmbedding",
     "FaceMatcher",

@@ -195,22 +195,29 @@ def build_graphs(model_path: Path, card: ModelCard, spec: ExplainSpec, with_feat
         raise _unavailable(card, f"the card names embedding tensor {out_name!r}, which no node of the graph computes")
     initializers = {i.name: i for i in graph.initializer}
     graph_inputs = {i.name for i in graph.input} - set(initializers)
+    aliases = _identity_aliases(graph, spec.feature)
 
     # The head: every node on a path from the feature to the embedding, in graph order.
     needed: set[int] = set()
     stack, seen = [out_name], set()
     while stack:
         name = stack.pop()
-        if not name or name == spec.feature or name in initializers or name in seen:
+        if not name or name in aliases or name in initializers or name in seen:
             continue
         seen.add(name)
         if name in graph_inputs:
-            raise _unavailable(card, f"the head reads the graph input {name!r}, not only the feature {spec.feature!r}")
+            raise _unavailable(
+                card,
+                f"the head reads the graph input {name!r}, not only the feature {spec.feature!r}: that tensor does "
+                "not cut the graph between backbone and head (an fp16 conversion re-routes it through casts)",
+            )
         node = producers[name]
         needed.add(id(node))
         stack.extend(node.input)
     nodes = [n for n in graph.node if id(n) in needed]
     used = {i for n in nodes for i in n.input}
+    # the head may read the feature under another name (an Identity of it): feed those from the input
+    nodes = [helper.make_node("Identity", [spec.feature], [a]) for a in sorted(used & aliases - {spec.feature})] + nodes
     c, h, w = spec.feature_shape
     types = _tensor_types(model, {spec.feature, out_name})
     elem, dims = types.get(spec.feature, (int(onnx.TensorProto.FLOAT), []))
@@ -246,6 +253,21 @@ def build_graphs(model_path: Path, card: ModelCard, spec: ExplainSpec, with_feat
     return graphs
 
 
+def _identity_aliases(graph: Any, name: str) -> set[str]:
+    """``name`` and every tensor that equals it through Identity nodes (either way)."""
+    out = {name}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            if node.op_type == "Identity" and len(node.input) == 1 and len(node.output) == 1:
+                a, b = node.input[0], node.output[0]
+                if (a in out) != (b in out):
+                    out |= {a, b}
+                    changed = True
+    return out
+
+
 def _tensor_types(model: Any, names: set[str]) -> dict[str, tuple[int, list[int | None]]]:
     """(element type, dims; ``None`` for a symbolic dim) of tensors ``names``, from the graph and shape inference."""
     import onnx
@@ -273,6 +295,8 @@ def _build(embedder: Any) -> Decomposer:
     if path.suffix != ".onnx":
         raise _unavailable(card, f"{path.name} is not an ONNX file (the decomposition reads the ONNX graph)")
     session = embedder.session
+    if not all(hasattr(session, a) for a in ("get_outputs", "get_providers", "get_session_options")):
+        raise _unavailable(card, "the embedder does not run on ONNX Runtime (the decomposition reads the ONNX graph)")
     outputs = [o.name for o in session.get_outputs()]
     embedding_output = spec.embedding_output or outputs[0]
     reuse = spec.feature in outputs and embedding_output in outputs

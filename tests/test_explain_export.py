@@ -90,3 +90,25 @@ def test_ported_default_model_decomposes_like_the_original(tmp_path: Path, celeb
         for g, w in zip(got.faces, want.faces, strict=True):
             np.testing.assert_allclose(g.cells, w.cells, atol=2e-4)
             assert g.bias == pytest.approx(w.bias, abs=2e-4)
+
+
+def test_fp16_conversion_of_an_export_keeps_working_and_explains_by_occlusion(
+    tmp_path: Path, celeb24_dir: Path
+) -> None:
+    """The `features` output is an Identity of the map the head reads, so fp16's keep_io_types does not
+    hand the head a float32 copy; the fp16 graph no longer cuts at the feature: auto falls back, saying so."""
+    from facematch.export.fp16 import convert_fp16
+    from facematch.export.onnx_export import export_onnx
+
+    ckpt = tmp_path / "mbf.pt"
+    tame_random_checkpoint("mbf", ckpt)
+    src = export_onnx("mbf", ckpt, tmp_path / "mbf.onnx")
+    half = convert_fp16(src.path, tmp_path / "mbf_fp16.onnx")
+    assert half.report.passed, half.report.summary()
+    card = load_card(half.path)
+    assert card.precision == "fp16" and card.explain == src.card.explain
+    m = FaceMatcher(embedder=str(half.path), workers=1)
+    a, b = _pair(celeb24_dir)
+    ex = m.explain(a, b, aligned=True, threshold=0.5)
+    assert ex.method == "occlusion" and "casts" in (ex.fallback_reason or "")
+    assert ex.similarity == pytest.approx(m.verify(a, b, aligned=True, threshold=0.5).similarity, abs=1e-6)
