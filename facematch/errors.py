@@ -166,6 +166,13 @@ class GalleryCorruptError(GalleryError):
     http_status = 500
 
 
+class StoreUnavailableError(GalleryError):
+    """The gallery's database (PostgreSQL) cannot be reached right now; the same call can be retried."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
 class BackendUnavailableError(FacematchError):
     """An optional backend (FAISS-GPU, Milvus, TensorRT, torch) is not installed or usable."""
 
@@ -193,6 +200,7 @@ __all__ = [
     "MultipleFacesError",
     "NoFaceError",
     "NotAlignedError",
+    "StoreUnavailableError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
 ]

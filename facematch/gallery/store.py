@@ -4,7 +4,9 @@ A store holds the gallery's settings (model binding, backend, index configuratio
 its identities (with JSON metadata) and every template's fp32 embedding. The gallery
 talks to it only through :class:`Store`: plain Python values and numpy arrays in and
 out, never a connection or a cursor, so another database (PostgreSQL) is one more
-class beside :class:`~facematch.gallery.sqlite_store.SQLiteStore`, the embedded one.
+class beside :class:`~facematch.gallery.sqlite_store.SQLiteStore`, the embedded one
+(:class:`~facematch.gallery.postgres_store.PostgresStore` is the shared one; stores
+written by several processes at once also keep a change log, see ``changes.py``).
 The rules every implementation keeps:
 
 - each write method is one transaction, committed before it returns; a failure rolls
@@ -144,6 +146,17 @@ class Store(ABC):
     @abstractmethod
     def set_meta(self, values: Mapping[str, str]) -> None:
         """Set several settings in one transaction."""
+
+    def init_meta(self, values: Mapping[str, str]) -> dict[str, str]:
+        """Set the settings that are absent, keep those present (the first writer wins); returns the stored values.
+
+        Stores written by several processes at once override this with one atomic statement.
+        """
+        stored = {k: v for k in values if (v := self.get_meta(k)) is not None}
+        absent = {k: v for k, v in values.items() if k not in stored}
+        if absent:
+            self.set_meta(absent)
+        return {**stored, **absent}
 
     # ---- identities ------------------------------------------------------------------------
     @abstractmethod
