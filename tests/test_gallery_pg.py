@@ -26,6 +26,7 @@ from facematch.errors import (
     TemplateNotFoundError,
 )
 from facematch.gallery import Gallery
+from facematch.gallery.changes import ChangeLogStore
 from facematch.gallery.postgres_store import PostgresStore, is_postgres_uri, mask_uri
 from facematch.gallery.sqlite_store import SQLiteStore
 
@@ -115,6 +116,8 @@ def _exercise(store, rng_seed: int = 3) -> list[object]:  # type: ignore[no-unty
 
 def test_store_contract_matches_sqlite(tmp_path: Path, pg_uri: str) -> None:
     """The same scripted session gives the same answers from SQLite and PostgreSQL (ids, order, bytes, errors)."""
+    public = {n for n in vars(PostgresStore) if not n.startswith("_")}
+    assert public <= ChangeLogStore.__abstractmethods__ | {"prune_changes"}, public - ChangeLogStore.__abstractmethods__
     sqlite = SQLiteStore(tmp_path / "g.sqlite3")
     pg = PostgresStore(pg_uri)
     try:
@@ -346,6 +349,7 @@ def test_database_outage_gives_store_unavailable_and_recovers(caplog) -> None:  
         uri = cluster.uri(cluster.new_database())
         with _open(uri, poll_s=0.5) as a, _open(uri, poll_s=0.5) as b, caplog.at_level(logging.INFO):
             a.enroll_embeddings("before", tmpl[0], MODEL)
+            assert _wait_for(lambda: b.num_templates == 2, 5.0) < 5.0
             cluster.stop()
             calls = (
                 lambda: a.enroll_embeddings("during", tmpl[1], MODEL),

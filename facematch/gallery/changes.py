@@ -123,10 +123,15 @@ class ChangeLogStore(Store):
 
 @dataclass(frozen=True)
 class OwnWrite:
-    """What this process just committed, so catching up does not read its vectors back."""
+    """What this process just committed, so catching up does not read its vectors back.
+
+    ``change`` is the write's own log entry: when it directly follows the replica's position
+    (nobody else wrote in between) it is applied without reading the log.
+    """
 
     template_ids: np.ndarray
     vectors: np.ndarray
+    change: Change | None = None
 
 
 class ChangeFeed:
@@ -149,6 +154,9 @@ class ChangeFeed:
         """Apply every change committed after ``self.seq``. True when any was applied."""
         changed = False
         with self._feed_lock:
+            if own is not None and own.change is not None and own.change.seq == self.seq + 1:
+                self._apply(sync, [own.change], own)  # sequence numbers follow commits: nothing came between
+                return True
             while True:
                 changes, pruned = self.store.changes_since(self.seq, BATCH)
                 if pruned > self.seq:

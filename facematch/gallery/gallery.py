@@ -43,7 +43,7 @@ from ..calibration import Calibration, check_rate
 from ..cards import ModelCard
 from ..errors import FacematchError, GalleryError, InvalidArgumentError
 from .binding import ModelBinding
-from .changes import DEFAULT_POLL_S, ChangeFeed, ChangeFollower, ChangeLogStore, OwnWrite
+from .changes import DEFAULT_POLL_S, Change, ChangeFeed, ChangeFollower, ChangeKind, ChangeLogStore, OwnWrite
 from .config import Aggregation, IndexConfig
 from .enrol import MULTI_FACE_POLICIES, Enrolment, MultiFacePolicy
 from .index import VectorIndex
@@ -247,8 +247,9 @@ class Gallery(Enrolment, Identification):
         return sync.index if sync is not None else None
 
     def _on_bound(self, dim: int) -> None:
-        if self._sync.index is None and not self._closed:
-            self._sync.open(dim)
+        with self._lock:  # a follower thread may open it at the same moment
+            if self._sync.index is None and not self._closed:
+                self._sync.open(dim)
 
     # ---- a shared store: following its change log -----------------------------------------------
     def _follow(
@@ -316,7 +317,12 @@ class Gallery(Enrolment, Identification):
                 written = self._store.create_identity(identity_id, vectors, sources, metadata=metadata)
             else:
                 written = self._store.add_templates(identity_id, vectors, sources)
-            self._follow(OwnWrite(np.asarray(written.template_ids, np.int64), vectors))
+            tids = np.asarray(written.template_ids, np.int64)
+            change = None
+            if written.seq is not None:
+                kind: ChangeKind = "identity_created" if create else "templates_added"
+                change = Change(written.seq, kind, written.identity_key, written.template_ids)
+            self._follow(OwnWrite(tids, vectors, change))
             return written.template_ids
         with self._lock:
             if create:
@@ -494,7 +500,11 @@ class Gallery(Enrolment, Identification):
         self.close()
 
     def __repr__(self) -> str:
-        return f"Gallery({self.location!r}, model={self.model_id!r}, identities={self._n_identities})"
+        try:
+            model = repr(self.model_id)
+        except FacematchError:  # a database that is down right now
+            model = "?"
+        return f"Gallery({self.location!r}, model={model}, identities={self._n_identities})"
 
 
 def _catalog_uri(path: str | os.PathLike[str] | None, catalog_uri: str | None) -> str | None:

@@ -32,9 +32,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     import psycopg
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 SCHEMES = ("postgresql", "postgres")
@@ -95,7 +96,8 @@ CREATE TABLE IF NOT EXISTS facematch_changes (
 _TABLES = {"facematch_meta", "facematch_identities", "facematch_templates", "facematch_changes"}
 # Serialises schema creation by replicas starting at once (any constant; the schema goes in the key).
 _DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('facematch ddl ' || current_schema(), 0))"
-# The change-log append: the lock is held to the commit, so sequence numbers follow commit order.
+# The change-log append: the lock is taken before the sequence number and held to the commit, so
+# sequence numbers follow commit order (a reader of ``seq > last`` never skips a late commit).
 _APPEND_SQL = """
 WITH serial AS (SELECT pg_advisory_xact_lock(%(lock)s)),
 ins AS (
@@ -104,6 +106,39 @@ ins AS (
 )
 SELECT seq, pg_notify(%(channel)s, seq::text) FROM ins
 """
+# An enrolment is one statement (in autocommit: one implicit transaction, one round trip): the
+# templates in input order (ids from the sequence, increasing in that order), the log entry last.
+_NEW_TEMPLATES = """
+tmpl AS (
+    INSERT INTO facematch_templates(identity, embedding, source, created_at)
+    SELECT ident.id, u.e, u.s, %(now)s
+    FROM ident, unnest(%(embs)b::bytea[], %(srcs)s::text[]) WITH ORDINALITY AS u(e, s, o) ORDER BY u.o
+    RETURNING id
+),
+serial AS (SELECT pg_advisory_xact_lock(%(lock)s) FROM ident),
+ins AS (
+    INSERT INTO facematch_changes(kind, identity, template_ids, at)
+    SELECT %(kind)s, (SELECT id FROM ident), (SELECT array_agg(id ORDER BY id) FROM tmpl), %(now)s FROM serial
+    RETURNING seq
+)
+SELECT (SELECT id FROM ident), (SELECT array_agg(id ORDER BY id) FROM tmpl), ins.seq,
+    CASE WHEN ins.seq IS NOT NULL THEN pg_notify(%(channel)s, ins.seq::text) END
+FROM (SELECT 1) one LEFT JOIN ins ON true
+"""
+_CREATE_SQL = (
+    """WITH ident AS (
+    INSERT INTO facematch_identities(name, metadata, created_at, updated_at)
+    VALUES (%(name)s, %(meta)s, %(now)s, %(now)s) RETURNING id
+),"""
+    + _NEW_TEMPLATES
+)
+# the row lock of the UPDATE keeps a concurrent delete of the identity out until the commit
+_ADD_SQL = (
+    """WITH ident AS (
+    UPDATE facematch_identities SET updated_at = %(now)s WHERE name = %(name)s RETURNING id
+),"""
+    + _NEW_TEMPLATES
+)
 _IDENTITY_COLS = "id, name, metadata, created_at, updated_at"
 _WITH_TEMPLATES = (
     "COALESCE((SELECT array_agg(t.id ORDER BY t.id) FROM facematch_templates t WHERE t.identity = i.id), '{}')"
@@ -216,6 +251,8 @@ class PostgresStore(ChangeLogStore):
         self._meta_lock = threading.Lock()
         self._last_prune = time.monotonic()
 
+        self._broken_types = (self._pg.OperationalError, self._pg.InterfaceError)
+
         def configure(conn: psycopg.Connection[Any]) -> None:
             conn.read_only = read_only
 
@@ -225,7 +262,6 @@ class PostgresStore(ChangeLogStore):
             max_size=pool_size,
             kwargs={"autocommit": True, **self._connect_kwargs},
             configure=configure,
-            check=pool_mod.ConnectionPool.check_connection,  # a connection broken by a restart is replaced
             timeout=timeout_s,
             reconnect_timeout=max(10.0, 4 * timeout_s),  # give up an attempt, a new request starts another
             name="facematch-gallery",
@@ -256,18 +292,55 @@ class PostgresStore(ChangeLogStore):
         except UnicodeEncodeError as exc:
             raise InvalidArgumentError(f"text is not valid Unicode: {exc.reason}") from exc
 
+    def _read(self, what: str, fn: Callable[[psycopg.Cursor[Any]], T], *, binary: bool = False) -> T:
+        """``fn(cursor)`` on a pooled autocommit connection (one snapshot per statement).
+
+        Reads are retried on another connection when theirs turns out dead (the server
+        restarted, an administrator terminated it): the pool replaces dead connections.
+        """
+        attempts = self._pool.max_size + 1
+        for attempt in range(attempts):
+            with self._unavailable(what):
+                conn = self._pool.getconn()
+                try:
+                    with conn.cursor(binary=binary) as cur:
+                        return fn(cur)
+                except self._broken_types:
+                    if conn.broken and attempt + 1 < attempts:
+                        continue
+                    raise
+                finally:
+                    self._pool.putconn(conn)  # a broken one is closed and replaced by the pool
+        raise AssertionError("unreachable")
+
     @contextmanager
-    def _cursor(self, what: str, *, binary: bool = False) -> Iterator[psycopg.Cursor[Any]]:
-        """A cursor on a pooled autocommit connection (each statement its own snapshot)."""
-        with self._unavailable(what), self._pool.connection() as conn, conn.cursor(binary=binary) as cur:
-            yield cur
+    def _write(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection for a write, checked alive first (one empty round trip).
+
+        A write that fails midway is never retried (it may have committed), so a dead connection
+        must be found before the write is sent on it.
+        """
+        if self.read_only:
+            raise GalleryError(f"gallery {self.location} is open read-only")
+        with self._unavailable(what):
+            for _ in range(self._pool.max_size + 1):
+                conn = self._pool.getconn()
+                try:
+                    conn.execute("")
+                    break
+                except self._broken_types:
+                    self._pool.putconn(conn)  # dead: the pool closes it and opens another
+            else:
+                raise StoreUnavailableError(f"the gallery database {self.location} keeps dropping connections")
+            try:
+                yield conn
+            finally:
+                self._pool.putconn(conn)
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[psycopg.Cursor[Any]]:
         """One transaction: committed when the block ends, rolled back on any exception."""
-        if self.read_only:
-            raise GalleryError(f"gallery {self.location} is open read-only")
-        with self._unavailable(what), self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with self._write(what) as conn, conn.transaction(), conn.cursor() as cur:
             yield cur
 
     def _prepare(self, create: bool) -> None:
@@ -281,14 +354,15 @@ class PostgresStore(ChangeLogStore):
                     "ON CONFLICT (key) DO NOTHING",
                     (str(SCHEMA_VERSION), repr(time.time())),
                 )
-        with self._cursor("opening the gallery") as cur:
-            cur.execute(
+        row = self._read(
+            "opening the gallery",
+            lambda cur: cur.execute(
                 "SELECT current_database(), current_schema(), "
                 "hashtextextended('facematch changes ' || current_schema(), 0), current_setting('synchronous_commit'),"
                 " (SELECT array_agg(tablename::text) FROM pg_tables WHERE schemaname = current_schema()"
                 "  AND tablename LIKE 'facematch%')"
-            )
-            row = cur.fetchone()
+            ).fetchone(),
+        )
         assert row is not None
         database, schema, lock, sync_commit, tables = row
         if not set(tables or ()) >= _TABLES:
@@ -324,32 +398,38 @@ class PostgresStore(ChangeLogStore):
         return int(row[0])
 
     def log_position(self) -> LogPosition:
-        with self._cursor("reading the change log") as cur:
-            cur.execute(
+        row = self._read(
+            "reading the change log",
+            lambda cur: cur.execute(
                 "SELECT GREATEST((SELECT max(seq) FROM facematch_changes),"
                 f" (SELECT value::bigint FROM facematch_meta WHERE key = '{_PRUNED_KEY}'), 0),"
                 " (SELECT count(*) FROM facematch_identities)"
-            )
-            row = cur.fetchone()
+            ).fetchone(),
+        )
         assert row is not None
         return LogPosition(seq=int(row[0]), identities=int(row[1]))
 
     def changes_since(self, seq: int, limit: int) -> tuple[list[Change], int]:
-        with self._cursor("reading the change log") as cur:
-            cur.execute(
-                "SELECT seq, kind, identity, template_ids FROM facematch_changes WHERE seq > %s ORDER BY seq LIMIT %s",
+        # one statement, one snapshot: the pruned-through mark and the changes agree
+        rows = self._read(
+            "reading the change log",
+            lambda cur: cur.execute(
+                f"SELECT p.pruned, c.seq, c.kind, c.identity, c.template_ids FROM "
+                f"(SELECT (SELECT value::bigint FROM facematch_meta WHERE key = '{_PRUNED_KEY}') AS pruned) p "
+                "LEFT JOIN LATERAL (SELECT * FROM facematch_changes WHERE seq > %s ORDER BY seq LIMIT %s) c ON true "
+                "ORDER BY c.seq",
                 (int(seq), int(limit)),
-            )
-            rows = cur.fetchall()
-            # read after the changes: a prune committed before that read is seen here
-            cur.execute(f"SELECT value FROM facematch_meta WHERE key = '{_PRUNED_KEY}'")
-            pruned = cur.fetchone()
+            ).fetchall(),
+        )
+        pruned = int(rows[0][0]) if rows and rows[0][0] is not None else 0
         changes = []
-        for s, kind, key, tids in rows:
+        for _, s, kind, key, tids in rows:
+            if s is None:
+                continue
             if kind not in CHANGE_KINDS:
                 raise GalleryCorruptError(f"change {s} in {self.location} has an unknown kind {kind!r}")
             changes.append(Change(int(s), kind, None if key is None else int(key), tuple(int(t) for t in tids)))
-        return changes, int(pruned[0]) if pruned is not None else 0
+        return changes, pruned
 
     def listen(self) -> PostgresListener:
         return PostgresListener(self)
@@ -389,9 +469,10 @@ class PostgresStore(ChangeLogStore):
         with self._meta_lock:
             if key in self._meta:
                 return self._meta[key]
-        with self._cursor("reading settings") as cur:
-            cur.execute("SELECT value FROM facematch_meta WHERE key = %s", (key,))
-            row = cur.fetchone()
+        row = self._read(
+            "reading settings",
+            lambda cur: cur.execute("SELECT value FROM facematch_meta WHERE key = %s", (key,)).fetchone(),
+        )
         if row is None:
             return None  # absent keys are not cached: another process may set them
         with self._meta_lock:
@@ -431,9 +512,10 @@ class PostgresStore(ChangeLogStore):
 
     # ---- identities ------------------------------------------------------------------------
     def identity_key(self, identity_id: str) -> int | None:
-        with self._cursor("reading an identity") as cur:
-            cur.execute("SELECT id FROM facematch_identities WHERE name = %s", (identity_id,))
-            row = cur.fetchone()
+        row = self._read(
+            "reading an identity",
+            lambda cur: cur.execute("SELECT id FROM facematch_identities WHERE name = %s", (identity_id,)).fetchone(),
+        )
         return None if row is None else int(row[0])
 
     @staticmethod
@@ -447,53 +529,63 @@ class PostgresStore(ChangeLogStore):
         )
 
     def get_identity(self, identity_id: str) -> IdentityInfo | None:
-        with self._cursor("reading an identity") as cur:
-            cur.execute(
+        row = self._read(
+            "reading an identity",
+            lambda cur: cur.execute(
                 f"SELECT {_IDENTITY_COLS}, {_WITH_TEMPLATES} FROM facematch_identities i WHERE name = %s",
                 (identity_id,),
-            )
-            row = cur.fetchone()
+            ).fetchone(),
+        )
         return None if row is None else self._info(row)
 
     def list_identities(self, after: str | None, limit: int) -> list[IdentityInfo]:
         where = "" if after is None else "WHERE name > %(after)s"
-        with self._cursor("listing identities") as cur:
-            cur.execute(
+        rows = self._read(
+            "listing identities",
+            lambda cur: cur.execute(
                 f"SELECT {_IDENTITY_COLS}, {_WITH_TEMPLATES} FROM "
                 f"(SELECT {_IDENTITY_COLS} FROM facematch_identities {where} ORDER BY name LIMIT %(limit)s) i "
                 "ORDER BY name",
                 {"after": after, "limit": int(limit)},
-            )
-            rows = cur.fetchall()
+            ).fetchall(),
+        )
         return [self._info(r) for r in rows]
 
     def identities_by_key(self, keys: Sequence[int]) -> dict[int, tuple[str, dict[str, Any]]]:
         wanted = sorted(set(int(k) for k in keys))
         if not wanted:
             return {}
-        with self._cursor("reading identities") as cur:
-            cur.execute("SELECT id, name, metadata FROM facematch_identities WHERE id = ANY(%s)", (wanted,))
-            rows = cur.fetchall()
+        rows = self._read(
+            "reading identities",
+            lambda cur: cur.execute(
+                "SELECT id, name, metadata FROM facematch_identities WHERE id = ANY(%s)", (wanted,)
+            ).fetchall(),
+        )
         return {int(r[0]): (str(r[1]), json.loads(r[2])) for r in rows}
 
     def counts(self) -> tuple[int, int]:
-        with self._cursor("counting") as cur:
-            cur.execute(
+        row = self._read(
+            "counting",
+            lambda cur: cur.execute(
                 "SELECT (SELECT count(*) FROM facematch_identities), (SELECT count(*) FROM facematch_templates)"
-            )
-            row = cur.fetchone()
+            ).fetchone(),
+        )
         assert row is not None
         return int(row[0]), int(row[1])
 
     # ---- templates -------------------------------------------------------------------------
     def _copy(self, query: Any, what: str) -> bytes:
         """The binary ``COPY (query) TO STDOUT`` of a query, as one buffer."""
-        with self._cursor(what) as cur:
+        statement = self._pg.sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)
+
+        def copy_out(cur: psycopg.Cursor[Any]) -> bytes:
             buf = bytearray()
-            with cur.copy(self._pg.sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
+            with cur.copy(statement) as copy:
                 for chunk in copy:
                     buf += chunk
-        return bytes(buf)
+            return bytes(buf)
+
+        return self._read(what, copy_out)
 
     def template_owners(self) -> tuple[np.ndarray, np.ndarray]:
         data = self._copy(self._pg.sql.SQL("SELECT id, identity FROM facematch_templates ORDER BY id"), "reading")
@@ -504,24 +596,28 @@ class PostgresStore(ChangeLogStore):
         wanted = sorted(set(int(t) for t in template_ids))
         if not wanted:
             return np.zeros((0,), np.int64), np.zeros((0, dim), np.float32)
-        with self._cursor("reading templates", binary=True) as cur:
-            cur.execute(
+        rows = self._read(
+            "reading templates",
+            lambda cur: cur.execute(
                 "SELECT id, embedding FROM facematch_templates WHERE id = ANY(%s) ORDER BY id", (wanted,), binary=True
-            )
-            rows = cur.fetchall()
+            ).fetchall(),
+            binary=True,
+        )
         return np.asarray([r[0] for r in rows], np.int64), self._decode([r[1] for r in rows], dim)
 
     def embeddings_of_identities(self, keys: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         wanted = sorted(set(int(k) for k in keys))
         if not wanted:
             return np.zeros((0,), np.int64), np.zeros((0,), np.int64), np.zeros((0, dim), np.float32)
-        with self._cursor("reading templates", binary=True) as cur:
-            cur.execute(
+        rows = self._read(
+            "reading templates",
+            lambda cur: cur.execute(
                 "SELECT id, identity, embedding FROM facematch_templates WHERE identity = ANY(%s)",
                 (wanted,),
                 binary=True,
-            )
-            rows = cur.fetchall()
+            ).fetchall(),
+            binary=True,
+        )
         return (
             np.asarray([r[0] for r in rows], np.int64),
             np.asarray([r[1] for r in rows], np.int64),
@@ -551,26 +647,29 @@ class PostgresStore(ChangeLogStore):
         return np.frombuffer(joined, dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
     # ---- writes ----------------------------------------------------------------------------
-    @staticmethod
-    def _insert_templates(
-        cur: psycopg.Cursor[Any], key: int, emb: np.ndarray, sources: Sequence[str | None]
-    ) -> list[int]:
-        now = time.time()
-        cur.executemany(
-            "INSERT INTO facematch_templates(identity, embedding, source, created_at) VALUES (%s, %b, %s, %s) "
-            "RETURNING id",
-            [(key, vec.tobytes(), _text(src), now) for vec, src in zip(emb, sources, strict=True)],
-            returning=True,
-        )
-        ids = []
-        while True:
-            row = cur.fetchone()
-            assert row is not None
-            ids.append(int(row[0]))
-            if not cur.nextset():
-                break
-        cur.execute("UPDATE facematch_identities SET updated_at = %s WHERE id = %s", (now, key))
-        return ids
+    def _enrol(
+        self, sql: str, kind: ChangeKind, identity_id: str, emb: np.ndarray, sources: Sequence[str | None], meta: str
+    ) -> TemplatesWritten:
+        params = {
+            "name": identity_id,
+            "meta": meta,
+            "now": time.time(),
+            "embs": [vec.tobytes() for vec in emb],
+            "srcs": [_text(src) for src in sources],
+            "lock": self._lock_key,
+            "kind": kind,
+            "channel": self.channel,
+        }
+        with self._write("enrolling") as conn:
+            row = conn.execute(sql, params).fetchone()
+        assert row is not None
+        key, tids, seq = row[0], row[1], row[2]
+        if key is None:
+            raise identity_not_found(identity_id)
+        if seq is None or tids is None or len(tids) != len(emb):
+            raise GalleryCorruptError(f"enrolment in {self.location} wrote {tids!r} for {len(emb)} templates")
+        self._maybe_prune()
+        return TemplatesWritten(int(key), tuple(int(t) for t in tids), seq=int(seq))
 
     def create_identity(
         self,
@@ -582,41 +681,18 @@ class PostgresStore(ChangeLogStore):
     ) -> TemplatesWritten:
         meta_json = dump_metadata(metadata)
         emb = _check_rows(embeddings, sources)
-        now = time.time()
         try:
-            with self._transaction("enrolling") as cur:
-                cur.execute(
-                    "INSERT INTO facematch_identities(name, metadata, created_at, updated_at) "
-                    "VALUES (%s, %s, %s, %s) RETURNING id",
-                    (identity_id, meta_json, now, now),
-                )
-                row = cur.fetchone()
-                assert row is not None
-                key = int(row[0])
-                tids = self._insert_templates(cur, key, emb, sources)
-                self._append(cur, "identity_created", key, tids)
+            return self._enrol(_CREATE_SQL, "identity_created", identity_id, emb, sources, meta_json)
         except self._pg.errors.UniqueViolation as exc:
             if exc.diag.constraint_name == "facematch_identities_name_key":
                 raise duplicate_identity(identity_id) from exc
             raise
-        self._maybe_prune()
-        return TemplatesWritten(key, tuple(tids))
 
     def add_templates(
         self, identity_id: str, embeddings: np.ndarray, sources: Sequence[str | None]
     ) -> TemplatesWritten:
         emb = _check_rows(embeddings, sources)
-        with self._transaction("enrolling") as cur:
-            # the row lock keeps a concurrent delete of this identity out until we commit
-            cur.execute("SELECT id FROM facematch_identities WHERE name = %s FOR UPDATE", (identity_id,))
-            row = cur.fetchone()
-            if row is None:
-                raise identity_not_found(identity_id)
-            key = int(row[0])
-            tids = self._insert_templates(cur, key, emb, sources)
-            self._append(cur, "templates_added", key, tids)
-        self._maybe_prune()
-        return TemplatesWritten(key, tuple(tids))
+        return self._enrol(_ADD_SQL, "templates_added", identity_id, emb, sources, "")
 
     def delete_identity(self, identity_id: str) -> IdentityInfo:
         with self._transaction("deleting") as cur:

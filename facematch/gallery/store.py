@@ -121,10 +121,14 @@ def identity_not_found(identity_id: str) -> IdentityNotFoundError:
 
 @dataclass(frozen=True)
 class TemplatesWritten:
-    """What a committed template write gave: the identity's key and the new template ids, in input order."""
+    """What a committed template write gave: the identity's key and the new template ids, in input order.
+
+    ``seq`` is the write's sequence number in the store's change log (stores that keep one).
+    """
 
     identity_key: int
     template_ids: tuple[int, ...]
+    seq: int | None = None
 
 
 class Store(ABC):
@@ -147,16 +151,12 @@ class Store(ABC):
     def set_meta(self, values: Mapping[str, str]) -> None:
         """Set several settings in one transaction."""
 
+    @abstractmethod
     def init_meta(self, values: Mapping[str, str]) -> dict[str, str]:
-        """Set the settings that are absent, keep those present (the first writer wins); returns the stored values.
+        """Set the settings that are absent, keep those present, in one transaction; returns the stored values.
 
-        Stores written by several processes at once override this with one atomic statement.
+        The first writer wins: two processes binding a shared gallery at once agree on one model.
         """
-        stored = {k: v for k in values if (v := self.get_meta(k)) is not None}
-        absent = {k: v for k, v in values.items() if k not in stored}
-        if absent:
-            self.set_meta(absent)
-        return {**stored, **absent}
 
     # ---- identities ------------------------------------------------------------------------
     @abstractmethod
