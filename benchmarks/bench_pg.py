@@ -40,7 +40,7 @@ from facematch.gallery.postgres_store import PostgresStore
 
 D = 512
 MODEL = "synthetic-512"
-PER_IDENTITY = 10  # templates per identity while filling for the catch-up runs
+PER_IDENTITY = 20  # templates per identity while filling for the catch-up runs
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -131,6 +131,43 @@ def latency_side_by_side(uri: str, tmp: Path, base: int, n: int, lines: list[str
         g.close()
 
 
+def replica_lag(uri: str, n: int, lines: list[str]) -> None:
+    """Time from an acknowledged enrolment on one replica to its template being searchable on another."""
+    rng = np.random.default_rng(9)
+    poll_s = 1.0
+    with (
+        Gallery.open(uri) as a,
+        Gallery.open(uri, poll_s=30.0) as notified,
+        Gallery.open(uri, listen=False, poll_s=poll_s) as polled,
+    ):
+        lags: dict[str, list[float]] = {"LISTEN/NOTIFY": [], f"polling only, poll_s={poll_s:g}": []}
+        for i in range(n):
+            want = notified.num_templates + 1
+            a.enroll_embeddings(f"lag{i:05d}", unit(rng.standard_normal((1, D)).astype(np.float32)), MODEL)
+            t = time.perf_counter()
+            seen: dict[str, float] = {}
+            while len(seen) < 2:
+                now = time.perf_counter() - t
+                if "n" not in seen and notified.num_templates >= want:
+                    seen["n"] = now
+                if "p" not in seen and polled.num_templates >= want:
+                    seen["p"] = now
+                time.sleep(0.0005)
+            lags["LISTEN/NOTIFY"].append(seen["n"])
+            lags[f"polling only, poll_s={poll_s:g}"].append(seen["p"])
+            time.sleep(float(rng.uniform(0, poll_s)))  # the next enrolment at a random moment of the poll cycle
+    lines += [
+        f"### Replica lag ({n} enrolments on one replica; when each is in another replica's index)",
+        "",
+        "| follower | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, v in lags.items():
+        p50, p99 = pct(v)
+        lines.append(f"| {k} | {p50:.1f} | {p99:.1f} | {max(v) * 1e3:.1f} |")
+    lines.append("")
+
+
 def fill_store(store: PostgresStore, start: int, n_identities: int, rng: np.random.Generator, threads: int) -> None:
     """``n_identities`` identities of PER_IDENTITY random templates each, straight through the store."""
 
@@ -172,8 +209,8 @@ def catch_up(cluster: PgCluster, sizes: list[int], lines: list[str]) -> None:
         "",
         "A new process opens the gallery (`Gallery.open(uri)`): it reads the log position, the",
         "template owners and every embedding (binary `COPY`), and builds its FAISS index. Then",
-        "another process writes a burst of 100 enrolments (1000 templates) and the replica's time",
-        "to hold all of them is taken (the burst's own write time included).",
+        f"another process writes a burst of 100 enrolments ({100 * PER_IDENTITY} templates) and the",
+        "replica's time to hold all of them is taken (the burst's own write time included).",
         "",
         "| templates | cold open s | of which: owners s | embeddings (COPY) s | FAISS build etc. s | "
         "replica peak RSS MB | burst written s | burst followed s |",
@@ -220,8 +257,14 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--base", type=int, default=2000, help="identities in each gallery before the latency rounds")
     ap.add_argument("--enrolments", type=int, default=500, help="latency rounds")
+    ap.add_argument("--lag", type=int, default=100, help="enrolments timed for the replica lag")
+    ap.add_argument("--omp-threads", type=int, default=1, help="FAISS OpenMP threads (0: FAISS's default)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.omp_threads:
+        from facematch.gallery.index import import_faiss
+
+        import_faiss().omp_set_num_threads(args.omp_threads)
 
     cluster = PgCluster().start()
     lines = [
@@ -229,13 +272,15 @@ def main() -> None:
         "",
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; PostgreSQL "
         f"{cluster.psql('SHOW server_version')} on the same machine (127.0.0.1, fsync on, "
-        f"synchronous_commit {cluster.psql('SHOW synchronous_commit')}).",
+        f"synchronous_commit {cluster.psql('SHOW synchronous_commit')}). FAISS OpenMP threads: "
+        f"{args.omp_threads or 'default'}.",
         "",
     ]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             side = cluster.uri(cluster.new_database("side"))
             latency_side_by_side(side, Path(tmp), args.base, args.enrolments, lines)
+        replica_lag(cluster.uri(cluster.new_database("lag")), args.lag, lines)
         print("\n".join(lines), flush=True)
         if args.sizes:
             catch_up(cluster, args.sizes, lines)

@@ -19,6 +19,7 @@ from _pg_util import PASSWORD, cluster_or_skip
 
 from facematch.errors import (
     DuplicateIdentityError,
+    GalleryCorruptError,
     GalleryError,
     IdentityNotFoundError,
     InvalidArgumentError,
@@ -109,6 +110,8 @@ def _exercise(store, rng_seed: int = 3) -> list[object]:  # type: ignore[no-unty
     again = store.create_identity("zoe", vecs["zoe"], [None, None]).template_ids
     out.append(("recreated", again, min(again) > last))
     out.append(("counts", store.counts()))
+    with pytest.raises(GalleryCorruptError, match="dimension"):
+        list(store.iter_embeddings(8))  # the stored rows are 16-D
     store.set_meta({"model_id": "m", "dim": "16"})
     out.append(("init_meta", store.init_meta({"model_id": "other", "fresh": "1"}), store.get_meta("model_id")))
     return out

@@ -588,9 +588,21 @@ class PostgresStore(ChangeLogStore):
         return self._read(what, copy_out)
 
     def template_owners(self) -> tuple[np.ndarray, np.ndarray]:
-        data = self._copy(self._pg.sql.SQL("SELECT id, identity FROM facematch_templates ORDER BY id"), "reading")
-        rows = _binary_rows(data, [("id", ">i8"), ("owner", ">i8")], self.location)
-        return rows["id"].astype(np.int64), rows["owner"].astype(np.int64)
+        # two packed columns in one row (8 bytes per value, big-endian): no per-row Python objects.
+        # Both aggregates read the rows in the same order, so the columns stay aligned; sorted here.
+        def read(cur: psycopg.Cursor[Any]) -> Any:
+            return cur.execute(
+                "SELECT string_agg(int8send(id), ''::bytea), string_agg(int8send(identity), ''::bytea) "
+                "FROM facematch_templates",
+                binary=True,
+            ).fetchone()
+
+        row = self._read("reading templates", read, binary=True)
+        if row is None or row[0] is None:
+            return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
+        ids, owners = np.frombuffer(row[0], ">i8").astype(np.int64), np.frombuffer(row[1], ">i8").astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        return ids[order], owners[order]
 
     def embeddings(self, template_ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
         wanted = sorted(set(int(t) for t in template_ids))
@@ -625,14 +637,16 @@ class PostgresStore(ChangeLogStore):
         )
 
     def iter_embeddings(self, dim: int, batch: int = _BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # binary COPY, parsed by numpy: the fastest of the ways measured (a fetch, a string_agg)
         sql = self._pg.sql
         last = -1
         while True:
             query = sql.SQL("SELECT id, embedding FROM facematch_templates WHERE id > {} ORDER BY id LIMIT {}").format(
                 sql.Literal(last), sql.Literal(int(batch))
             )
-            data = self._copy(query, "reading templates")
-            rows = _binary_rows(data, [("id", ">i8"), ("vec", "<f4", (dim,))], self.location)
+            rows = _binary_rows(self._copy(query, "reading templates"), [("id", ">i8"), ("vec", "<f4", (dim,))])
+            if rows is None:
+                raise GalleryCorruptError(f"stored embeddings in {self.location} do not have dimension {dim}")
             if rows.size == 0:
                 return
             last = int(rows["id"][-1])
@@ -751,14 +765,14 @@ def _digest(text: str) -> str:
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
 
 
-def _binary_rows(data: bytes, fields: list[tuple[Any, ...]], location: str) -> np.ndarray:
-    """Parse a binary ``COPY`` of fixed-width, non-null columns into a structured array.
+def _binary_rows(data: bytes, fields: list[tuple[Any, ...]]) -> np.ndarray | None:
+    """A binary ``COPY`` of fixed-width, non-null columns as a structured array (``None``: other widths).
 
     Each row is an int16 field count, then per field an int32 length and the value
     (big-endian integers; embeddings are stored little-endian fp32).
     """
     if not data.startswith(_COPY_HEADER) or len(data) < 21:
-        raise GalleryCorruptError(f"unexpected COPY data from {location}")
+        return None
     ext = int.from_bytes(data[15:19], "big")
     body = data[19 + ext : -2]  # header (signature, flags, extension) ... trailer (-1)
     layout: list[tuple[Any, ...]] = [("n", ">i2")]
@@ -769,12 +783,12 @@ def _binary_rows(data: bytes, fields: list[tuple[Any, ...]], location: str) -> n
         widths.append(np.dtype(f[1]).itemsize * (int(np.prod(f[2])) if len(f) > 2 else 1))
     dtype = np.dtype(layout)
     if len(body) % dtype.itemsize:
-        raise GalleryCorruptError(f"stored rows in {location} do not have the expected widths (embedding dimension?)")
+        return None
     rows = np.frombuffer(body, dtype=dtype)
     if rows.size and (
         np.any(rows["n"] != len(fields)) or any(np.any(rows[f"len{i}"] != w) for i, w in enumerate(widths))
     ):
-        raise GalleryCorruptError(f"stored rows in {location} do not have the expected widths (embedding dimension?)")
+        return None
     return rows
 
 
