@@ -197,7 +197,9 @@ class PostgresListener:
         self._store = store
         psycopg = store._pg
         with store._unavailable("listening for changes"):
-            self._conn = psycopg.connect(store._conninfo, autocommit=True, **store._connect_kwargs)
+            self._conn = psycopg.connect(
+                store._conninfo, autocommit=True, **store._connect_kwargs, **store._keepalive_kwargs
+            )
             self._conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(store.channel)))
 
     def wait(self, timeout: float) -> bool:
@@ -247,6 +249,9 @@ class PostgresStore(ChangeLogStore):
             raise InvalidArgumentError(f"invalid PostgreSQL URI {self.location!r}: {_first_line(exc)}") from exc
         # a host that drops packets must not hang a connection attempt for minutes
         self._connect_kwargs: dict[str, Any] = {} if "connect_timeout" in params else {"connect_timeout": 5}
+        # the LISTEN connection idles for hours: TCP keepalives find a peer that vanished (polling covers the gap)
+        keepalives = {"keepalives_idle": 60, "keepalives_interval": 10}
+        self._keepalive_kwargs: dict[str, Any] = {} if any(k.startswith("keepalives") for k in params) else keepalives
         self._meta: dict[str, str] = {}
         self._meta_lock = threading.Lock()
         self._last_prune = time.monotonic()
