@@ -30,6 +30,7 @@ from .errors import (
     MultipleFacesError,
     NoFaceError,
     NotAlignedError,
+    RateOutOfRangeError,
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "NoFaceError",
     "NotAlignedError",
     "PreparedImage",
+    "RateOutOfRangeError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
     "VerifyResult",

@@ -134,9 +134,9 @@ class DecodePlan:
                     bgr = _decode_jpeg(self._data, self._image, self.reduce)
                 elif self.path == "png":
                     assert self._data is not None
-                    bgr = _decode_png(self._data, self.reduce)
-                    if bgr is None:  # OpenCV refused it: let PIL say why
-                        bgr = _pil_to_bgr(self._image, self.reduce)
+                    fast = _decode_png(self._data, self.reduce)
+                    # OpenCV refused it: let PIL say why
+                    bgr = fast if fast is not None else _pil_to_bgr(self._image, self.reduce)
                 else:
                     bgr = _pil_to_bgr(self._image, self.reduce)
         except Image.DecompressionBombError as exc:
@@ -147,7 +147,8 @@ class DecodePlan:
             bgr = _orient(bgr, self.orientation)
         dh, dw = bgr.shape[:2]
         ow, oh = self.original_size
-        return DecodedImage(pixels=bgr, original_size=(ow, oh), scale=(ow / dw, oh / dh), source_format=self.source_format)
+        scale = (ow / dw, oh / dh)
+        return DecodedImage(pixels=bgr, original_size=(ow, oh), scale=scale, source_format=self.source_format)
 
 
 # ---- budgets --------------------------------------------------------------------------------
@@ -180,6 +181,10 @@ def _strip_rows(width: int, reduce: int) -> int:
     return max(reduce, rows // reduce * reduce)
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _jpeg_coefficient_bytes(img: Any) -> int:
     """libjpeg's whole-image DCT coefficient buffer (progressive or multi-scan JPEGs): 2 bytes per sample."""
     w, h = img.size
@@ -188,8 +193,8 @@ def _jpeg_coefficient_bytes(img: Any) -> int:
     vmax = max(int(c[2]) for c in layers) or 1
     total = 0
     for _, hs, vs, _q in layers:
-        cw = -(-(-(-w * int(hs) // hmax)) // 8) * 8
-        ch = -(-(-(-h * int(vs) // vmax)) // 8) * 8
+        cw = _ceil_div(_ceil_div(w * int(hs), hmax), 8) * 8
+        ch = _ceil_div(_ceil_div(h * int(vs), vmax), 8) * 8
         total += 2 * cw * ch
     return total
 
@@ -401,7 +406,7 @@ def _pil_to_bgr(img: Any, reduce: int) -> np.ndarray:
     mode = img.mode
     scale = 1.0
     if mode == "F":
-        lo, hi = img.getextrema()
+        _, hi = img.getextrema()
         hi = float(hi) if hi is not None else 1.0
         scale = 255.0 if hi <= 1.0 else (255.0 / 65535.0 if hi > 255.0 else 1.0)
     out = np.empty((-(-h // reduce), -(-w // reduce), 3), np.uint8)
@@ -555,4 +560,12 @@ def _is_pil_image(obj: object) -> bool:
     return isinstance(obj, Image.Image)
 
 
-__all__ = ["DECODE_OVERHEAD_BYTES", "DEFAULT_MAX_PIXELS", "DecodePlan", "DecodedImage", "ImageInput", "load_image", "probe_image"]
+__all__ = [
+    "DECODE_OVERHEAD_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "DecodePlan",
+    "DecodedImage",
+    "ImageInput",
+    "load_image",
+    "probe_image",
+]

@@ -7,7 +7,17 @@ from typing import Any, Literal
 
 from ..types import Face
 
-OutcomeStatus = Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+# "enrolled", or the code of the error the image alone gets (the same code on every route)
+OutcomeStatus = Literal[
+    "enrolled",
+    "no_face",
+    "multiple_faces",
+    "invalid_image",
+    "image_too_large",
+    "image_too_small",
+    "unsupported_media",
+    "not_aligned",
+]
 
 
 @dataclass(frozen=True)

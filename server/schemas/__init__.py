@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
 from .gallery import (
+    IDENTITY_ID_DESC,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -43,6 +44,7 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 
 __all__ = [
     "B64_EXAMPLE",
+    "IDENTITY_ID_DESC",
     "AddTemplatesJSON",
     "CandidateOut",
     "DeletedTemplate",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, Json
 
 from facematch.gallery.store import validate_identity_id
+from facematch.gallery.types import OutcomeStatus
 
 from .common import _IDENTITY_EXAMPLE, _OUTCOME_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _In, _Out
 
@@ -33,7 +34,9 @@ class EnrollJSON(_In):
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
     metadata: dict[str, Any] | None = None
 
-    model_config = _examples({"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}})
+    model_config = _examples(
+        {"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}}, strict=True
+    )
 
 
 class NoParams(_In):
@@ -43,13 +46,15 @@ class NoParams(_In):
 class AddTemplatesJSON(_In):
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
 
-    model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]})
+    model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]}, strict=True)
 
 
 class ImageOutcomeOut(_Out):
     index: int
     source: str
-    status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+    status: OutcomeStatus = Field(
+        description="enrolled, or why not: the error code the image alone would get on a matching route"
+    )
     template_id: int | None = None
     faces_found: int
     face: FaceOut | None = None
