@@ -15,8 +15,8 @@ caller (the server) can reserve memory between them:
   is decoded (decompression-bomb guard);
 * **decode** then never holds more than the plan says: JPEGs are decoded by
   libjpeg-turbo (``simplejpeg``) in strict mode, at a reduced DCT scale when ``max_side``
-  allows, and a corrupt or truncated scan is an error, not a grey fill; 8-bit RGB and
-  grey PNGs by OpenCV straight into the BGR result; everything else (alpha, palettes,
+  allows, and a corrupt or truncated scan is an error, not a grey fill; RGB and grey PNGs
+  by OpenCV (then reduced); everything else (alpha, palettes,
   1-bit, 16-bit, WebP, TIFF, ...) by PIL, converted to 8-bit BGR in row strips (alpha
   composited on white in integers) and reduced to ``max_side`` strip by strip, so no
   full-size intermediate copy is ever made.
@@ -52,12 +52,14 @@ DecodePath = Literal["jpeg", "png", "pil"]
 # Bytes per pixel of PIL's own storage of a decoded image, by mode (PIL keeps RGB in 4 bytes).
 _PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _PIL_DEFAULT_BPP = 4  # RGB, RGBA, LA, PA, CMYK, YCbCr, LAB, HSV, I, F, ...
-# Formats whose PIL decoder holds a second full-size buffer of its own (libwebp's output,
-# libtiff's RGBA read) besides PIL's image.
-_DECODER_BUFFER_BPP = {"WEBP": 4, "TIFF": 4}
+# Formats whose PIL decoder holds full-size buffers of its own besides PIL's image (measured:
+# libwebp's output and its copy, libtiff's RGBA read).
+_DECODER_BUFFER_BPP = {"WEBP": 10, "TIFF": 4}
+_PNG_BYTES_PER_PIXEL = 6  # OpenCV's PNG decode: the BGR result and one full-size copy (measured, OpenCV 5)
 _STRIP_PIXELS = 1 << 19  # pixels converted at once on the strip path
 _STRIP_BYTES_PER_PIXEL = 24  # crop + convert + numpy + uint16 compositing + reduction, per strip pixel
 DECODE_OVERHEAD_BYTES = 8 * 1024 * 1024  # decoder state, row buffers, allocator slack: added to every plan
+_TRIM_ABOVE = 32 * 1024 * 1024  # after a decode planned above this, free memory goes back to the OS
 _GREY_MODES = ("L", "1")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -123,7 +125,20 @@ class DecodePlan:
         return 3 * w * h
 
     def decode(self) -> DecodedImage:
-        """Decode the pixels (BGR uint8, orientation applied). Raises ``InvalidImageError`` on corrupt data."""
+        """Decode the pixels (BGR uint8, orientation applied). Raises ``InvalidImageError`` on corrupt data.
+
+        A plan of encoded bytes or a path decodes once: its PIL image (and the memory of its
+        pixels) is closed afterwards. A PIL image given by the caller is left open.
+        """
+        try:
+            return self._decode()
+        finally:
+            if self._data is not None:
+                self._image.close()
+            if self.cost_bytes > _TRIM_ABOVE:
+                _return_free_memory()
+
+    def _decode(self) -> DecodedImage:
         from PIL import Image
 
         try:
@@ -149,6 +164,28 @@ class DecodePlan:
         ow, oh = self.original_size
         scale = (ow / dw, oh / dh)
         return DecodedImage(pixels=bgr, original_size=(ow, oh), scale=scale, source_format=self.source_format)
+
+
+def _return_free_memory() -> None:
+    """``malloc_trim(0)`` where glibc has it: the big buffers a decode freed go back to the OS.
+
+    Decodes run in worker threads, and glibc keeps what one thread frees in that thread's
+    arena: without this, N threads that each decoded one large image hold N images' worth
+    of memory, even when the decodes ran one at a time.
+    """
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 # ---- budgets --------------------------------------------------------------------------------
@@ -217,7 +254,7 @@ def _pixel_cost(img: Any, path: DecodePath, reduce: int, orientation: int, data:
             cost += _jpeg_coefficient_bytes(img)
         return cost
     if path == "png":
-        return 3 * pixels + (out if reduce > 1 else 0) + oriented
+        return _PNG_BYTES_PER_PIXEL * pixels + (out if reduce > 1 else 0) + oriented
     stored = _PIL_BYTES_PER_PIXEL.get(img.mode, _PIL_DEFAULT_BPP) * pixels
     decoder = _DECODER_BUFFER_BPP.get(str(img.format), 0) * pixels
     strip = _STRIP_BYTES_PER_PIXEL * min(pixels, _strip_rows(w, reduce) * w)
@@ -245,6 +282,22 @@ def _looks_complete_png(data: bytes) -> bool:
     return b"IEND" in data[-64:]
 
 
+def _orientation(img: Any) -> int:
+    """The EXIF orientation (1-8) from the header alone.
+
+    PIL's ``PngImageFile.getexif`` decodes the whole image to look for an ``eXIf`` chunk after the
+    pixel data: for PNG only the chunks before it are read (as in PIL's ``info``), never the pixels.
+    """
+    from PIL import Image
+
+    try:
+        exif = Image.Image.getexif(img) if img.format == "PNG" else img.getexif()
+        orientation = int(exif.get(0x0112, 1) or 1)
+    except Exception:
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
 def _choose_path(img: Any, data: bytes | None) -> DecodePath:
     fmt = img.format
     if data is not None and fmt in ("JPEG", "MPO") and img.mode in ("RGB", "L", "CMYK"):
@@ -270,12 +323,7 @@ def _plan(
     if n_frames > 1 and fmt != "MPO":
         raise UnsupportedMediaError(f"animated or multi-frame images are not accepted ({fmt}, {n_frames} frames)")
     w, h = img.size
-    try:
-        orientation = int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:
-        orientation = 1
-    if orientation not in range(1, 9):
-        orientation = 1
+    orientation = _orientation(img)
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     _check_budget(ow, oh, max_pixels, min_side)
     path = _choose_path(img, data)
@@ -379,7 +427,7 @@ def _decode_jpeg(data: bytes, img: Any, reduce: int) -> np.ndarray:
 
 
 def _decode_png(data: bytes, reduce: int) -> np.ndarray | None:
-    """8-bit (or 16-bit, kept 8-bit) RGB or grey PNGs: libpng writes straight into the BGR result."""
+    """8-bit (or 16-bit, kept 8-bit) RGB or grey PNGs, by libpng through OpenCV, then reduced."""
     import cv2
 
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -545,11 +593,7 @@ def load_image(
         max_bytes=max_bytes,
         max_decode_bytes=max_decode_bytes,
     )
-    try:
-        return plan.decode()
-    finally:
-        if plan._data is not None:  # we opened it: close it
-            plan._image.close()
+    return plan.decode()
 
 
 def _is_pil_image(obj: object) -> bool:

@@ -45,6 +45,25 @@ def progressive_jpeg(width: int = 5000, height: int = 5000) -> bytes:
     return buf.getvalue()
 
 
+def flat_image(fmt: str, mode: str = "RGB", width: int = 4000, height: int = 4000) -> bytes:
+    """A flat (all-zero) image of ``mode`` in ``fmt``: small files for the formats' own decoders."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).convert(mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def rgb_png() -> bytes:
+    return flat_image("PNG")
+
+
+def rgba_webp() -> bytes:
+    return flat_image("WEBP", "RGBA")
+
+
+def palette_gif() -> bytes:
+    return flat_image("GIF", "P")
+
+
 def truncated_with_eoi(jpeg: bytes, keep: float = 0.3) -> bytes:
     """The first ``keep`` of a JPEG with an end-of-image marker appended (decoders fill the rest grey)."""
     return jpeg[: int(len(jpeg) * keep)] + b"\xff\xd9"
