@@ -246,7 +246,7 @@ def test_reduced_decode_of_png_and_pil_formats_maps_back() -> None:
     for img in (
         Image.fromarray(rgb),
         Image.fromarray(rgb).convert("RGBA"),
-        Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
         Image.fromarray(rgb).convert("P"),
     ):
         data = _encode(img, "PNG")

@@ -179,7 +179,9 @@ def test_wrong_types(client: httpx.Client, face: bytes) -> None:
     check_problem(client.post("/verify", json={"image1": "!!!not base64!!!", "image2": b64}), 422, "invalid_request")
     check_problem(client.post("/identify", files={"image": ("a", face)}, data={"k": "abc"}), 422, "invalid_request")
     # k above the server's max_k (10 here) is a schema violation: the OpenAPI schema states the maximum
-    body = check_problem(client.post("/identify", files={"image": ("a", face)}, data={"k": "500"}), 422, "invalid_request")
+    body = check_problem(
+        client.post("/identify", files={"image": ("a", face)}, data={"k": "500"}), 422, "invalid_request"
+    )
     assert body["errors"][0]["loc"][-1] == "k" and "max_k" in body["errors"][0]["msg"]
     check_problem(client.post("/identify", json={"image": "AAAA", "k": 11}), 422, "invalid_request")
     check_problem(
