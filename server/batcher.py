@@ -217,20 +217,15 @@ class Admission:
 
 
 class Reservation:
-    """Bytes held in a :class:`DecodeBudget`; give back some with :meth:`shrink`, the rest with :meth:`release`."""
+    """Bytes held in a :class:`DecodeBudget` until :meth:`release` (or the end of ``async with``)."""
 
     def __init__(self, budget: DecodeBudget, nbytes: int) -> None:
         self._budget = budget
         self.nbytes = nbytes
 
-    def shrink(self, nbytes: int) -> None:
-        """Keep only ``nbytes`` (e.g. the decoded pixels, once the decode's peak is over)."""
-        keep = max(0, min(int(nbytes), self.nbytes))
-        freed, self.nbytes = self.nbytes - keep, keep
-        self._budget._give_back(freed)
-
     def release(self) -> None:
-        self.shrink(0)
+        freed, self.nbytes = self.nbytes, 0
+        self._budget._give_back(freed)
 
     async def __aenter__(self) -> Reservation:
         return self

@@ -2,10 +2,10 @@
 
 Every step is the SDK's own (the decode of ``facematch.io``, ``detect``, ``prepare``,
 ``embed_crops``, ``compare``); the server only decides *where* each runs, so the event loop
-never waits on a model and concurrent requests share embedding batches. Each decode first
-reserves its estimated peak memory in the server's :class:`~facematch.server.batcher.DecodeBudget`
-(``FACEMATCH_MAX_DECODE_BYTES``); once decoded, the image keeps only its pixels reserved
-until its faces are prepared.
+never waits on a model and concurrent requests share embedding batches. Each image's decode
+first reserves its estimated peak memory in the server's
+:class:`~facematch.server.batcher.DecodeBudget` (``FACEMATCH_MAX_DECODE_BYTES``) and holds it
+until its faces are prepared (decode and prepare are one pool call).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from facematch.errors import FacematchError
-from facematch.io import DecodedImage, probe_image
+from facematch.io import DecodedImage, DecodePlan, probe_image
 from facematch.matcher import FaceMatcher, FaceSelection
 from facematch.types import Detections, PreparedImage
 
@@ -34,6 +34,10 @@ FaceMode = Literal["largest", "all"]
 def detect_faces(matcher: FaceMatcher, decoded: DecodedImage) -> tuple[tuple[int, int], Detections]:
     """(original image size, every face largest first) of a decoded image, by the matcher's detector."""
     return decoded.original_size, matcher.detect(decoded).sorted_by_area()
+
+
+def _decode_then(plan: DecodePlan, step: Callable[[DecodedImage], T]) -> T:
+    return step(plan.decode())
 
 
 async def run_in_pool(state: ServerState, fn: Callable[..., T], *args: object) -> T:
@@ -63,7 +67,11 @@ class Pipeline:
         return self.matcher.prepare(decoded, faces, max_faces=self.max_faces if faces == "all" else None)
 
     async def _decoded(self, data: bytes, step: Callable[[DecodedImage], T]) -> T:
-        """Decode ``data`` under the decode budget, then run ``step`` on it (pixels still reserved)."""
+        """Decode ``data`` and run ``step`` on it, in one pool call, holding its cost in the decode budget.
+
+        The header is probed first (no pixels); the reservation covers the decode's peak and
+        lasts until ``step`` is done, so decoded images never pile up outside the budget.
+        """
         m, budget = self.matcher, self.state.decode_budget
         plan = await self.run(
             functools.partial(
@@ -74,11 +82,8 @@ class Pipeline:
                 max_decode_bytes=budget.capacity,
             )
         )
-        async with await budget.reserve(plan.cost_bytes) as held:
-            decoded = await self.run(plan.decode)
-            held.shrink(decoded.pixels.nbytes)
-            del plan
-            return await self.run(step, decoded)
+        async with await budget.reserve(plan.cost_bytes):
+            return await self.run(_decode_then, plan, step)
 
     async def prepare(self, data: bytes, faces: FaceSelection = "largest") -> PreparedImage:
         """``matcher.prepare`` of one image (``faces="all"``: at most ``max_faces_per_image``)."""
