@@ -3,6 +3,7 @@
     g = Gallery.open("people.fmg")
     report = g.enroll("alice", ["a1.jpg", "a2.jpg"], metadata={"team": "red"})
     hits = g.identify("probe.jpg", k=5)     # IdentifyResult: ranked identities, or is_unknown
+    g.verify("alice", "probe.jpg")          # IdentityVerifyResult: 1:1 against one enrolled identity
     g.delete("alice"); page = g.list_identities(limit=50, cursor=page.next_cursor)
 
 A gallery is a directory: ``gallery.sqlite3`` (the source of truth, WAL mode), the
@@ -11,7 +12,8 @@ derived FAISS index (``index.faiss`` + ``index.json``) and ``writer.lock``.
 :class:`Gallery` is the public facade: opening, the writes that are not enrolment,
 reads and maintenance are here; its enrolment methods come from ``enrol.py``
 (:class:`~facematch.gallery.enrol.Enrolment`) and its identification methods from
-``search.py`` (:class:`~facematch.gallery.search.Identification`). The other jobs:
+``search.py`` (:class:`~facematch.gallery.search.Identification`), its 1:1 methods from
+``verify.py`` (:class:`~facematch.gallery.verify.Verification`). The other jobs:
 ``store.py`` (the :class:`~facematch.gallery.store.Store` interface; every SQL
 statement is in ``sqlite_store.py``), ``sync.py`` (the derived index kept equal to the
 store) and ``binding.py`` (the model binding and the embedding checks).
@@ -45,6 +47,7 @@ from .sqlite_store import SQLiteStore, Synchronous
 from .store import decode_cursor, encode_cursor, identity_not_found, validate_identity_id
 from .sync import IndexSync
 from .types import GalleryInfo, IdentityInfo, Page
+from .verify import Verification
 
 if TYPE_CHECKING:
     from ..matcher import FaceMatcher
@@ -58,7 +61,7 @@ DEFAULT_FPIR = 0.01
 Backend = Literal["faiss", "milvus"]
 
 
-class Gallery(Enrolment, Identification):
+class Gallery(Enrolment, Identification, Verification):
     """A persistent, model-bound face gallery with open-set identification.
 
     Args:

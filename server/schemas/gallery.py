@@ -7,8 +7,21 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, Json
 
 from facematch.gallery.store import validate_identity_id
+from facematch.types import IdentityVerifyResult
 
-from .common import _IDENTITY_EXAMPLE, _OUTCOME_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _In, _Out
+from .common import (
+    _FACE_EXAMPLE,
+    _IDENTITY_EXAMPLE,
+    _OUTCOME_EXAMPLE,
+    _TIMINGS_EXAMPLE,
+    B64_EXAMPLE,
+    FaceOut,
+    Timings,
+    _examples,
+    _In,
+    _Out,
+)
+from .match import ThresholdParams
 
 IDENTITY_ID_DESC = (
     "identity id: 1-256 characters after Unicode NFC normalisation; not only whitespace, not '.' or '..', "
@@ -115,6 +128,92 @@ class DeletedTemplate(_Out):
     model_config = _examples({"identity_id": "alice", "template_id": 2, "deleted": True})
 
 
+class IdentityUpdate(_In):
+    """PATCH /gallery/identities/{identity_id}: what to change."""
+
+    metadata: dict[str, Any] = Field(
+        description="the identity's new metadata: a JSON object that replaces the stored one as a whole "
+        "(at most 64 KiB as JSON)"
+    )
+
+    model_config = _examples({"metadata": {"team": "blue", "badge": 1234}})
+
+
+class IdentityVerifyParams(ThresholdParams):
+    """Options of POST /gallery/identities/{identity_id}/verify (multipart text fields or JSON members)."""
+
+
+class IdentityVerifyJSON(IdentityVerifyParams):
+    """POST /gallery/identities/{identity_id}/verify as JSON: the probe image base64-encoded."""
+
+    image: str = Field(min_length=1, description="base64-encoded probe image (its largest face is used)")
+
+    model_config = _examples({"image": B64_EXAMPLE, "fmr": 0.001})
+
+
+class TemplateScoreOut(_Out):
+    """The probe's cosine similarity to one stored template of the identity."""
+
+    template_id: int = Field(description="template id (as in the enrolment report)")
+    similarity: float = Field(description="cosine similarity of the probe to this template, in [-1, 1]")
+
+    model_config = _examples({"template_id": 7, "similarity": 0.6812})
+
+
+class IdentityVerifyResponse(_Out):
+    """1:1 against an enrolled identity: is the probe this identity?"""
+
+    identity_id: str = Field(description="the identity compared with")
+    is_match: bool = Field(description="similarity >= threshold: the probe is this identity")
+    similarity: float = Field(
+        description="the per-template similarities aggregated by the gallery's rule (`aggregation`), in [-1, 1]"
+    )
+    threshold: float = Field(
+        description="cosine-similarity threshold of the decision: a 1:1 threshold, not scaled by the gallery's size"
+    )
+    target_fmr: float | None = Field(
+        default=None, description="false-match rate the threshold was chosen for (null: the caller's threshold)"
+    )
+    aggregation: str = Field(description="how template scores make `similarity`: `max`, `mean` or `topk_mean`")
+    templates: list[TemplateScoreOut] = Field(description="every template's similarity, best first")
+    face: FaceOut | None = Field(default=None, description="the probe face that was compared")
+    metadata: dict[str, Any] = Field(description="the identity's stored metadata")
+    model_id: str = Field(description="embedder card id")
+    timings: Timings = Field(description="server-side time spent on the request")
+
+    model_config = _examples(
+        {
+            "identity_id": "alice",
+            "is_match": True,
+            "similarity": 0.6812,
+            "threshold": 0.260985,
+            "target_fmr": 0.001,
+            "aggregation": "max",
+            "templates": [{"template_id": 7, "similarity": 0.6812}, {"template_id": 8, "similarity": 0.5901}],
+            "face": _FACE_EXAMPLE,
+            "metadata": {"team": "red"},
+            "model_id": "w600k_mbf",
+            "timings": _TIMINGS_EXAMPLE,
+        }
+    )
+
+    @classmethod
+    def of(cls, r: IdentityVerifyResult, timings: Timings) -> IdentityVerifyResponse:
+        return cls(
+            identity_id=r.identity_id,
+            is_match=r.is_match,
+            similarity=round(r.similarity, 6),
+            threshold=round(r.threshold, 6),
+            target_fmr=r.target_fmr,
+            aggregation=r.aggregation,
+            templates=[TemplateScoreOut(**t.to_dict()) for t in r.templates],
+            face=FaceOut.of(r.face),
+            metadata=dict(r.metadata),
+            model_id=r.model_id,
+            timings=timings,
+        )
+
+
 __all__ = [
     "IDENTITY_ID_DESC",
     "AddTemplatesJSON",
@@ -125,6 +224,11 @@ __all__ = [
     "IdentityId",
     "IdentityOut",
     "IdentityPage",
+    "IdentityUpdate",
+    "IdentityVerifyJSON",
+    "IdentityVerifyParams",
+    "IdentityVerifyResponse",
     "ImageOutcomeOut",
     "NoParams",
+    "TemplateScoreOut",
 ]

@@ -24,8 +24,8 @@ from .common import (
 
 
 # ---- verify ---------------------------------------------------------------------------------
-class VerifyParams(_In):
-    """Options of POST /verify (multipart text fields or JSON members)."""
+class ThresholdParams(_In):
+    """The 1:1 decision options: a cosine threshold, or a target false-match rate."""
 
     threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fmr, not both"
@@ -37,6 +37,11 @@ class VerifyParams(_In):
         description="target false-match rate: the threshold is the model card's calibrated one at this rate "
         "(default: the card's default FMR)",
     )
+
+
+class VerifyParams(ThresholdParams):
+    """Options of POST /verify (multipart text fields or JSON members)."""
+
     far: float | None = Field(
         default=None,
         gt=0.0,
@@ -281,6 +286,7 @@ __all__ = [
     "IdentifyJSON",
     "IdentifyParams",
     "IdentifyResponse",
+    "ThresholdParams",
     "VerifyJSON",
     "VerifyParams",
     "VerifyResponse",
