@@ -125,6 +125,27 @@ async def parse_images_request(
     )
 
 
+async def parse_json_request(request: Request, model: type[P]) -> P:
+    """A JSON-only body validated against ``model`` (415 for another content type, 422 ``invalid_request``)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
+        raise UnsupportedContentTypeError(f"unsupported content type {ctype or '(none)'!r}; send application/json")
+    body = await request.body()
+    if not body:
+        raise InvalidRequestError("empty JSON body")
+    return _validate(model, body, json=True)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON-only request body of ``model`` (with its first example)."""
+    schema = _inline(model.model_json_schema())
+    examples = schema.pop("examples", None)
+    media: dict[str, Any] = {"schema": schema}
+    if examples:
+        media["example"] = examples[0]
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
+
+
 async def _parse_multipart(
     request: Request, settings: Settings, files: tuple[FileField, ...], form_model: type[BaseModel], limit: int
 ) -> ParsedRequest[Any]:
@@ -274,4 +295,12 @@ def _form_example(files: tuple[FileField, ...], json_example: Any) -> dict[str, 
     return out
 
 
-__all__ = ["FileField", "ParsedRequest", "decode_base64", "parse_images_request", "request_body"]
+__all__ = [
+    "FileField",
+    "ParsedRequest",
+    "decode_base64",
+    "json_body",
+    "parse_images_request",
+    "parse_json_request",
+    "request_body",
+]

@@ -42,9 +42,11 @@ class EnrollForm(_In):
 
 
 class EnrollJSON(_In):
+    """POST /gallery/identities as JSON: the images base64-encoded."""
+
     identity_id: IdentityId
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(default=None, description="JSON object stored with the identity")
 
     model_config = _examples({"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}})
 
@@ -54,29 +56,37 @@ class NoParams(_In):
 
 
 class AddTemplatesJSON(_In):
+    """POST /gallery/identities/{identity_id}/templates as JSON: the images base64-encoded."""
+
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
 
     model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]})
 
 
 class ImageOutcomeOut(_Out):
-    index: int
-    source: str
-    status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
-    template_id: int | None = None
-    faces_found: int
-    face: FaceOut | None = None
-    error: str | None = None
+    """What one enrolment image gave: a template, or why none."""
+
+    index: int = Field(description="position of the image in the request")
+    source: str = Field(description="the upload's file name (multipart), else #<index>")
+    status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image"] = Field(
+        description="enrolled, or why the image gave no template"
+    )
+    template_id: int | None = Field(default=None, description="the template written (null unless enrolled)")
+    faces_found: int = Field(description="faces the detector found in the image")
+    face: FaceOut | None = Field(default=None, description="the face enrolled (the largest)")
+    error: str | None = Field(default=None, description="why the image gave no template, in words")
 
     model_config = _examples(_OUTCOME_EXAMPLE)
 
 
 class EnrollResponse(_Out):
-    identity_id: str
-    created: bool
-    template_ids: list[int]
-    outcomes: list[ImageOutcomeOut]
-    timings: Timings
+    """The per-image report of an enrolment."""
+
+    identity_id: str = Field(description="the identity enrolled (its id after Unicode NFC normalisation)")
+    created: bool = Field(description="true when this request created the identity")
+    template_ids: list[int] = Field(description="the templates written, in image order")
+    outcomes: list[ImageOutcomeOut] = Field(description="one per image, in request order")
+    timings: Timings = Field(description="server-side time spent on the request")
 
     model_config = _examples(
         {
@@ -101,18 +111,22 @@ class EnrollResponse(_Out):
 
 
 class IdentityOut(_Out):
-    identity_id: str
-    template_ids: list[int]
-    num_templates: int
-    metadata: dict[str, Any]
-    created_at: float
-    updated_at: float
+    """An enrolled identity (its templates by id only: templates are biometric data)."""
+
+    identity_id: str = Field(description="the identity's id")
+    template_ids: list[int] = Field(description="ids of its templates, ascending")
+    num_templates: int = Field(description="how many templates it has")
+    metadata: dict[str, Any] = Field(description="its stored metadata")
+    created_at: float = Field(description="when it was created, unix seconds")
+    updated_at: float = Field(description="when its templates or metadata last changed, unix seconds")
 
     model_config = _examples(_IDENTITY_EXAMPLE)
 
 
 class IdentityPage(_Out):
-    items: list[IdentityOut]
+    """One page of identities, ordered by id."""
+
+    items: list[IdentityOut] = Field(description="up to `limit` identities")
     next_cursor: str | None = Field(
         default=None, description="pass as ?cursor= for the next page; null on the last page"
     )
@@ -121,9 +135,11 @@ class IdentityPage(_Out):
 
 
 class DeletedTemplate(_Out):
-    identity_id: str
-    template_id: int
-    deleted: bool = True
+    """A template that was removed (its identity is kept, even when left without templates)."""
+
+    identity_id: str = Field(description="the identity the template belonged to")
+    template_id: int = Field(description="the template removed")
+    deleted: bool = Field(default=True, description="always true")
 
     model_config = _examples({"identity_id": "alice", "template_id": 2, "deleted": True})
 
