@@ -136,10 +136,11 @@ class Settings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, origins: list[str]) -> list[str]:
+        origins = [o.rstrip("/") if o != "*" else o for o in origins]
         for o in origins:
             if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o):
                 raise ValueError(f"CORS origin {o!r} must be '*' or scheme://host[:port] (no path)")
-        return [o.rstrip("/") for o in origins]
+        return origins
 
     @model_validator(mode="after")
     def _cors_credentials(self) -> Settings:

@@ -68,7 +68,9 @@ def test_matching_returns_the_sdks_results(client: Client, matcher, wild_dir: Pa
     assert isinstance(dets, Detections) and len(dets) == len(sdk) >= 2
     assert np.allclose(dets.boxes, sdk.sorted_by_area().boxes, atol=0.01)
     (emb,) = client.embed(a)
-    assert emb.model_id == matcher.model_id and float(emb.vector @ matcher.embed(a)[0].vector) == pytest.approx(1, abs=1e-5)
+    assert emb.model_id == matcher.model_id and float(emb.vector @ matcher.embed(a)[0].vector) == pytest.approx(
+        1, abs=1e-5
+    )
 
 
 def test_batch_verify_equals_verify_many(client: Client, matcher, wild_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +78,12 @@ def test_batch_verify_equals_verify_many(client: Client, matcher, wild_dir: Path
 
     photos = [wild_dir / n for n in ("obama.jpg", "obama2.jpg", "biden.jpg")]
     pil = Image.open(wild_dir / "biden2.jpg")
-    pairs: list[tuple[Any, Any]] = [(photos[0], photos[1]), (photos[0], photos[2]), (photos[2], pil), (photos[1], BLANK)]
+    pairs: list[tuple[Any, Any]] = [
+        (photos[0], photos[1]),
+        (photos[0], photos[2]),
+        (photos[2], pil),
+        (photos[1], BLANK),
+    ]
     got, want = client.verify_many(pairs, fmr=1e-3), matcher.verify_many(pairs, fmr=1e-3)
     assert isinstance(got, VerifyBatchResult) and len(got) == 4 and got.images == want.images == 5
     assert got.threshold == pytest.approx(want.threshold, abs=1e-6) and got.target_fmr == 1e-3
@@ -158,7 +165,9 @@ def test_auth_errors(server: Server, wild_dir: Path) -> None:
 def test_retries_idempotent_calls_on_429_honouring_retry_after(server: Server, wild_dir: Path) -> None:
     """queue_size=1: while a batch holds the one inference slot, other inference calls get 429."""
     photos = [wild_dir / n for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "obama4.jpg", "biden.jpg", "biden2.jpg")]
-    photos += [wild_dir / n for n in ("kit_harington1.jpg", "kit_harington2.jpg", "rose_leslie1.jpg", "rose_leslie2.jpg")]
+    photos += [
+        wild_dir / n for n in ("kit_harington1.jpg", "kit_harington2.jpg", "rose_leslie1.jpg", "rose_leslie2.jpg")
+    ]
     pairs = [[i, j] for i in range(len(photos)) for j in range(i + 1, len(photos))][:20]
     busy = threading.Event()
     done: dict[str, Any] = {}

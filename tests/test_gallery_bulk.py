@@ -39,7 +39,9 @@ def test_folder_enrolment_and_rerun(tmp_path: Path, folder: Path, matcher) -> No
     names = sorted(p.name for p in folder.iterdir() if p.is_dir())
     g = Gallery(tmp_path / "g.fmg", matcher=matcher)
     ticks: list[tuple[int, int]] = []
-    report = g.enroll_bulk(folder, aligned=True, report_path=tmp_path / "r.csv", progress=lambda d, t: ticks.append((d, t)))
+    report = g.enroll_bulk(
+        folder, aligned=True, report_path=tmp_path / "r.csv", progress=lambda d, t: ticks.append((d, t))
+    )
     assert report.count("enrolled") == 9 and report.created == tuple(names) and report.failed == ()
     assert ticks[-1] == (9, 9) and [d for d, _ in ticks] == sorted(d for d, _ in ticks)
     rows = _report(tmp_path / "r.csv")

@@ -23,7 +23,9 @@ def source(tmp_path: Path) -> Gallery:
     views, _ = identities(30, 3, rng)
     g = Gallery(tmp_path / "src.fmg")
     for i in range(30):
-        g.enroll_embeddings(f"id{i:02d}", views[i], MODEL, metadata={"n": i, "tag": "é"}, sources=[f"{i}/a", f"{i}/b", None])
+        g.enroll_embeddings(
+            f"id{i:02d}", views[i], MODEL, metadata={"n": i, "tag": "é"}, sources=[f"{i}/a", f"{i}/b", None]
+        )
     g.remove_template(g.get("id03").template_ids[0])
     for t in g.get("id04").template_ids:  # an identity left without templates is kept too
         g.remove_template(t)
@@ -59,13 +61,17 @@ def test_round_trip_keeps_identities_metadata_sources_and_templates(source: Gall
     assert (rep.model_id, len(rep.imported), rep.skipped, rep.templates) == (MODEL, 30, (), info.templates)
     assert (dest.model_id, dest.dim, len(dest), dest.num_templates) == (MODEL, DIM, 30, info.templates)
     got, want = _everything(dest), _everything(source)
-    assert {k: (m, [s for s, _ in t]) for k, (m, t) in got.items()} == {k: (m, [s for s, _ in t]) for k, (m, t) in want.items()}
+    assert {k: (m, [s for s, _ in t]) for k, (m, t) in got.items()} == {
+        k: (m, [s for s, _ in t]) for k, (m, t) in want.items()
+    }
     for k, (_, templates) in want.items():  # fp32 out, fp32 in (re-checked as unit vectors: last-bit changes)
         assert np.allclose([v for _, v in got[k][1]], [v for _, v in templates], atol=1e-6, rtol=0)
     probe = arr[5]
     a = source.identify_embeddings(probe[None], MODEL, k=5, threshold=0.5)[0]
     b = dest.identify_embeddings(probe[None], MODEL, k=5, threshold=0.5)[0]
-    assert [(c.identity_id, c.similarity) for c in a.candidates] == [(c.identity_id, c.similarity) for c in b.candidates]
+    assert [(c.identity_id, c.similarity) for c in a.candidates] == [
+        (c.identity_id, c.similarity) for c in b.candidates
+    ]
     dest.verify_consistency()
 
 

@@ -34,7 +34,9 @@ def gallery(tmp_path: Path, wild_dir: Path, matcher) -> Gallery:  # type: ignore
     g.enroll("obama", [wild_dir / n for n in OBAMA], metadata={"team": "red"})
     g.enroll("biden", [wild_dir / "biden.jpg"])
     for i in range(20):  # a larger gallery: identification thresholds rise with it, 1:1 ones do not
-        g.enroll_embeddings(f"filler{i:02d}", unit(np.random.default_rng(i).standard_normal((3, matcher.dim))), matcher.model_id)
+        g.enroll_embeddings(
+            f"filler{i:02d}", unit(np.random.default_rng(i).standard_normal((3, matcher.dim))), matcher.model_id
+        )
     return g
 
 
@@ -57,7 +59,11 @@ def test_verify_against_enrolled_identity_equals_brute_force(gallery: Gallery, w
     assert res.is_match and res.metadata == {"team": "red"} and res.model_id == matcher.model_id
     assert np.allclose(res.face.box, q.face.box, atol=0.05) and res.best_template_id == res.templates[0].template_id
     other = gallery.verify("biden", probe, fmr=1e-4)
-    assert not other.is_match and other.target_fmr == 1e-4 and other.threshold == pytest.approx(matcher.threshold_for(1e-4))
+    assert (
+        not other.is_match
+        and other.target_fmr == 1e-4
+        and other.threshold == pytest.approx(matcher.threshold_for(1e-4))
+    )
     assert len(other.templates) == 1
     strict = gallery.verify("obama", probe, threshold=0.99)
     assert not strict.is_match and strict.threshold == 0.99 and strict.target_fmr is None

@@ -135,7 +135,9 @@ def test_rest_batch_json_equals_the_sdk(server: Server, matcher, photos: list[Pa
     sdk = matcher.verify_many([(images[i], images[j]) for i, j in pairs], fmr=1e-3)
     with server.client() as c:
         r = c.post(
-            "/verify/batch", json={"images": [_b64(p) for p in images], "pairs": pairs, "fmr": 1e-3}, headers=auth("match")
+            "/verify/batch",
+            json={"images": [_b64(p) for p in images], "pairs": pairs, "fmr": 1e-3},
+            headers=auth("match"),
         )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -161,7 +163,9 @@ def test_rest_batch_multipart_and_limits(server: Server, photos: list[Path]) -> 
         assert [x["is_match"] for x in r.json()["results"]] == [True, False] and r.json()["threshold"] == 0.3
         assert r.json()["target_fmr"] is None
         # an image no pair uses is not processed
-        r = c.post("/verify/batch", files=[*files, ("images", ("x.jpg", b"junk", "image/jpeg"))], data={"pairs": "[[0,1]]"})
+        r = c.post(
+            "/verify/batch", files=[*files, ("images", ("x.jpg", b"junk", "image/jpeg"))], data={"pairs": "[[0,1]]"}
+        )
         assert r.status_code == 200 and r.json()["images"] == 2 and r.json()["failed"] == 0
         cases = [
             ({"pairs": "[[0, 3]]"}, 422, "invalid_request"),  # index out of range
@@ -217,13 +221,21 @@ def test_cli_pairs_resumes_and_refuses_another_pairs_file(
     summary = json.loads(capsys.readouterr().out)
     assert summary == {"pairs": 5, "skipped": 0, "verified": 5, "matches": 2, "errors": 1, "out": str(out)}
     rows = _rows(out)
-    assert [r["pair"] for r in rows] == ["0", "1", "2", "3", "4"] and [r["same"] for r in rows] == ["1", "0", "0", "1", "0"]
+    assert [r["pair"] for r in rows] == ["0", "1", "2", "3", "4"] and [r["same"] for r in rows] == [
+        "1",
+        "0",
+        "0",
+        "1",
+        "0",
+    ]
     want = _loop(matcher, [(wild_dir / a, wild_dir / b) for a, b, _ in names])
     for r, w in zip(rows, want, strict=True):
         if isinstance(w, FacematchError):
             assert r["error_code"] == w.code and r["is_match"] == "" and r["error"].startswith("image2: ")
         else:
-            assert float(r["similarity"]) == pytest.approx(w.similarity, abs=2e-6) and r["is_match"] == str(int(w.is_match))
+            assert float(r["similarity"]) == pytest.approx(w.similarity, abs=2e-6) and r["is_match"] == str(
+                int(w.is_match)
+            )
     full = out.read_bytes()
     # killed mid-row: the cut row is dropped and its pair redone; finished pairs are skipped
     out.write_bytes(full[: full.rindex(b"\n", 0, len(full) - 1) + 12])
