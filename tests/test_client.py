@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from _server_util import KEYS, Server
+from facematch.server.errors import ForbiddenError, OverloadedError, TooManyPairsError, UnauthorizedError
 
 from facematch.client import Client, _retry_after, error_classes, error_from_problem
 from facematch.errors import (
@@ -24,7 +25,6 @@ from facematch.errors import (
     TemplateNotFoundError,
 )
 from facematch.gallery import EnrollReport, Gallery, IdentityInfo, Page
-from facematch.server.errors import ForbiddenError, OverloadedError, TooManyPairsError, UnauthorizedError
 from facematch.types import Detections, IdentifyResult, IdentityVerifyResult, VerifyBatchResult, VerifyResult
 
 BLANK = np.full((200, 200, 3), 127, np.uint8)

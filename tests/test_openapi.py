@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from facematch.server.app import create_app
 from facematch.server.settings import Settings
 
@@ -76,7 +75,7 @@ def test_operations_are_named_and_every_body_has_examples(spec: dict[str, Any]) 
     assert ops["verifyIdentity"][:2] == ("post", "/gallery/identities/{identity_id}/verify")
     assert ops["updateIdentity"][:2] == ("patch", "/gallery/identities/{identity_id}")
     multipart = 0
-    for name, (_, path, op) in ops.items():
+    for name, (_, _path, op) in ops.items():
         for ctype, media in op.get("requestBody", {}).get("content", {}).items():
             example = media.get("example")
             assert example, f"{name} ({ctype}) has no example"

@@ -51,10 +51,9 @@ def test_cors_preflight_and_responses(server: Server, wild_dir: Path) -> None:
 
 
 def test_cors_is_off_by_default() -> None:
-    from fastapi.testclient import TestClient
-
     from facematch.server.app import create_app
     from facematch.server.settings import Settings
+    from fastapi.testclient import TestClient
 
     with TestClient(create_app(Settings())) as c:
         r = c.options("/verify", headers=_preflight(ORIGIN))
