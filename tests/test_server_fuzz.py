@@ -59,7 +59,7 @@ def test_api_conforms_and_never_5xx(fuzz_server: Server) -> None:
     from schemathesis import GenerationMode
 
     operations = _operations(fuzz_server.url)
-    assert len(operations) >= 20
+    assert len(operations) >= 13  # each operation once (the /v1 copies and deprecated /faces paths are unlisted)
     headers = auth("admin")
     tried = 0
     deadline = time.monotonic() + SECONDS
