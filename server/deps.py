@@ -86,8 +86,13 @@ def scoped(scope: Scope) -> Any:
     return Depends(require_scope(scope))
 
 
+# the caller of a `match` route, for routes whose answer depends on its other scopes
+MatchKey = Annotated[Principal, Depends(require_scope("match"))]
+
+
 __all__ = [
     "GalleryDep",
+    "MatchKey",
     "MatcherDep",
     "SettingsDep",
     "StateDep",

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 Scope = Literal["match", "enroll", "embed", "admin"]
 SCOPES: tuple[Scope, ...] = ("match", "enroll", "embed", "admin")
@@ -120,6 +122,13 @@ class Settings(BaseSettings):
     # /identify for keys without the enroll scope: candidates below the threshold are shown only
     # at or above this similarity; unset: never (an unknown probe then has no candidates)
     candidate_floor: float | None = Field(None, ge=-1.0, le=1.0)
+    max_batch_images: int = Field(64, ge=1, le=10_000)  # distinct images in one POST /verify/batch
+    max_batch_pairs: int = Field(2048, ge=1, le=1_000_000)  # pairs in one POST /verify/batch
+
+    # browsers: origins allowed to call the API cross-origin (CORS); empty = CORS off
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    cors_max_age_s: int = Field(600, ge=0, le=86_400)
 
     # inference scheduling
     batch_max_size: int = Field(32, ge=1, le=1024)
@@ -152,6 +161,32 @@ class Settings(BaseSettings):
                 source.env_vars = {k: v for k, v in values.items() if v is None or v.strip()}  # type: ignore[attr-defined]
         return init_settings, env_settings, dotenv_settings, file_secret_settings
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        """A JSON list or a comma-separated string (``https://a.example,https://b.example``)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        origins = [o.rstrip("/") if o != "*" else o for o in origins]
+        for o in origins:
+            if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o):
+                raise ValueError(f"CORS origin {o!r} must be '*' or scheme://host[:port] (no path)")
+        return origins
+
+    @model_validator(mode="after")
+    def _cors_credentials(self) -> Settings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError("cors_allow_credentials needs explicit origins, not '*'")
+        return self
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
@@ -183,6 +218,7 @@ _FORMATS: dict[str, str] = {
     "host": "a host name or IP address",
     "gallery": "a directory path",
     "candidate_floor": "a cosine similarity in [-1, 1]",
+    "cors_origins": "a JSON list or comma-separated origins, e.g. https://a.example,https://b.example (or *)",
 }
 
 

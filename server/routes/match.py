@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from ..deps import GalleryDep, MatcherDep, StateDep, require_scope, scoped
+from ..deps import GalleryDep, MatcherDep, MatchKey, StateDep, scoped
 from ..errors import EmbedDisabledError
 from ..inputs import FileField, parse_images_request, request_body
 from ..pipeline import Pipeline
@@ -30,11 +29,9 @@ from ..schemas import (
     VerifyParams,
     VerifyResponse,
 )
-from ..security import Principal
 from . import IMAGE_ERRORS, problems
 
 router = APIRouter(tags=["matching"])
-MatchKey = Annotated[Principal, Depends(require_scope("match"))]
 
 VERIFY_FILES = (FileField("image1", description="first image"), FileField("image2", description="second image"))
 IMAGE_FILE = (FileField("image"),)

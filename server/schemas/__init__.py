@@ -11,6 +11,7 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 
 from __future__ import annotations
 
+from .batch import PairErrorOut, PairOut, VerifyBatchForm, VerifyBatchJSON, VerifyBatchResponse
 from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
 from .gallery import (
     IDENTITY_ID_DESC,
@@ -21,8 +22,13 @@ from .gallery import (
     EnrollResponse,
     IdentityOut,
     IdentityPage,
+    IdentityUpdate,
+    IdentityVerifyJSON,
+    IdentityVerifyParams,
+    IdentityVerifyResponse,
     ImageOutcomeOut,
     NoParams,
+    TemplateScoreOut,
 )
 from .match import (
     CandidateOut,
@@ -36,6 +42,7 @@ from .match import (
     IdentifyJSON,
     IdentifyParams,
     IdentifyResponse,
+    ThresholdParams,
     VerifyJSON,
     VerifyParams,
     VerifyResponse,
@@ -66,13 +73,24 @@ __all__ = [
     "IdentifyResponse",
     "IdentityOut",
     "IdentityPage",
+    "IdentityUpdate",
+    "IdentityVerifyJSON",
+    "IdentityVerifyParams",
+    "IdentityVerifyResponse",
     "ImageOutcomeOut",
     "ImageSize",
     "NoParams",
+    "PairErrorOut",
+    "PairOut",
     "Problem",
     "ReadyResponse",
+    "TemplateScoreOut",
+    "ThresholdParams",
     "Timings",
     "ValidationIssue",
+    "VerifyBatchForm",
+    "VerifyBatchJSON",
+    "VerifyBatchResponse",
     "VerifyJSON",
     "VerifyParams",
     "VerifyResponse",
