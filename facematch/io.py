@@ -21,7 +21,8 @@ caller (the server) can reserve memory between them:
   composited on white in integers) and reduced to ``max_side`` strip by strip, so no
   full-size intermediate copy is ever made.
 
-What each path costs is documented in docs/server.md ("Memory"); tests/test_io_memory.py
+The pixel paths live in ``facematch._pixels``. What each costs is documented in docs/server.md
+("Limits and memory"); tests/test_io_memory.py
 measures the peaks against ``cost_bytes``.
 """
 
@@ -37,6 +38,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._pixels import (
+    array_to_bgr,
+    decode_jpeg,
+    decode_png,
+    orient,
+    pil_to_bgr,
+    return_free_memory,
+    strip_rows,
+)
 from .errors import ImageTooLargeError, ImageTooSmallError, InvalidImageError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
@@ -56,13 +66,9 @@ _PIL_DEFAULT_BPP = 4  # RGB, RGBA, LA, PA, CMYK, YCbCr, LAB, HSV, I, F, ...
 # libwebp's output and its copy, libtiff's RGBA read).
 _DECODER_BUFFER_BPP = {"WEBP": 10, "TIFF": 4}
 _PNG_BYTES_PER_PIXEL = 6  # OpenCV's PNG decode: the BGR result and one full-size copy (measured, OpenCV 5)
-_STRIP_PIXELS = 1 << 19  # pixels converted at once on the strip path
 _STRIP_BYTES_PER_PIXEL = 24  # crop + convert + numpy + uint16 compositing + reduction, per strip pixel
 DECODE_OVERHEAD_BYTES = 8 * 1024 * 1024  # decoder state, row buffers, allocator slack: added to every plan
 _TRIM_ABOVE = 32 * 1024 * 1024  # after a decode planned above this, free memory goes back to the OS
-_GREY_MODES = ("L", "1")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ class DecodePlan:
             if self._data is not None:
                 self._image.close()
             if self.cost_bytes > _TRIM_ABOVE:
-                _return_free_memory()
+                return_free_memory()
 
     def _decode(self) -> DecodedImage:
         from PIL import Image
@@ -146,46 +152,24 @@ class DecodePlan:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 if self.path == "jpeg":
                     assert self._data is not None
-                    bgr = _decode_jpeg(self._data, self._image, self.reduce)
+                    bgr = decode_jpeg(self._data, self._image, self.reduce)
                 elif self.path == "png":
                     assert self._data is not None
-                    fast = _decode_png(self._data, self.reduce)
+                    fast = decode_png(self._data, self.reduce)
                     # OpenCV refused it: let PIL say why
-                    bgr = fast if fast is not None else _pil_to_bgr(self._image, self.reduce)
+                    bgr = fast if fast is not None else pil_to_bgr(self._image, self.reduce)
                 else:
-                    bgr = _pil_to_bgr(self._image, self.reduce)
+                    bgr = pil_to_bgr(self._image, self.reduce)
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"image declares too many pixels: {exc}") from exc
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise InvalidImageError(f"cannot decode image (truncated or corrupt): {exc}") from exc
         if self.orientation != 1:
-            bgr = _orient(bgr, self.orientation)
+            bgr = orient(bgr, self.orientation)
         dh, dw = bgr.shape[:2]
         ow, oh = self.original_size
         scale = (ow / dw, oh / dh)
         return DecodedImage(pixels=bgr, original_size=(ow, oh), scale=scale, source_format=self.source_format)
-
-
-def _return_free_memory() -> None:
-    """``malloc_trim(0)`` where glibc has it: the big buffers a decode freed go back to the OS.
-
-    Decodes run in worker threads, and glibc keeps what one thread frees in that thread's
-    arena: without this, N threads that each decoded one large image hold N images' worth
-    of memory, even when the decodes ran one at a time.
-    """
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
 
 
 # ---- budgets --------------------------------------------------------------------------------
@@ -210,12 +194,6 @@ def _reduction(width: int, height: int, max_side: int | None) -> int:
         while reduce < MAX_REDUCTION and max(width, height) // (reduce * 2) >= max_side:
             reduce *= 2
     return reduce
-
-
-def _strip_rows(width: int, reduce: int) -> int:
-    """Rows converted at once on the strip path: about ``_STRIP_PIXELS`` pixels, a multiple of ``reduce``."""
-    rows = max(1, _STRIP_PIXELS // max(width, 1))
-    return max(reduce, rows // reduce * reduce)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -244,11 +222,11 @@ def _pixel_cost(img: Any, path: DecodePath, reduce: int, orientation: int, data:
     w, h = img.size
     pixels = w * h
     out = 3 * (-(-w // reduce)) * (-(-h // reduce))
-    oriented = out if orientation in (2, 3, 4, 5, 6, 7, 8) else 0  # _orient makes one copy
+    oriented = out if orientation in (2, 3, 4, 5, 6, 7, 8) else 0  # orient makes one copy
     if path == "jpeg":
         cost = out + oriented
         if img.mode == "CMYK":  # CMYK samples, then the strip conversion of them
-            cost += 4 * (out // 3) + _STRIP_BYTES_PER_PIXEL * min(out // 3, _strip_rows(w, 1) * w)
+            cost += 4 * (out // 3) + _STRIP_BYTES_PER_PIXEL * min(out // 3, strip_rows(w, 1) * w)
         multi_scan = bool(img.info.get("progressive") or img.info.get("progression"))
         if multi_scan or (data is not None and data.count(b"\xff\xda") > 1):
             cost += _jpeg_coefficient_bytes(img)
@@ -257,7 +235,7 @@ def _pixel_cost(img: Any, path: DecodePath, reduce: int, orientation: int, data:
         return _PNG_BYTES_PER_PIXEL * pixels + (out if reduce > 1 else 0) + oriented
     stored = _PIL_BYTES_PER_PIXEL.get(img.mode, _PIL_DEFAULT_BPP) * pixels
     decoder = _DECODER_BUFFER_BPP.get(str(img.format), 0) * pixels
-    strip = _STRIP_BYTES_PER_PIXEL * min(pixels, _strip_rows(w, reduce) * w)
+    strip = _STRIP_BYTES_PER_PIXEL * min(pixels, strip_rows(w, reduce) * w)
     return stored + decoder + strip + out + oriented
 
 
@@ -403,150 +381,6 @@ def probe_image(
     )
 
 
-# ---- decoding -------------------------------------------------------------------------------
-def _decode_jpeg(data: bytes, img: Any, reduce: int) -> np.ndarray:
-    """libjpeg-turbo in strict mode (a warning such as 'premature end of data segment' is an error)."""
-    import simplejpeg
-
-    w, h = img.size
-    min_w, min_h = -(-w // reduce), -(-h // reduce)
-    try:
-        if img.mode != "CMYK":
-            out: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="BGR", min_width=min_w, min_height=min_h)
-            return out
-        cmyk = simplejpeg.decode_jpeg(data, colorspace="CMYK", min_width=min_w, min_height=min_h)
-    except ValueError as exc:
-        raise InvalidImageError(f"cannot decode JPEG (truncated or corrupt): {exc}") from exc
-    from PIL import Image
-
-    tile = getattr(img, "tile", None) or []
-    if tile and tile[0].args and tile[0].args[0] == "CMYK;I":  # Adobe's inverted CMYK, as PIL reads it
-        np.subtract(255, cmyk, out=cmyk)
-    ch, cw = cmyk.shape[:2]
-    return _pil_to_bgr(Image.frombuffer("CMYK", (cw, ch), np.ascontiguousarray(cmyk), "raw", "CMYK", 0, 1), 1)
-
-
-def _decode_png(data: bytes, reduce: int) -> np.ndarray | None:
-    """8-bit (or 16-bit, kept 8-bit) RGB or grey PNGs, by libpng through OpenCV, then reduced."""
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.ndim != 3:
-        return None
-    return _box_reduce(bgr, reduce) if reduce > 1 else bgr
-
-
-def _box_reduce(arr: np.ndarray, reduce: int) -> np.ndarray:
-    """(H, W, 3) uint8 averaged over ``reduce`` x ``reduce`` boxes (edges replicated): ceil(H/r) x ceil(W/r)."""
-    import cv2
-
-    h, w = arr.shape[:2]
-    pad_h, pad_w = (-h) % reduce, (-w) % reduce
-    if pad_h or pad_w:
-        arr = cv2.copyMakeBorder(arr, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
-    return cv2.resize(arr, ((w + pad_w) // reduce, (h + pad_h) // reduce), interpolation=cv2.INTER_AREA)
-
-
-def _pil_to_bgr(img: Any, reduce: int) -> np.ndarray:
-    """Any PIL image as BGR uint8, converted (and reduced) in row strips into one preallocated result."""
-    img.load()
-    w, h = img.size
-    mode = img.mode
-    scale = 1.0
-    if mode == "F":
-        _, hi = img.getextrema()
-        hi = float(hi) if hi is not None else 1.0
-        scale = 255.0 if hi <= 1.0 else (255.0 / 65535.0 if hi > 255.0 else 1.0)
-    out = np.empty((-(-h // reduce), -(-w // reduce), 3), np.uint8)
-    step = _strip_rows(w, reduce)
-    for y0 in range(0, h, step):
-        strip = img.crop((0, y0, w, min(h, y0 + step)))
-        bgr = _strip_to_bgr(strip, mode, scale)
-        del strip
-        if reduce > 1:
-            bgr = _box_reduce(bgr, reduce)
-        out[y0 // reduce : y0 // reduce + bgr.shape[0]] = bgr
-    return out
-
-
-def _strip_to_bgr(strip: Any, mode: str, scale: float) -> np.ndarray:
-    import cv2
-
-    if mode in _GREY_MODES:
-        grey = np.asarray(strip if mode == "L" else strip.convert("L"))
-        return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    if mode in _WIDE_GREY_MODES:
-        wide = np.asarray(strip)
-        if wide.dtype != np.uint16:
-            wide = np.clip(wide, 0, 65535).astype(np.uint16)
-        return cv2.cvtColor((wide >> 8).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    if mode == "F":
-        grey = np.clip(np.asarray(strip, dtype=np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
-        return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in strip.info):
-        return _flatten_alpha(np.asarray(strip.convert("RGBA")), cv2.COLOR_RGBA2BGR)
-    rgb = np.asarray(strip if mode == "RGB" else strip.convert("RGB"))  # CMYK, YCbCr, P, LAB, ...
-    return np.ascontiguousarray(rgb[:, :, ::-1])
-
-
-def _flatten_alpha(arr: np.ndarray, code: int) -> np.ndarray:
-    """Composite a 4-channel uint8 image over white, in integers and row blocks: BGR uint8.
-
-    ``round(c * a / 255 + 255 * (1 - a / 255))`` computed as ``(c*a + 255*(255-a) + 127) // 255``
-    in uint16 (at most 65 152), one block of about ``_STRIP_PIXELS`` pixels at a time.
-    """
-    import cv2
-
-    h, w = arr.shape[:2]
-    out = np.empty((h, w, 3), np.uint8)
-    step = max(1, _STRIP_PIXELS // max(w, 1))
-    for y0 in range(0, h, step):
-        block = np.ascontiguousarray(arr[y0 : y0 + step])
-        colour = cv2.cvtColor(block, code).astype(np.uint16)
-        alpha = block[:, :, 3:4].astype(np.uint16)
-        colour *= alpha
-        colour += (255 - alpha) * 255 + 127
-        colour //= 255
-        out[y0 : y0 + step] = colour
-    return out
-
-
-def _array_to_bgr(arr: np.ndarray) -> np.ndarray:
-    """Convert a numpy image (gray, 3 or 4 channels BGR(A), uint8/uint16/bool) to contiguous BGR uint8."""
-    import cv2
-
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        raise InvalidImageError(f"numpy images must be uint8 or uint16, got {arr.dtype}; convert to uint8 0..255")
-    if arr.ndim == 2:
-        return cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        return cv2.cvtColor(arr[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return np.ascontiguousarray(arr)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        return _flatten_alpha(arr, cv2.COLOR_BGRA2BGR)
-    raise InvalidImageError(f"unsupported image array shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
-
-
-def _orient(bgr: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1-8) to a decoded (H, W, C) array, as PIL's exif_transpose does."""
-    ops = {
-        2: lambda a: a[:, ::-1],
-        3: lambda a: a[::-1, ::-1],
-        4: lambda a: a[::-1],
-        5: lambda a: a.transpose(1, 0, 2),
-        6: lambda a: np.rot90(a, -1),
-        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-        8: lambda a: np.rot90(a, 1),
-    }
-    op = ops.get(orientation)
-    return np.ascontiguousarray(op(bgr)) if op else bgr
-
-
 def load_image(
     image: ImageInput | DecodedImage,
     *,
@@ -584,7 +418,7 @@ def load_image(
             raise InvalidImageError(f"unsupported image array shape {image.shape}")
         h, w = image.shape[:2]
         _check_budget(w, h, max_pixels, min_side)
-        return DecodedImage(pixels=_array_to_bgr(image), original_size=(w, h))
+        return DecodedImage(pixels=array_to_bgr(image), original_size=(w, h))
     plan = probe_image(
         image,
         max_pixels=max_pixels,
