@@ -22,8 +22,7 @@ caller (the server) can reserve memory between them:
   full-size intermediate copy is ever made.
 
 The pixel paths live in ``facematch._pixels``. What each costs is documented in docs/server.md
-("Limits and memory"); tests/test_io_memory.py
-measures the peaks against ``cost_bytes``.
+("Limits and memory"); tests/test_io_memory.py measures the peaks against ``cost_bytes``.
 """
 
 from __future__ import annotations
