@@ -19,7 +19,9 @@ def serve(
             "replicas. None: no gallery routes."
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes (>1 needs a read-only gallery).", min=1)] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (>1 needs a read-only or a PostgreSQL gallery).", min=1)
+    ] = 1,
     env_file: Annotated[
         Path | None, typer.Option("--env-file", help="File of FACEMATCH_* settings (dotenv format).")
     ] = None,
@@ -38,16 +40,13 @@ def serve(
         overrides["FACEMATCH_ENV_FILE"] = str(env_file)
     os.environ.update(overrides)  # the app factory (in each worker) reads its settings from here
 
-    from pydantic import ValidationError
-
     from .settings import Settings
 
     try:
         settings = Settings.load()
         settings.check_exposure()
-    except (ValidationError, ValueError) as exc:
-        first = str(exc).splitlines()
-        typer.echo(f"error: invalid settings: {' '.join(first[:3])}", err=True)
+    except ValueError as exc:  # SettingsError: one line naming the variable and its format, never the value
+        typer.echo(f"error: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
     from facematch.gallery.postgres_store import is_postgres_uri
 

@@ -482,3 +482,29 @@ def test_writes_fail_cleanly_on_a_dropped_connection(pg_uri: str, pg_cluster) ->
 
         with psycopg.connect(pg_uri) as conn:
             assert conn.execute("SELECT count(*) FROM facematch_templates").fetchone() == (2,)
+
+
+def test_an_embedded_gallery_moves_into_postgres(tmp_path: Path, pg_uri: str) -> None:
+    """export_to from SQLite, import_from into PostgreSQL: the same identities, sources and answers."""
+    rng = np.random.default_rng(10)
+    tmpl, centres = identities(5, 3, rng)
+    with _open(str(tmp_path / "old.fmg")) as old:
+        for i in range(5):
+            names = [f"p{i}-{j}.jpg" for j in range(3)]
+            old.enroll_embeddings(f"p{i}", tmpl[i], MODEL, metadata={"i": i}, sources=names)
+        old.export_to(tmp_path / "old.zip")
+        before = old.identify_embeddings(centres, MODEL, k=3)
+        old_sources = {f"p{i}": sorted(old.template_sources(f"p{i}").values()) for i in range(5)}
+    with _open(pg_uri) as new, _open(pg_uri) as replica:
+        report = new.import_from(tmp_path / "old.zip")
+        assert len(report.imported) == 5 and report.templates == 15
+        assert {f"p{i}": sorted(new.template_sources(f"p{i}").values()) for i in range(5)} == old_sources
+        assert _wait_for(lambda: replica.num_templates == 15, 5.0) < 5.0
+        for g in (new, replica):
+            after = g.identify_embeddings(centres, MODEL, k=3)
+            assert [[c.identity_id for c in r.candidates] for r in after] == [
+                [c.identity_id for c in r.candidates] for r in before
+            ]
+            assert [r.candidates[0].metadata for r in after] == [{"i": i} for i in range(5)]
+        assert replica.verify_embedding("p2", centres[2], MODEL, threshold=0.5).is_match
+        assert not replica.verify_embedding("p3", centres[2], MODEL, threshold=0.5).is_match

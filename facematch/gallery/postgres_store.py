@@ -641,6 +641,18 @@ class PostgresStore(ChangeLogStore):
             self._decode([r[2] for r in rows], dim),
         )
 
+    def template_sources(self, template_ids: Sequence[int]) -> dict[int, str | None]:
+        wanted = sorted(set(int(t) for t in template_ids))
+        if not wanted:
+            return {}
+        rows = self._read(
+            "reading templates",
+            lambda cur: cur.execute(
+                "SELECT id, source FROM facematch_templates WHERE id = ANY(%s)", (wanted,)
+            ).fetchall(),
+        )
+        return {int(r[0]): None if r[1] is None else str(r[1]) for r in rows}
+
     def iter_embeddings(self, dim: int, batch: int = _BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         # binary COPY, parsed by numpy: the fastest of the ways measured (a fetch, a string_agg)
         sql = self._pg.sql

@@ -11,8 +11,10 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 
 from __future__ import annotations
 
+from .batch import PairErrorOut, PairOut, VerifyBatchForm, VerifyBatchJSON, VerifyBatchResponse
 from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
 from .gallery import (
+    IDENTITY_ID_DESC,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -20,8 +22,13 @@ from .gallery import (
     EnrollResponse,
     IdentityOut,
     IdentityPage,
+    IdentityUpdate,
+    IdentityVerifyJSON,
+    IdentityVerifyParams,
+    IdentityVerifyResponse,
     ImageOutcomeOut,
     NoParams,
+    TemplateScoreOut,
 )
 from .match import (
     CandidateOut,
@@ -35,6 +42,7 @@ from .match import (
     IdentifyJSON,
     IdentifyParams,
     IdentifyResponse,
+    ThresholdParams,
     VerifyJSON,
     VerifyParams,
     VerifyResponse,
@@ -43,6 +51,7 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 
 __all__ = [
     "B64_EXAMPLE",
+    "IDENTITY_ID_DESC",
     "AddTemplatesJSON",
     "CandidateOut",
     "DeletedTemplate",
@@ -64,13 +73,24 @@ __all__ = [
     "IdentifyResponse",
     "IdentityOut",
     "IdentityPage",
+    "IdentityUpdate",
+    "IdentityVerifyJSON",
+    "IdentityVerifyParams",
+    "IdentityVerifyResponse",
     "ImageOutcomeOut",
     "ImageSize",
     "NoParams",
+    "PairErrorOut",
+    "PairOut",
     "Problem",
     "ReadyResponse",
+    "TemplateScoreOut",
+    "ThresholdParams",
     "Timings",
     "ValidationIssue",
+    "VerifyBatchForm",
+    "VerifyBatchJSON",
+    "VerifyBatchResponse",
     "VerifyJSON",
     "VerifyParams",
     "VerifyResponse",
