@@ -29,7 +29,7 @@ app.add_typer(models_app, name="models")
 
 def _register_subcommands() -> None:
     """Sub-apps of the other rooms; their modules are light (heavy imports live inside commands)."""
-    from .eval.cli import calibrate, eval_app
+    from .eval.cli import calibrate, eval_app, quality_fit
     from .export.cli import export_app
     from .gallery.cli import gallery_app
     from .server.cli import serve
@@ -39,6 +39,7 @@ def _register_subcommands() -> None:
     app.add_typer(export_app, name="export")
     app.command("serve")(serve)
     app.command("calibrate")(calibrate)
+    app.command("quality-fit")(quality_fit)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

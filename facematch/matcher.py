@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from .model_files import load_card, resolve_model_path, verify_file
 from .runtime import THREADS_ENV, create_session
 from .similarity import unit_rows
 from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyResult
+
+if TYPE_CHECKING:
+    from .quality import FaceQuality
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
 
@@ -79,6 +82,10 @@ class FaceMatcher:
             ``embed(faces="largest")``), detect first at this input long side; fall back
             to the full size when nothing is found or the largest face is smaller than
             ``min_coarse_face`` detector-input pixels. ``None`` always uses the full size.
+        quality: measure the quality of every face ``embed`` and ``verify`` return
+            (:mod:`facematch.quality`: components and the card's unified score, from the crop,
+            the landmarks and the feature norm; no extra model run, well under a millisecond
+            per face). ``False`` skips it.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class FaceMatcher:
         coarse_det_size: int | None = 320,
         min_coarse_face: float = 24.0,
         workers: int | None = None,
+        quality: bool = True,
     ) -> None:
         cpus = os.cpu_count() or 1
         if workers is None:
@@ -129,6 +137,7 @@ class FaceMatcher:
         self.coarse_det_size = coarse_det_size
         self.min_coarse_face = min_coarse_face
         self.workers = workers
+        self.quality = quality
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -353,10 +362,23 @@ class FaceMatcher:
         """
         prep = self.prepare(image, faces, max_faces=max_faces, aligned=aligned)
         emb, norms = self.embed_crops(prep.crops)
+        quals = self.assess(prep, norms) if self.quality else (None,) * len(prep)
         return [
-            FaceEmbedding(face=prep.face(i), vector=emb[i], model_id=self.model_id, norm=float(norms[i]))
+            FaceEmbedding(
+                face=prep.face(i), vector=emb[i], model_id=self.model_id, norm=float(norms[i]), quality=quals[i]
+            )
             for i in range(len(prep))
         ]
+
+    def assess(self, prepared: PreparedImage, norms: np.ndarray | None = None) -> tuple[FaceQuality, ...]:
+        """Quality of each face of a prepared image (:func:`facematch.quality.assess` with this embedder's card).
+
+        ``norms``: the crops' pre-normalisation feature norms from :meth:`embed_crops` (without
+        them the feature norm, hence the unified score, is not measured).
+        """
+        from .quality import assess
+
+        return assess(prepared, norms, self.embedder_card)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -415,6 +437,8 @@ class FaceMatcher:
             face2=face2 if face2 is not None else getattr(embedding2, "face", None),
             model_id=self.model_id,
             target_fmr=target,
+            quality1=getattr(embedding1, "quality", None),
+            quality2=getattr(embedding2, "quality", None),
         )
 
     def similarity(self, embedding1: FaceEmbedding | np.ndarray, embedding2: FaceEmbedding | np.ndarray) -> float:
