@@ -47,6 +47,18 @@ AlignedOpt = Annotated[
     ),
 ]  # one flag, spelled the same in every command; the default differs per command
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")]
+ErcOpt = Annotated[
+    bool,
+    typer.Option(
+        "--erc/--no-erc",
+        help="Face quality's error-versus-reject section: FNMR at the FMR-1e-3 threshold after rejecting the "
+        "lowest-quality 0-30 %% of the images, for the unified score, each component and random rejection.",
+    ),
+]
+MirrorOpt = Annotated[
+    bool, typer.Option("--mirror", help="Add mirror consistency to the ERC (one extra embedding per image).")
+]
+Pose106Opt = Annotated[bool, typer.Option("--pose106", help="Add the 106-point pose to the ERC (2d106det).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 
 
@@ -88,6 +100,19 @@ def _rate(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _erc_line(section: Any) -> str:
+    """One line of the ERC: FNMR cut at 10 % rejection by the unified score, the feature norm and random."""
+    parts = []
+    for name in ("unified", "feature_norm", "random"):
+        c = section.curve(name)
+        if c is not None:
+            parts.append(f"{name} {_rate(c.cut_10, '.1%')}")
+    return (
+        f"quality ERC (FNMR {section.fnmr_at_0:.4f} at threshold {section.threshold:.4f}): rejecting 10% cuts it by "
+        + ", ".join(parts)
+    )
+
+
 @eval_app.command("aligned")
 def aligned_cmd(
     directory: Annotated[Path, typer.Argument(help="One folder per identity holding face images.")],
@@ -113,9 +138,13 @@ def aligned_cmd(
     no_cache: NoCacheOpt = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     no_progress: QuietOpt = False,
+    erc: ErcOpt = True,
+    mirror: MirrorOpt = False,
+    pose106: Pose106Opt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verification (ROC, EER, TAR@FMR), identification (rank-k, DIR@FPIR), fairness and hypersphere health."""
+    """Verification (ROC, EER, TAR@FMR), identification (rank-k, DIR@FPIR), fairness, hypersphere health and
+    face quality (error versus reject)."""
     with reported_errors():
         from .report import to_jsonable
         from .runner import DEFAULT_TARGET_FMR, run_aligned
@@ -140,6 +169,9 @@ def aligned_cmd(
             seed=seed,
             plots=not no_plots,
             progress=not no_progress,
+            erc=erc,
+            mirror=mirror,
+            pose106=pose106,
         )
         if as_json:
             typer.echo(json.dumps(to_jsonable(rep), indent=2))
@@ -162,6 +194,8 @@ def aligned_cmd(
                 f"  fairness by {rep.fairness.column} at {f.shared_threshold:.4f}: "
                 + " ".join(f"{g.group}: FNMR={_rate(g.fnmr)} FMR={_rate(g.fmr, '.2e')}" for g in f.groups)
             )
+        if rep.erc is not None:
+            typer.echo("  " + _erc_line(rep.erc))
         if rep.dataset.failures:
             typer.echo(f"  {len(rep.dataset.failures)} image(s) without an embedding (listed in the report)")
         typer.echo(f"report: {out / 'report.md'}")
@@ -184,9 +218,13 @@ def pairs_cmd(
     no_cache: NoCacheOpt = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     no_progress: QuietOpt = False,
+    erc: ErcOpt = True,
+    mirror: MirrorOpt = False,
+    pose106: Pose106Opt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """10-fold accuracy, AUC, EER and TAR@FMR on a list of pairs; images without a face reported apart."""
+    """10-fold accuracy, AUC, EER and TAR@FMR on a list of pairs; images without a face reported apart;
+    face quality's error versus reject over the genuine pairs."""
     with reported_errors():
         from .report import to_jsonable
         from .runner import run_pairs
@@ -203,6 +241,9 @@ def pairs_cmd(
             seed=seed,
             plots=not no_plots,
             progress=not no_progress,
+            erc=erc,
+            mirror=mirror,
+            pose106=pose106,
         )
         if as_json:
             typer.echo(json.dumps(to_jsonable(rep), indent=2))
@@ -217,6 +258,8 @@ def pairs_cmd(
             typer.echo(f"  no embedding for {len(rep.failures)} image(s); {r.n_failed_pairs} pair(s) affected:")
             for fl in rep.failures:
                 typer.echo(f"    {fl.path}: {fl.status}")
+        if rep.erc is not None:
+            typer.echo("  " + _erc_line(rep.erc))
         if rep.excluded_entries:
             typer.echo(f"  {len(rep.excluded_entries)} entr(y/ies) gave no pairs (listed in the report)")
         typer.echo(f"report: {out / 'report.md'}")

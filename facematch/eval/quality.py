@@ -294,6 +294,7 @@ class ErcSection:
     mirror: bool
     pose106: bool
     unified_note: str
+    rejection: str = "the lowest-quality share of all images"  # or: within each fold of identities
     files: dict[str, str] = field(default_factory=dict)
 
     def curve(self, measure: str) -> ErcCurve | None:
@@ -343,6 +344,8 @@ def erc_section(
     thr, source = erc_threshold(card, impostor, fmr)
     curves: list[ErcCurve] = []
     block = card.quality
+    groups = None
+    rejection = "the lowest-quality share of all images"
     note = ""
     if block is None:
         note = f"model {card.id!r} has no quality block: no unified score (fit one with `facematch quality-fit`)"
@@ -350,35 +353,34 @@ def erc_section(
         scores = np.array([np.nan if q.unified is None else q.unified for q in qualities])
         in_sample = block.set == set_name
         if in_sample and labels is not None and np.unique(labels).size >= folds:
+            # The card's model saw these images: score each fold of identities with a model fitted
+            # without it, and reject within each fold (its scores come from its own model).
+            groups = E.identity_folds(labels, folds, seed)
+            rejection = f"the lowest-quality share within each of {folds} folds of identities"
             x = feature_matrix(block.features, qualities)
             target, weight = E.image_success(pairs, thr)
-            groups = E.identity_folds(labels, folds, seed)
             logits = E.out_of_fold_logits(x, target, weight, groups, block.l2)
             curves.append(
-                _curve(
-                    "unified",
-                    E.erc(logits, pairs, thr, reject, groups),
-                    reject,
-                    f"{folds}-fold by identity, refit here; the share rejected within each fold",
-                )
+                _curve("unified", E.erc(logits, pairs, thr, reject, groups), reject, f"{folds}-fold by identity refit")
             )
             note = (
-                f"the card's quality model was fitted on {block.set!r}: 'unified' is its {folds}-fold by identity "
-                "refit (every image scored by a model that never saw its identity); 'unified (card)' is in-sample"
+                f"the card's quality model was fitted on {block.set!r}, so 'unified' is its {folds}-fold by identity "
+                "refit here (every image scored by a model that never saw its identity); 'unified (card)' is the "
+                "card's own model, in-sample"
             )
             if np.all(np.isfinite(scores)):
-                curves.append(_curve("unified (card)", E.erc(scores, pairs, thr, reject), reject, "in-sample"))
+                curves.append(_curve("unified (card)", E.erc(scores, pairs, thr, reject, groups), reject, "in-sample"))
         elif np.all(np.isfinite(scores)):
-            curves.append(
-                _curve("unified", E.erc(scores, pairs, thr, reject), reject, f"card model (fitted on {block.set!r})")
-            )
+            fitted = f"card model (fitted on {block.set!r})"
+            curves.append(_curve("unified", E.erc(scores, pairs, thr, reject), reject, fitted))
             note = f"the card's quality model, fitted on {block.set!r}"
         else:
             missing = sorted({m for q in qualities for m in q.missing})
             note = f"no unified score for every image (missing components: {', '.join(missing) or 'none'})"
     for name, column in component_table(qualities).items():
-        curves.append(_curve(name, E.erc(goodness(name, column), pairs, thr, reject), reject))
-    curves.append(_curve("random", E.erc_random(pairs, thr, reject, seed=seed), reject, "mean of 50 seeded draws"))
+        curves.append(_curve(name, E.erc(goodness(name, column), pairs, thr, reject, groups), reject))
+    random = E.erc_random(pairs, thr, reject, seed=seed, groups=groups)
+    curves.append(_curve("random", random, reject, "mean of 50 seeded draws"))
     base = E.erc(np.zeros(pairs.n_images), pairs, thr, [0.0])[0]
     return ErcSection(
         fmr=fmr,
@@ -392,6 +394,7 @@ def erc_section(
         mirror=mirror,
         pose106=pose106,
         unified_note=note,
+        rejection=rejection,
     )
 
 

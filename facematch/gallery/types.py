@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..types import Face
 
-OutcomeStatus = Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+if TYPE_CHECKING:
+    from ..quality import FaceQuality, QualityFailure
+
+OutcomeStatus = Literal["enrolled", "no_face", "multiple_faces", "invalid_image", "low_quality"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class ImageOutcome:
     face: Face | None = None  # the face that was enrolled (None for aligned crops / embeddings)
     faces_found: int = 0
     error: str | None = None
+    quality: FaceQuality | None = None  # the face's quality, when it was measured
+    reasons: tuple[QualityFailure, ...] = ()  # why a low_quality image was refused: component, value, limit
 
     @property
     def ok(self) -> bool:
@@ -35,6 +40,8 @@ class ImageOutcome:
             "faces_found": self.faces_found,
             "face": self.face.to_dict() if self.face is not None else None,
             "error": self.error,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
+            "reasons": [r.to_dict() for r in self.reasons],
         }
 
 

@@ -165,7 +165,38 @@ class QualityPolicy:
         return {"name": self.name, **{k: getattr(self, k) for k in POLICY_FIELDS}}
 
 
-# Defaults: the numbers and the measurements behind them are in docs/quality.md.
-ENROLMENT_POLICY = QualityPolicy(name="enrolment")
-PROBE_POLICY = QualityPolicy(name="probe")
+# Defaults. The measurements behind each number (benchmarks/bench_quality.py --section policy, on
+# celeb24 with the default pack) are in docs/quality.md; in short, at full resolution celeb24's
+# FNMR at the FMR-1e-3 threshold is 7.3 %, and a face scaled down to an inter-ocular distance of
+# 24 / 16 / 10 / 8 px fails 8.1 / 9.8 / 20 / 36 % of its genuine comparisons; sharpness 8 is a
+# Gaussian blur of sigma ~1 (8.8 %), 3 one of sigma ~3 (41 %); unified scores below 80 (4.4 % of
+# celeb24, held out) belong to images whose comparisons fail 25 % of the time; detection scores
+# below 0.65 to images failing 45 %; |yaw| beyond 45 degrees nearly doubles the FNMR (13 % vs 7 %).
+ENROLMENT_POLICY = QualityPolicy(
+    min_quality=80.0,
+    min_face_size=48.0,
+    min_inter_ocular=24.0,
+    min_detection_score=0.65,
+    max_abs_yaw=45.0,
+    max_abs_pitch=40.0,
+    min_sharpness=8.0,
+    min_visible_fraction=0.95,
+    name="enrolment",
+)
+PROBE_POLICY = QualityPolicy(
+    min_face_size=20.0,
+    min_inter_ocular=10.0,
+    min_sharpness=3.0,
+    min_visible_fraction=0.5,
+    name="probe",
+)
 NO_POLICY = QualityPolicy(name="none")
+POLICIES: dict[str, QualityPolicy] = {"enrolment": ENROLMENT_POLICY, "probe": PROBE_POLICY, "none": NO_POLICY}
+
+
+def policy_named(name: str, **overrides: float | None) -> QualityPolicy:
+    """The named policy (``enrolment``, ``probe`` or ``none``) with some limits replaced."""
+    if name not in POLICIES:
+        raise InvalidArgumentError(f"quality policy must be one of {', '.join(POLICIES)}, got {name!r}")
+    return POLICIES[name].with_overrides(**overrides)
+

@@ -11,8 +11,19 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 
 from __future__ import annotations
 
-from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
+from .common import (
+    B64_EXAMPLE,
+    FaceOut,
+    ImageSize,
+    Problem,
+    QualityFailureOut,
+    QualityOut,
+    QualityParams,
+    Timings,
+    ValidationIssue,
+)
 from .gallery import (
+    AddTemplatesForm,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -26,6 +37,7 @@ from .gallery import (
 from .match import (
     CandidateOut,
     DetectJSON,
+    DetectParams,
     DetectResponse,
     EmbeddingOut,
     EmbedJSON,
@@ -43,10 +55,12 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 
 __all__ = [
     "B64_EXAMPLE",
+    "AddTemplatesForm",
     "AddTemplatesJSON",
     "CandidateOut",
     "DeletedTemplate",
     "DetectJSON",
+    "DetectParams",
     "DetectResponse",
     "EmbedJSON",
     "EmbedParams",
@@ -68,6 +82,9 @@ __all__ = [
     "ImageSize",
     "NoParams",
     "Problem",
+    "QualityFailureOut",
+    "QualityOut",
+    "QualityParams",
     "ReadyResponse",
     "Timings",
     "ValidationIssue",

@@ -8,7 +8,19 @@ from pydantic import AfterValidator, Field, Json
 
 from facematch.gallery.store import validate_identity_id
 
-from .common import _IDENTITY_EXAMPLE, _OUTCOME_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _In, _Out
+from .common import (
+    _IDENTITY_EXAMPLE,
+    _OUTCOME_EXAMPLE,
+    B64_EXAMPLE,
+    FaceOut,
+    QualityFailureOut,
+    QualityOut,
+    QualityParams,
+    Timings,
+    _examples,
+    _In,
+    _Out,
+)
 
 IDENTITY_ID_DESC = (
     "identity id: 1-256 characters after Unicode NFC normalisation; not only whitespace, not '.' or '..', "
@@ -21,14 +33,14 @@ IdentityId = Annotated[
 ]
 
 
-class EnrollForm(_In):
-    """Text fields of a multipart enrolment."""
+class EnrollForm(QualityParams):
+    """Text fields of a multipart enrolment (with the quality gate: the strict enrolment policy by default)."""
 
     identity_id: IdentityId
     metadata: Json[dict[str, Any]] | None = Field(default=None, description="JSON object stored with the identity")
 
 
-class EnrollJSON(_In):
+class EnrollJSON(QualityParams):
     identity_id: IdentityId
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
     metadata: dict[str, Any] | None = None
@@ -40,7 +52,11 @@ class NoParams(_In):
     """No options besides the image(s)."""
 
 
-class AddTemplatesJSON(_In):
+class AddTemplatesForm(QualityParams):
+    """Text fields of a multipart template addition: the quality gate's options."""
+
+
+class AddTemplatesJSON(QualityParams):
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
 
     model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]})
@@ -49,11 +65,15 @@ class AddTemplatesJSON(_In):
 class ImageOutcomeOut(_Out):
     index: int
     source: str
-    status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+    status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image", "low_quality"]
     template_id: int | None = None
     faces_found: int
     face: FaceOut | None = None
     error: str | None = None
+    quality: QualityOut | None = Field(default=None, description="the face's quality, when it was measured")
+    reasons: list[QualityFailureOut] = Field(
+        default_factory=list, description="low_quality: each failing component, its value and its limit"
+    )
 
     model_config = _examples(_OUTCOME_EXAMPLE)
 
@@ -117,6 +137,7 @@ class DeletedTemplate(_Out):
 
 __all__ = [
     "IDENTITY_ID_DESC",
+    "AddTemplatesForm",
     "AddTemplatesJSON",
     "DeletedTemplate",
     "EnrollForm",

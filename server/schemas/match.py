@@ -16,6 +16,8 @@ from .common import (
     B64_EXAMPLE,
     FaceOut,
     ImageSize,
+    QualityFailureOut,
+    QualityParams,
     Timings,
     _examples,
     _In,
@@ -24,8 +26,8 @@ from .common import (
 
 
 # ---- verify ---------------------------------------------------------------------------------
-class VerifyParams(_In):
-    """Options of POST /verify (multipart text fields or JSON members)."""
+class VerifyParams(QualityParams):
+    """Options of POST /verify (multipart text fields or JSON members), with the probes' quality gate."""
 
     threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fmr, not both"
@@ -88,7 +90,7 @@ class VerifyResponse(_Out):
 
     @classmethod
     def of(cls, result: VerifyResult, timings: Timings) -> VerifyResponse:
-        face1, face2 = FaceOut.of(result.face1), FaceOut.of(result.face2)
+        face1, face2 = FaceOut.of(result.face1, result.quality1), FaceOut.of(result.face2, result.quality2)
         assert face1 is not None and face2 is not None  # the server always detects
         return cls(
             is_match=result.is_match,
@@ -103,8 +105,8 @@ class VerifyResponse(_Out):
 
 
 # ---- identify -------------------------------------------------------------------------------
-class IdentifyParams(_In):
-    """Options of POST /identify."""
+class IdentifyParams(QualityParams):
+    """Options of POST /identify, with the probe's quality gate."""
 
     k: int = Field(default=5, ge=1, le=1000, description="candidates to return per face")
     threshold: float | None = Field(
@@ -148,6 +150,10 @@ class FaceIdentification(_Out):
         "(extrapolated from the impostor tail, conservatively)",
     )
     candidates: list[CandidateOut]
+    refused: list[QualityFailureOut] = Field(
+        default_factory=list,
+        description="faces=all: why this face was not searched (below the probe quality policy); empty when searched",
+    )
 
     model_config = _examples(
         {
@@ -164,7 +170,7 @@ class FaceIdentification(_Out):
     @classmethod
     def of(cls, r: IdentifyResult) -> FaceIdentification:
         return cls(
-            face=FaceOut.of(r.face),
+            face=FaceOut.of(r.face, r.quality),
             identity_id=r.identity_id,
             is_unknown=r.is_unknown,
             threshold=r.threshold,
@@ -205,7 +211,17 @@ class IdentifyResponse(_Out):
 
 
 # ---- detect / embed -------------------------------------------------------------------------
-class DetectJSON(_In):
+class DetectParams(_In):
+    """Options of POST /detect."""
+
+    quality: bool = Field(
+        default=True,
+        description="measure each face's quality (aligns and embeds every face: one embedding per face); "
+        "false: boxes, scores and landmarks only",
+    )
+
+
+class DetectJSON(DetectParams):
     image: str = Field(min_length=1, description="base64-encoded image")
 
     model_config = _examples({"image": B64_EXAMPLE})
@@ -272,6 +288,7 @@ class EmbedResponse(_Out):
 __all__ = [
     "CandidateOut",
     "DetectJSON",
+    "DetectParams",
     "DetectResponse",
     "EmbedJSON",
     "EmbedParams",
