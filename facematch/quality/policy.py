@@ -199,4 +199,3 @@ def policy_named(name: str, **overrides: float | None) -> QualityPolicy:
     if name not in POLICIES:
         raise InvalidArgumentError(f"quality policy must be one of {', '.join(POLICIES)}, got {name!r}")
     return POLICIES[name].with_overrides(**overrides)
-
