@@ -121,8 +121,11 @@ def erc_random(
 ) -> np.ndarray:
     """The ERC of random rejection: the mean over ``draws`` seeded random orders (the baseline)."""
     rng = np.random.default_rng(seed)
-    curves = [erc(rng.random(pairs.n_images), pairs, threshold, reject, groups) for _ in range(draws)]
-    return np.nanmean(np.stack(curves), axis=0)
+    curves = np.stack([erc(rng.random(pairs.n_images), pairs, threshold, reject, groups) for _ in range(draws)])
+    seen = np.isfinite(curves)
+    n = seen.sum(axis=0)
+    total = np.where(seen, curves, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)  # NaN where no draw left a genuine pair
 
 
 def area(reject: Sequence[float], fnmr: np.ndarray) -> float:

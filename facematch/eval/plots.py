@@ -153,7 +153,7 @@ def erc_plot(section: Any, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8.6, 4.8), dpi=110)
     x = 100.0 * np.asarray(section.reject, np.float64)
     others = [c for c in section.curves if c.measure not in ("random",) and not c.measure.startswith("unified")]
-    palette = plt.get_cmap("tab20b")(np.linspace(0.0, 1.0, max(len(others), 2)))
+    palette = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(others), 2)))  # red is the unified score
     for c, colour in zip(others, palette, strict=False):
         y = np.array([np.nan if v is None else v for v in c.fnmr], np.float64)
         ax.plot(x, y, lw=1.1, color=colour, label=c.measure)

@@ -373,6 +373,12 @@ def erc_markdown(e: ErcSection, plot: str | None) -> list[str]:
     ]
     if e.unified_note:
         lines += [f"*Unified score: {e.unified_note}.*", ""]
+    if e.fnmr_at_0 == 0.0:
+        lines += [
+            "*No genuine comparison fails at this threshold: there is no error for a quality measure to predict, "
+            "so every curve is flat at zero and its cuts are undefined.*",
+            "",
+        ]
     header = ["measure", *[f"FNMR @ {x:.0%}" for x in ERC_SHARES], "cut @ 10%", "cut @ 20%", "area", "note"]
     rows = [
         [

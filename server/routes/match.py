@@ -109,7 +109,7 @@ async def identify(
     quality = await pipe.run(matcher.assess, prep, norms)
     checks = [gate.check(q) for q in quality]
     if p.faces == "largest":
-        gate.require(quality[0])
+        gate.require(quality[0], "image")
     searched = [i for i, c in enumerate(checks) if c.passed]
 
     def search() -> list[FaceIdentification]:

@@ -136,6 +136,17 @@ class QualityFailureOut(_Out):
     unit: str
     message: str
 
+    model_config = _examples(
+        {
+            "component": "sharpness",
+            "value": 4.21,
+            "limit": 8.0,
+            "kind": "min",
+            "unit": "grey levels",
+            "message": "sharpness 4.21 is below the minimum 8 (grey levels)",
+        }
+    )
+
 
 class FaceOut(_Out):
     """A detected face in original image pixels: box (x1, y1, x2, y2), score, 5 landmarks, and its quality."""
@@ -145,7 +156,7 @@ class FaceOut(_Out):
     landmarks: list[list[float]] = Field(min_length=5, max_length=5)
     quality: QualityOut | None = Field(default=None, description="the face's quality; null when not measured")
 
-    model_config = _examples(_FACE_EXAMPLE)
+    model_config = _examples({**_FACE_EXAMPLE, "quality": _QUALITY_EXAMPLE})
 
     @classmethod
     def of(cls, face: Face | None, quality: FaceQuality | None = None) -> FaceOut | None:
