@@ -111,6 +111,18 @@ class CalibrationMissingError(ModelError):
     http_status = 422
 
 
+class RateOutOfRangeError(CalibrationMissingError):
+    """No threshold can be established for a target rate (FMR or FPIR) on a calibrated model.
+
+    The rate is finer than the calibration resolves and the impostor tail cannot be
+    extrapolated to it, or the extrapolated threshold would be above 1 (outside the cosine
+    range). The same rule for ``verify`` (FMR) and ``identify`` (FPIR).
+    """
+
+    code = "rate_out_of_range"
+    http_status = 422
+
+
 class InvalidArgumentError(FacematchError, ValueError):
     """An argument is out of range or the combination of arguments is invalid."""
 
@@ -136,6 +148,13 @@ class TemplateNotFoundError(IdentityNotFoundError):
     """The face template id does not exist in the gallery."""
 
     code = "template_not_found"
+
+
+class NoTemplatesError(GalleryError):
+    """The identity exists but holds no template to compare with (all were removed)."""
+
+    code = "no_templates"
+    http_status = 409
 
 
 class DuplicateIdentityError(GalleryError):
@@ -192,7 +211,9 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NoTemplatesError",
     "NotAlignedError",
+    "RateOutOfRangeError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
 ]

@@ -26,8 +26,18 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import numpy as np
 
-from ..errors import FacematchError, InvalidArgumentError, InvalidImageError, MultipleFacesError, NoFaceError
-from ..quality import ENROLMENT_POLICY, FaceQuality, LowQualityError, QualityPolicy
+from ..errors import (
+    FacematchError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    InvalidArgumentError,
+    InvalidImageError,
+    MultipleFacesError,
+    NoFaceError,
+    NotAlignedError,
+    UnsupportedMediaError,
+)
+from ..quality import ENROLMENT_POLICY, FaceQuality, LowQualityError, QualityPolicy, assess_each
 from ..types import PreparedImage
 from .binding import ModelBinding
 from .store import Store, dump_metadata, duplicate_identity, identity_not_found, validate_identity_id
@@ -40,6 +50,11 @@ MultiFacePolicy = Literal["largest", "reject"]
 MULTI_FACE_POLICIES = ("largest", "reject")
 # image errors that become an outcome of their image (any other FacematchError propagates)
 IMAGE_ERRORS: tuple[type[FacematchError], ...] = (NoFaceError, InvalidImageError, MultipleFacesError)
+# an image outcome's status is its error's code; these are the InvalidImageError codes it can be
+_IMAGE_ERROR_BY_CODE: dict[str, type[InvalidImageError]] = {
+    e.code: e
+    for e in (InvalidImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedMediaError, NotAlignedError)
+}
 
 
 def source_label(image: Any, i: int) -> str:
@@ -105,21 +120,9 @@ def assess_enrolment(matcher: FaceMatcher, prepared: Sequence[Any], norms: Any) 
     """The quality of the enrolled face (``crops[0]``) of each :class:`PreparedImage` item, in order.
 
     ``norms`` holds one pre-normalisation norm per such item (what ``embed_crops`` returned
-    for their first crops).
+    for their first crops): :func:`facematch.quality.assess_each`.
     """
-    items = [p for p in prepared if isinstance(p, PreparedImage)]
-    values = np.asarray(norms, np.float64).reshape(-1)
-    if values.size != len(items):
-        raise InvalidArgumentError(f"norms must hold one value per prepared image ({len(items)}), got {values.size}")
-    return [matcher.assess(_first(p), values[i : i + 1])[0] for i, p in enumerate(items)]
-
-
-def _first(prep: PreparedImage) -> PreparedImage:
-    """``prep`` reduced to its first face (the one enrolment keeps)."""
-    if len(prep) == 1:
-        return prep
-    faces = prep.faces[:1] if not prep.aligned else prep.faces
-    return PreparedImage(faces, prep.crops[:1], prep.faces_total, prep.image_size, prep.aligned)
+    return assess_each(matcher, prepared, norms)
 
 
 def outcome_for_error(index: int, source: str, exc: FacematchError) -> ImageOutcome:
@@ -129,7 +132,7 @@ def outcome_for_error(index: int, source: str, exc: FacematchError) -> ImageOutc
     if isinstance(exc, NoFaceError):
         status = "no_face"
     elif isinstance(exc, InvalidImageError):
-        status = "invalid_image"
+        status = exc.code if exc.code in _IMAGE_ERROR_BY_CODE else "invalid_image"  # type: ignore[assignment]
     elif isinstance(exc, MultipleFacesError):
         status = "multiple_faces"
         found = exc.details.get("faces")
@@ -237,7 +240,8 @@ def with_template_ids(outcomes: Sequence[ImageOutcome], template_ids: Sequence[i
 
 
 def raise_for(report: EnrollReport) -> NoReturn:
-    """Nothing was enrolled: ``LowQualityError`` / ``NoFaceError`` / ``MultipleFacesError`` / ``InvalidImageError``.
+    """Nothing was enrolled: ``LowQualityError`` / ``NoFaceError`` / ``MultipleFacesError`` / the image error
+    of the first failure (``InvalidImageError``, ``ImageTooLargeError``, ``UnsupportedMediaError``, ...).
 
     The report is in ``details["report"]``; a ``LowQualityError`` also lists every refused
     image's failing components in ``details["reasons"]`` (image, component, value, limit).
@@ -254,7 +258,8 @@ def raise_for(report: EnrollReport) -> NoReturn:
         raise NoFaceError(msg, **details)
     if "multiple_faces" in statuses:
         raise MultipleFacesError(msg, **details)
-    raise InvalidImageError(msg, **details)
+    first = failed[0].status if failed else "invalid_image"
+    raise _IMAGE_ERROR_BY_CODE.get(first, InvalidImageError)(msg, **details)
 
 
 class Enrolment:

@@ -340,6 +340,26 @@ def landmark_model(threads: int | None = None) -> Landmarks106:
         return model
 
 
+def assess_each(matcher: FaceMatcher, prepared: Sequence[Any], norms: Any) -> list[FaceQuality]:
+    """The quality of the first face (``crops[0]``) of each :class:`PreparedImage` of ``prepared``, in order.
+
+    Other items (an image's error, ``None``) are skipped; ``norms`` holds one norm per
+    :class:`PreparedImage` (what ``embed_crops`` returned for their first crops).
+    """
+    items = [p for p in prepared if isinstance(p, PreparedImage)]
+    values = np.asarray(norms, np.float64).reshape(-1)
+    if values.size != len(items):
+        raise InvalidArgumentError(f"norms must hold one value per prepared image ({len(items)}), got {values.size}")
+    return [matcher.assess(_first_face(p), values[i : i + 1])[0] for i, p in enumerate(items)]
+
+
+def _first_face(prep: PreparedImage) -> PreparedImage:
+    if len(prep) == 1:
+        return prep
+    faces = prep.faces if prep.aligned else prep.faces[:1]
+    return PreparedImage(faces, prep.crops[:1], prep.faces_total, prep.image_size, prep.aligned)
+
+
 def assess_image(
     matcher: FaceMatcher,
     image: Any,

@@ -1,4 +1,4 @@
-"""Gallery management: create identities, add and remove templates, list, get, delete.
+"""Gallery management: create identities, add and remove templates, list, get, update metadata, delete.
 
 Enrolment composes the same steps as the SDK's ``Gallery.enroll``, the server deciding only
 where each runs: every image is prepared (``prepare_for_enrolment``) in the worker threads
@@ -14,18 +14,21 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import AfterValidator
 
 from facematch.errors import TemplateNotFoundError
 from facematch.gallery import Gallery, IdentityInfo
 from facematch.gallery.enrol import assess_enrolment, prepare_for_enrolment
+from facematch.gallery.store import validate_identity_id
 from facematch.matcher import FaceMatcher
 from facematch.quality import QualityPolicy
 from facematch.types import PreparedImage
 
-from ..deps import Admitted, GalleryDep, MatcherDep, StateDep, scoped
-from ..inputs import FileField, parse_images_request, request_body
+from ..deps import GalleryDep, MatcherDep, StateDep, scoped
+from ..inputs import FileField, json_body, parse_images_request, parse_json_request, request_body
 from ..pipeline import Pipeline, run_in_pool
 from ..schemas import (
+    IDENTITY_ID_DESC,
     AddTemplatesForm,
     AddTemplatesJSON,
     DeletedTemplate,
@@ -34,6 +37,7 @@ from ..schemas import (
     EnrollResponse,
     IdentityOut,
     IdentityPage,
+    IdentityUpdate,
 )
 from ..state import ServerState
 from . import problems
@@ -41,7 +45,10 @@ from . import problems
 router = APIRouter(prefix="/gallery", tags=["gallery"], dependencies=[scoped("enroll")])
 
 IMAGES = (FileField("images", multiple=True, description="face images, one template each"),)
-IdentityPath = Annotated[str, Path(min_length=1, max_length=256, description="identity id")]
+# the gallery's one identity-id rule (NFC, no control/format/bidi characters, not "." or ".."), as for bodies
+IdentityPath = Annotated[
+    str, Path(min_length=1, max_length=1024, description=IDENTITY_ID_DESC), AfterValidator(validate_identity_id)
+]
 TemplateIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="template id")]
 WRITE_ERRORS = (401, 403, 404, 409, 413, 415, 422, 429, 503)
 READ_ERRORS = (401, 403, 404, 422, 503)
@@ -65,6 +72,21 @@ async def _enrol(
     images: list[bytes],
     sources: list[str],
     *,
+    metadata: dict[str, Any] | None,
+    create: bool,
+    quality: QualityPolicy,
+) -> EnrollResponse:
+    with state.admission.slot():  # taken once the body is read and checked
+        return await _enrol_admitted(state, matcher, gallery, identity_id, images, sources, metadata, create, quality)
+
+
+async def _enrol_admitted(
+    state: ServerState,
+    matcher: FaceMatcher,
+    gallery: Gallery,
+    identity_id: str,
+    images: list[bytes],
+    sources: list[str],
     metadata: dict[str, Any] | None,
     create: bool,
     quality: QualityPolicy,
@@ -105,7 +127,7 @@ async def _enrol(
     openapi_extra=request_body(IMAGES, EnrollForm, EnrollJSON),
 )
 async def create_identity(
-    request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep, _slot: None = Admitted
+    request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep
 ) -> EnrollResponse:
     """Each image gives one template (its largest face); the report says what each image gave.
     Images without a usable face, or whose face is below the enrolment quality policy (strict
@@ -148,7 +170,6 @@ async def add_templates(
     state: StateDep,
     matcher: MatcherDep,
     gallery: GalleryDep,
-    _slot: None = Admitted,
 ) -> EnrollResponse:
     """Add one template per image to an existing identity (404 `identity_not_found` otherwise), with a
     per-image report; the same quality gate as creating an identity."""
@@ -170,7 +191,6 @@ async def add_templates_deprecated(
     state: StateDep,
     matcher: MatcherDep,
     gallery: GalleryDep,
-    _slot: None = Admitted,
 ) -> EnrollResponse:
     """Deprecated alias of `POST /gallery/identities/{identity_id}/templates` (removed in the next release)."""
     _deprecated(response, "templates")
@@ -213,6 +233,23 @@ async def get_identity(identity_id: IdentityPath, state: StateDep, gallery: Gall
         return _identity(gallery.get(identity_id))
 
     return await run_in_pool(state, one)
+
+
+@router.patch(
+    "/identities/{identity_id}",
+    summary="Update an identity's metadata",
+    operation_id="updateIdentity",
+    response_model=IdentityOut,
+    responses=problems(*READ_ERRORS, 409, 413, 415),
+    openapi_extra=json_body(IdentityUpdate),
+)
+async def update_identity(
+    identity_id: IdentityPath, request: Request, state: StateDep, gallery: GalleryDep
+) -> IdentityOut:
+    """Replace the identity's metadata with `metadata` (a JSON object, stored as given; send the whole
+    object: members left out are dropped). Templates are unchanged. Returns the updated identity."""
+    update = await parse_json_request(request, IdentityUpdate)
+    return _identity(await run_in_pool(state, gallery.set_metadata, identity_id, update.metadata))
 
 
 @router.delete(

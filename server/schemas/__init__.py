@@ -11,6 +11,7 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 
 from __future__ import annotations
 
+from .batch import PairErrorOut, PairOut, VerifyBatchForm, VerifyBatchJSON, VerifyBatchResponse
 from .common import (
     B64_EXAMPLE,
     FaceOut,
@@ -23,6 +24,7 @@ from .common import (
     ValidationIssue,
 )
 from .gallery import (
+    IDENTITY_ID_DESC,
     AddTemplatesForm,
     AddTemplatesJSON,
     DeletedTemplate,
@@ -31,8 +33,13 @@ from .gallery import (
     EnrollResponse,
     IdentityOut,
     IdentityPage,
+    IdentityUpdate,
+    IdentityVerifyJSON,
+    IdentityVerifyParams,
+    IdentityVerifyResponse,
     ImageOutcomeOut,
     NoParams,
+    TemplateScoreOut,
 )
 from .match import (
     CandidateOut,
@@ -47,6 +54,7 @@ from .match import (
     IdentifyJSON,
     IdentifyParams,
     IdentifyResponse,
+    ThresholdParams,
     VerifyJSON,
     VerifyParams,
     VerifyResponse,
@@ -55,6 +63,7 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 
 __all__ = [
     "B64_EXAMPLE",
+    "IDENTITY_ID_DESC",
     "AddTemplatesForm",
     "AddTemplatesJSON",
     "CandidateOut",
@@ -78,16 +87,27 @@ __all__ = [
     "IdentifyResponse",
     "IdentityOut",
     "IdentityPage",
+    "IdentityUpdate",
+    "IdentityVerifyJSON",
+    "IdentityVerifyParams",
+    "IdentityVerifyResponse",
     "ImageOutcomeOut",
     "ImageSize",
     "NoParams",
+    "PairErrorOut",
+    "PairOut",
     "Problem",
     "QualityFailureOut",
     "QualityOut",
     "QualityParams",
     "ReadyResponse",
+    "TemplateScoreOut",
+    "ThresholdParams",
     "Timings",
     "ValidationIssue",
+    "VerifyBatchForm",
+    "VerifyBatchJSON",
+    "VerifyBatchResponse",
     "VerifyJSON",
     "VerifyParams",
     "VerifyResponse",

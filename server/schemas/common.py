@@ -20,8 +20,14 @@ _FACE_EXAMPLE: dict[str, Any] = {
 _TIMINGS_EXAMPLE: dict[str, Any] = {"total_ms": 41.2, "prepare_ms": 30.5, "embed_ms": 9.8, "search_ms": None}
 
 
-def _examples(*examples: dict[str, Any]) -> ConfigDict:
-    """Model config that forbids extra members and documents ``examples`` in the OpenAPI schema."""
+def _examples(*examples: dict[str, Any], strict: bool = False) -> ConfigDict:
+    """Model config that forbids extra members and documents ``examples`` in the OpenAPI schema.
+
+    ``strict=True`` for JSON request bodies: ``"threshold": true``, ``"k": true`` or ``"fmr": "1e-4"``
+    are refused instead of coerced (multipart text fields are strings by nature: their models stay lax).
+    """
+    if strict:
+        return ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": list(examples)})
     return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
 
 
@@ -98,7 +104,10 @@ class QualityOut(_Out):
     unified: float | None = Field(
         default=None, ge=0, le=100, description="unified quality score 0-100, higher is better"
     )
-    unified_status: Literal["scored", "no_quality_model", "missing_components"]
+    unified_status: Literal["scored", "no_quality_model", "missing_components"] = Field(
+        description="scored; no_quality_model: the model card has no fitted quality block; "
+        "missing_components: the quality model needs components not measured for this face (see missing)"
+    )
     missing: list[str] = Field(default_factory=list, description="components the quality model needs but lacks")
     model_id: str | None = Field(
         default=None, description="the embedder whose feature norm and quality model these are"
@@ -129,12 +138,12 @@ class QualityOut(_Out):
 class QualityFailureOut(_Out):
     """One component outside the quality policy: its value and the limit it missed."""
 
-    component: str
-    value: float
-    limit: float
+    component: str = Field(description="the quality component (a QualityOut field name, or unified)")
+    value: float = Field(description="its measured value")
+    limit: float = Field(description="the policy's limit it missed")
     kind: Literal["min", "max_abs"] = Field(description="min: value >= limit required; max_abs: |value| <= limit")
-    unit: str
-    message: str
+    unit: str = Field(description="the unit of value and limit")
+    message: str = Field(description="the failure in words")
 
     model_config = _examples(
         {
@@ -151,9 +160,19 @@ class QualityFailureOut(_Out):
 class FaceOut(_Out):
     """A detected face in original image pixels: box (x1, y1, x2, y2), score, 5 landmarks, and its quality."""
 
-    box: list[float] = Field(min_length=4, max_length=4)
-    score: float
-    landmarks: list[list[float]] = Field(min_length=5, max_length=5)
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x1, y1, x2, y2]: left, top, right, bottom edges in pixels of the original "
+        "(orientation-corrected) image; x grows rightwards, y downwards",
+    )
+    score: float = Field(description="detection confidence in [0, 1]")
+    landmarks: list[list[float]] = Field(
+        min_length=5,
+        max_length=5,
+        description="5 [x, y] points in original-image pixels: left eye, right eye, nose tip, "
+        "left and right mouth corners (left/right as seen in the image)",
+    )
     quality: QualityOut | None = Field(default=None, description="the face's quality; null when not measured")
 
     model_config = _examples({**_FACE_EXAMPLE, "quality": _QUALITY_EXAMPLE})
@@ -211,23 +230,27 @@ class Timings(_Out):
 
     model_config = _examples(_TIMINGS_EXAMPLE)
 
-    total_ms: float
+    total_ms: float = Field(description="from the start of the request's processing to the response")
     prepare_ms: float | None = Field(default=None, description="decode, detect and align")
     embed_ms: float | None = Field(default=None, description="waiting for and running the batched embedding call")
     search_ms: float | None = Field(default=None, description="gallery search")
 
 
 class ImageSize(_Out):
-    width: int
-    height: int
+    """Size of the original image, after EXIF orientation, in pixels."""
+
+    width: int = Field(description="width in pixels")
+    height: int = Field(description="height in pixels")
 
     model_config = _examples({"width": 1280, "height": 720})
 
 
 class ValidationIssue(_Out):
-    loc: list[str]
-    msg: str
-    type: str
+    """One way the request does not match the schema."""
+
+    loc: list[str] = Field(description='where: e.g. ["body", "k"]')
+    msg: str = Field(description="what is wrong, in words")
+    type: str = Field(description="machine-readable kind of the issue (pydantic's error type)")
 
     model_config = _examples(
         {"loc": ["body", "k"], "msg": "Input should be less than or equal to 1000", "type": "less_than_equal"}
@@ -237,14 +260,16 @@ class ValidationIssue(_Out):
 class Problem(BaseModel):
     """An error (RFC 9457 problem details) with a stable ``code``."""
 
-    type: str
-    title: str
-    status: int
+    type: str = Field(description="URI of the error type: urn:facematch:error:<code>")
+    title: str = Field(description="the HTTP status phrase")
+    status: int = Field(description="the HTTP status code")
     code: str = Field(description="stable machine-readable error code, e.g. no_face, image_too_large")
-    detail: str
-    instance: str | None = None
-    errors: list[ValidationIssue] | None = None
-    details: dict[str, Any] | None = None
+    detail: str = Field(description="what went wrong, in words (names the image or field concerned)")
+    instance: str | None = Field(default=None, description="the request path")
+    errors: list[ValidationIssue] | None = Field(default=None, description="schema violations, for invalid_request")
+    details: dict[str, Any] | None = Field(
+        default=None, description="machine-readable context (e.g. the enrolment report, a limit, an identity id)"
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
