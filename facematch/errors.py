@@ -185,6 +185,13 @@ class GalleryCorruptError(GalleryError):
     http_status = 500
 
 
+class StoreUnavailableError(GalleryError):
+    """The gallery's database (PostgreSQL) cannot be reached right now; the same call can be retried."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
 class BackendUnavailableError(FacematchError):
     """An optional backend (FAISS-GPU, Milvus, TensorRT, torch) is not installed or usable."""
 
@@ -214,6 +221,7 @@ __all__ = [
     "NoTemplatesError",
     "NotAlignedError",
     "RateOutOfRangeError",
+    "StoreUnavailableError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
 ]

@@ -29,6 +29,20 @@ logger = logging.getLogger(__name__)
 Status = Literal["loading", "ready", "failed"]
 
 
+def gallery_options(s: Settings) -> dict[str, Any]:
+    """The ``Gallery.open`` keyword arguments the settings give (the PostgreSQL ones only for a URI)."""
+    from facematch.gallery.postgres_store import is_postgres_uri
+
+    options: dict[str, Any] = {"read_only": s.gallery_read_only, "default_fpir": s.default_fpir}
+    if s.gallery_backend is not None:
+        options["backend"] = s.gallery_backend
+    if s.milvus_uri is not None:
+        options["milvus_uri"] = s.milvus_uri
+    if is_postgres_uri(s.gallery):
+        options.update(poll_s=s.gallery_poll_s, listen=s.gallery_listen, pool_size=s.gallery_pool_size)
+    return options
+
+
 class ServerState:
     """Per-app state. Models and the gallery are loaded by :meth:`load` (off the event loop)."""
 
@@ -82,17 +96,16 @@ class ServerState:
             if s.gallery is not None:
                 from facematch.gallery import Gallery
 
-                self.gallery = Gallery.open(
-                    s.gallery, matcher=matcher, read_only=s.gallery_read_only, default_fpir=s.default_fpir
-                )
+                self.gallery = Gallery.open(s.gallery, matcher=matcher, **gallery_options(s))
                 self._last_refresh = time.monotonic()
             self.status = "ready"
             self.metrics.ready.set(1)
+            g = self.gallery
             logger.info(
                 "ready in %.1f s: model %s%s",
                 time.perf_counter() - start,
                 matcher.model_id,
-                f", gallery {s.gallery} ({len(self.gallery)} identities)" if self.gallery is not None else "",
+                f", gallery {g.location} ({len(g)} identities)" if g is not None else "",  # no password in it
             )
         except FacematchError as exc:
             self._fail(f"{exc.code}: {exc.message}")
