@@ -21,11 +21,20 @@ class GallerySummary(_Out):
     model_config = _examples({"identities": 120, "templates": 355, "read_only": False})
 
 
+class ModelProviders(_Out):
+    """What each model really runs on (checked after loading; ONNX Runtime names, or ``torch-cuda``)."""
+
+    detector: list[str]
+    embedder: list[str]
+
+
 class ReadyResponse(_Out):
     ready: bool
     status: Literal["loading", "ready", "failed"]
     model_id: str | None = None
     gallery: GallerySummary | None = None
+    providers: ModelProviders | None = None
+    index: str | None = None  # the gallery's search engine, e.g. faiss:flat/fp32@gpu
     detail: str | None = None
 
     model_config = _examples(
@@ -34,14 +43,28 @@ class ReadyResponse(_Out):
             "status": "ready",
             "model_id": "w600k_mbf",
             "gallery": {"identities": 120, "templates": 355, "read_only": False},
+            "providers": {
+                "detector": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                "embedder": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+            },
+            "index": "faiss:flat/fp32@gpu",
             "detail": None,
         },
-        {"ready": False, "status": "loading", "model_id": None, "gallery": None, "detail": None},
+        {
+            "ready": False,
+            "status": "loading",
+            "model_id": None,
+            "gallery": None,
+            "providers": None,
+            "index": None,
+            "detail": None,
+        },
     )
 
 
 __all__ = [
     "GallerySummary",
     "HealthResponse",
+    "ModelProviders",
     "ReadyResponse",
 ]
