@@ -97,9 +97,7 @@ def test_probe_survives_a_faiss_gpu_abort() -> None:
 
 
 def test_probe_refuses_a_gpu_the_wheel_has_no_code_for() -> None:
-    report = (
-        "import json; print(json.dumps({'gpus': 1, 'cc': [9, 0]})); print(json.dumps({'search': True}))"
-    )
+    report = "import json; print(json.dumps({'gpus': 1, 'cc': [9, 0]})); print(json.dumps({'search': True}))"
     old = Architectures(frozenset({(7, 0), (8, 0)}))
     probe = gpu_probe.run_probe([sys.executable, "-c", report], architectures=old)
     assert not probe.usable and "9.0" in probe.reason and "sm_70, sm_80" in probe.reason
@@ -279,5 +277,5 @@ def test_k_beyond_the_gpu_limit_is_answered_on_cpu(monkeypatch: pytest.MonkeyPat
     ids = np.arange(3000, dtype=np.int64)
     idx, _ = _gpu_index(monkeypatch, IndexConfig(), 16)
     idx.add(ids, x)
-    scores, got = idx.search(x[:2], 2500)  # FAISS-GPU's k stops at 2048
+    _, got = idx.search(x[:2], 2500)  # FAISS-GPU's k stops at 2048
     assert got.shape == (2, 2500) and (got >= 0).all() and got[:, 0].tolist() == [0, 1]

@@ -36,8 +36,9 @@ def test_readyz_and_log_show_the_active_providers(
     assert ready["providers"] == {"detector": ["CPUExecutionProvider"], "embedder": ["CPUExecutionProvider"]}
     assert ready["index"].startswith("faiss:flat/fp32@cpu")
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("providers:")]
-    assert logged == ["providers: detector ['CPUExecutionProvider'], embedder ['CPUExecutionProvider']; index "
-                      + ready["index"]]
+    assert logged == [
+        "providers: detector ['CPUExecutionProvider'], embedder ['CPUExecutionProvider']; index " + ready["index"]
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx`")

@@ -11,9 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from facematch.cards import ModelCard
-from facematch.errors import BackendUnavailableError, InvalidArgumentError, ModelError
 from facematch.export.trt import (
     TrtRunner,
     batch_plan,
@@ -22,6 +19,9 @@ from facematch.export.trt import (
     configure_builder,
     trt_api,
 )
+
+from facematch.cards import ModelCard
+from facematch.errors import BackendUnavailableError, InvalidArgumentError, ModelError
 from facematch.model_files import load_card
 
 torch = pytest.importorskip("torch")
@@ -107,7 +107,7 @@ def test_version_branches() -> None:
     with pytest.raises(BackendUnavailableError, match=r"TensorRT 11\.4\.0\.106 cannot build --precision fp16"):
         eleven.check_precision("fp16")
     for old_or_new in ("8.6.1", "12.0.0"):
-        with pytest.raises(BackendUnavailableError, match="10.x and 11.x"):
+        with pytest.raises(BackendUnavailableError, match=r"10\.x and 11\.x"):
             trt_api(stub_trt(old_or_new))
     broken = stub_trt("10.3.0")
     broken.BuilderFlag = types.SimpleNamespace()
