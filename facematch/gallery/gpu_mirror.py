@@ -13,8 +13,9 @@ only answers searches. It follows the CPU index's changes:
   rebuilt in the background.
 
 Each copy owns its own ``StandardGpuResources`` (they are not thread-safe), and the
-background copy holds ``cpu_lock`` (which every CPU-index change also takes) while it reads
-the CPU index, so it sees one consistent state.
+background copy holds ``cpu_lock`` while it reads the CPU index and swaps the copy in; the
+index changes the CPU index *and* calls :meth:`GpuMirror.added` / :meth:`removed` under that
+lock, so no change is lost or applied twice around a copy.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class GpuMirror:
         self._lock = threading.Lock()
         self._copy: _Copy | None = None
         self._generation = 0
-        self._thread: threading.Thread | None = None
+        self._running = False
         self._idle = threading.Event()
         self._idle.set()
         self.clones = 0  # full copies made (tests and logs)
@@ -80,44 +81,44 @@ class GpuMirror:
         self.clones += 1
         return _Copy(res, index, None if ids is None else np.asarray(ids, np.int64).copy())
 
-    def build_now(self) -> None:
-        """Copy the CPU index to the GPU in the calling thread (the caller holds ``cpu_lock``)."""
-        with self._lock:
-            self._generation += 1
-        copy = self._clone()
-        with self._lock:
-            self._copy = copy
-
     def schedule(self, *, drop: bool) -> None:
         """Make a fresh copy in the background; ``drop`` discards the current one at once (its content is stale)."""
         with self._lock:
             self._generation += 1
             if drop:
                 self._copy = None
-            if self._thread is not None and self._thread.is_alive():
+            if self._running:
                 return  # the running build sees the new generation and goes again
+            self._running = True
             self._idle.clear()
-            self._thread = threading.Thread(target=self._background, name="facematch-gpu-mirror", daemon=True)
-            self._thread.start()
+        threading.Thread(target=self._background, name="facematch-gpu-mirror", daemon=True).start()
 
     def _background(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    generation = self._generation
-                with self._cpu_lock:  # no CPU change while it is read; swapped in before any new change
+        while True:
+            with self._lock:
+                generation = self._generation
+            error = None
+            try:
+                # the CPU index's owner changes it (and tells this mirror) only under cpu_lock, so the
+                # copy and its swap see one state, and no change falls between the two
+                with self._cpu_lock:
                     copy = self._clone()
                     with self._lock:
                         if generation == self._generation:
-                            self._copy = copy
-                            self.error = None
+                            self._copy, self.error = copy, None
+                            self._running = False
+                            self._idle.set()
                             return
-                logger.debug("the CPU index changed during the GPU copy; copying again")
-        except Exception as exc:  # the CPU index keeps serving; the next change retries
-            self.error = f"{type(exc).__name__}: {exc}"
-            logger.warning("could not copy the index to the GPU (%s); searching on CPU", self.error)
-        finally:
-            self._idle.set()
+            except Exception as exc:  # the CPU index keeps serving
+                error = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                if generation != self._generation:
+                    continue  # changed during the copy: copy again
+                self.error = error
+                self._running = False
+                self._idle.set()
+            logger.warning("could not copy the index to the GPU (%s); searching on CPU", error)
+            return
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a background copy to finish; True when the mirror is live."""

@@ -222,10 +222,10 @@ class FaissIndex:
         revived = self._tombstones.intersection(ids.tolist())
         if revived:  # an id removed from HNSW comes back: drop the stale vector first (rebuild)
             raise InvalidArgumentError(f"template ids {sorted(revived)[:5]} were removed and cannot be reused")
-        with self._cpu_lock:
+        with self._cpu_lock:  # the CPU change and the mirror's in one step (gpu_mirror.py)
             self._index.add_with_ids(vectors, ids)
-        if self._mirror is not None:
-            self._mirror.added(ids, vectors)
+            if self._mirror is not None:
+                self._mirror.added(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
@@ -237,8 +237,8 @@ class FaissIndex:
         else:
             with self._cpu_lock:
                 self._index.remove_ids(self._faiss.IDSelectorBatch(ids.size, self._faiss.swig_ptr(ids)))
-        if self._mirror is not None:
-            self._mirror.removed(ids)
+                if self._mirror is not None:
+                    self._mirror.removed(ids)
 
     def _raw_ids(self) -> np.ndarray:
         if not self._native_ids:

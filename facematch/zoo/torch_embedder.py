@@ -142,6 +142,9 @@ class TorchEmbedder:
         self._torch = torch
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         self.module = module.eval().to(device=device, dtype=self._dtype)
+        # NHWC on CUDA: cuDNN's tensor-core convolutions want channels-last
+        self._format = torch.channels_last if device == "cuda" else torch.contiguous_format
+        self.module = self.module.to(memory_format=self._format)
         self._forward = torch.compile(self.module, dynamic=False) if mode == "compile" else self.module
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()  # graph buffers (and one CUDA stream) per embedder
@@ -219,6 +222,7 @@ class TorchEmbedder:
         n = int(x.shape[0])
         if n > self.max_batch:
             raise InvalidArgumentError(f"batch of {n} is larger than max_batch={self.max_batch}")
+        x = x.contiguous(memory_format=self._format)
         if self.mode == "eager":
             with torch.inference_mode():
                 return _features(self._forward(x))
@@ -239,6 +243,7 @@ class TorchEmbedder:
             return entry
         torch = self._torch
         static_in = torch.zeros((bucket, *like.shape[1:]), dtype=self._dtype, device="cuda")
+        static_in = static_in.contiguous(memory_format=self._format)
         with torch.inference_mode():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
