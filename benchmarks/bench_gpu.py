@@ -266,6 +266,7 @@ def environment(device: str) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "ort_providers": ort.get_available_providers(),
         "device": device,
+        "load_average_at_start": [round(v, 1) for v in os.getloadavg()],
     }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -276,6 +277,10 @@ def environment(device: str) -> dict[str, Any]:
             cuda=torch.version.cuda,
         )
     return env
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -301,13 +306,13 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for r in res["embedding"]["throughput"]:
         lines.append(
-            f"| {r['precision']} | {r['mode']} | {r['batch']} | {r['faces_per_s']:,.0f} | {r['ms_per_batch']:.3f} |"
+            f"| {r['precision']} | {r['mode']} | {r['batch']} | {_rate(r['faces_per_s'])} | {r['ms_per_batch']:.3f} |"
         )
     e = res["embedding"]["end_to_end"]
     lines += [
         "",
         f"End to end `embed()` from uint8 crops ({e['precision']}/{e['mode']}, batch {e['batch']}, host "
-        f"preprocessing included): {e['faces_per_s']:,.0f} faces/s.",
+        f"preprocessing included): {_rate(e['faces_per_s'])} faces/s.",
         "",
     ]
     d = res["detector"]
@@ -362,6 +367,7 @@ def main() -> None:
         device, [1_000_000, 10_000_000] if gpu else [20_000, 100_000], 512, 66 if gpu else 8, 1_000_000
     )
     res["total_s"] = time.perf_counter() - t0
+    res["environment"]["load_average_at_end"] = [round(v, 1) for v in os.getloadavg()]
     res["passed"] = all(c["passed"] for c in res["embedding"]["cosine"]) and all(
         s["recall_at_10_vs_faiss_cpu"] >= (0.99 if s["storage"] == "fp16" else 1.0) for s in res["search"]["torch"]
     )

@@ -30,6 +30,7 @@ from .errors import (
     MultipleFacesError,
     NoFaceError,
     NotAlignedError,
+    NoTemplatesError,
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NoTemplatesError",
     "NotAlignedError",
     "PreparedImage",
     "TemplateNotFoundError",
