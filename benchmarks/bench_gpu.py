@@ -266,6 +266,7 @@ def environment(device: str) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "ort_providers": ort.get_available_providers(),
         "device": device,
+        "torch_threads": torch.get_num_threads(),
         "load_average_at_start": [round(v, 1) for v in os.getloadavg()],
     }
     if device == "cuda":
@@ -353,6 +354,8 @@ def main() -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device cuda, but torch {torch.__version__} sees no CUDA GPU")
     gpu = device == "cuda"
+    if not gpu:  # on a shared CPU, torch's OpenMP threads spin against other jobs: 2 threads ran 10-50x slower
+        torch.set_num_threads(1)
     seconds = args.seconds or (1.0 if gpu else 0.5)
     t0 = time.perf_counter()
     res: dict[str, Any] = {"environment": environment(device)}

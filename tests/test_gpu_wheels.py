@@ -102,6 +102,7 @@ def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow  # resolves against the registry: ~30 s
 def test_the_gpu_extra_resolves_to_one_cuda_major(resolved: dict) -> None:  # type: ignore[type-arg]
     names = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in resolved["install"]}
     assert names["onnxruntime-gpu"].startswith("1.26.") and names["faiss-gpu"].startswith("1.15.")
