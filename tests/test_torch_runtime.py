@@ -142,6 +142,27 @@ def test_compressed_storage_keeps_the_ranking(vectors, storage: str) -> None:  #
     assert np.abs(ss[:, 0] - es[:, 0]).max() < (2e-3 if storage == "fp16" else 2e-2)
 
 
+def test_sq8_scale_widens_as_wider_vectors_arrive() -> None:
+    rng = np.random.default_rng(12)
+    spread = np.ones(64, np.float32)
+    spread[:8] = 5.0  # a few dimensions carry most of the variance, as in real embeddings
+    x = unit(rng.standard_normal((4000, 64)) * spread)
+    ids = np.arange(len(x), dtype=np.int64)
+    q = unit(x[:40] + 0.3 * unit(rng.standard_normal((40, 64)) * spread))
+    exact = TorchIndex(64, IndexConfig(engine="torch", device="cpu"))
+    exact.rebuild(ids, x)
+    _, ei = exact.search(q, 10)
+    grown = TorchIndex(64, IndexConfig(engine="torch", device="cpu", storage="sq8"))
+    first = unit(np.eye(64, dtype=np.float32)[20:21])  # a first vector with nothing in the wide dimensions
+    grown.add(np.array([10**6]), first)
+    for start in range(0, len(x), 1000):
+        grown.add(ids[start : start + 1000], x[start : start + 1000])
+    grown.remove(np.array([10**6]))
+    _, gi = grown.search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ei.tolist(), gi.tolist(), strict=True)])
+    assert recall >= 0.9, recall
+
+
 def test_torch_index_config() -> None:
     with pytest.raises(InvalidArgumentError, match="flat"):
         IndexConfig(engine="torch", kind="ivf")
@@ -169,3 +190,20 @@ def test_gallery_on_the_torch_index(tmp_path: Path, matcher, wild_dir: Path) -> 
     with Gallery.open(tmp_path / "g.fmg", matcher=matcher) as again:  # the stored config; filled from the store
         assert again.info().index == "torch:flat/fp32@cpu" and again.num_templates == 1
         assert again.identify(wild_dir / "obama2.jpg").candidates[0].identity_id == "obama"
+
+
+def test_int8_torch_index_with_rerank_gives_exact_scores(tmp_path: Path, matcher, wild_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from facematch.gallery import Gallery
+
+    people = {"obama": "obama.jpg", "biden": "biden.jpg", "kit": "kit_harington1.jpg", "rose": "rose_leslie1.jpg"}
+    probe = wild_dir / "obama2.jpg"
+    found = {}
+    for name, cfg in (("exact", {"device": "cpu"}), ("sq8", {"engine": "torch", "storage": "sq8", "rerank": True,
+                                                             "device": "cpu"})):  # fmt: skip
+        with Gallery.open(tmp_path / f"{name}.fmg", matcher=matcher, index=cfg) as g:
+            for ident, file in people.items():
+                g.enroll(ident, [wild_dir / file])
+            found[name] = g.identify(probe, k=4).candidates
+    assert [c.identity_id for c in found["sq8"]] == [c.identity_id for c in found["exact"]]
+    for a, b in zip(found["sq8"], found["exact"], strict=True):
+        assert abs(a.similarity - b.similarity) < 1e-5  # re-scored from the stored fp32 embeddings

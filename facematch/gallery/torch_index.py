@@ -5,8 +5,9 @@ For machines with PyTorch on CUDA but no FAISS-GPU. ``IndexConfig(engine="torch"
 - ``storage="fp32"``: exact, the same scores as FAISS flat (fp32 accumulation);
 - ``storage="fp16"``: half the memory, scores within ~1e-3 of exact (fp16 products,
   fp32 accumulation on the GPU); the gallery's ``rerank`` re-scores from the stored fp32;
-- ``storage="sq8"``: int8 codes with one scale per dimension (a quarter of fp32), dequantised
-  block by block into fp16 for the matmul; use with ``rerank=True``.
+- ``storage="sq8"``: int8 codes with one scale per dimension (a quarter of fp32; the scale
+  widens, re-quantising in place, when a wider vector arrives), dequantised block by block
+  into fp16 for the matmul; use with ``rerank=True``.
 
 No ``k`` limit (FAISS-GPU stops at 2048). ``add`` appends into spare capacity (doubling);
 ``remove`` moves the last rows into the freed slots, so both change the matrix in place and
@@ -89,10 +90,24 @@ class TorchIndex:
         t = torch.from_numpy(vectors).to(self.device)
         if self.storage != "sq8":
             return t.to(self._dtype)
-        if self._scale is None:  # unit vectors: |x_d| <= 1; scale each dimension by its observed range
-            peak = t.abs().amax(dim=0) if len(t) else torch.ones(self.dim, device=self.device)
-            self._scale = torch.clamp(peak, min=1e-3) * 1.05 / 127.0
+        # one scale per dimension, from the range seen so far (at least 3/sqrt(dim): a few vectors
+        # would give a too narrow one); a wider vector widens it and the stored codes are rescaled
+        floor = 3.0 / (self.dim**0.5) / 127.0
+        need = torch.clamp(t.abs().amax(dim=0) * 1.05 / 127.0, min=floor) if len(t) else None
+        if self._scale is None:
+            self._scale = need if need is not None else torch.full((self.dim,), floor, device=self.device)
+        elif need is not None and bool((need > self._scale).any()):
+            self._rescale(torch.maximum(self._scale, need))
         return torch.clamp(torch.round(t / self._scale), -127, 127).to(torch.int8)
+
+    def _rescale(self, new_scale: Any) -> None:
+        """Re-quantise the stored int8 codes to a wider per-dimension scale (in place, block by block)."""
+        torch = self._torch
+        ratio = self._scale / new_scale
+        for start in range(0, self._n, SCAN_ROWS):
+            block = self._data[start : min(self._n, start + SCAN_ROWS)]
+            block.copy_(torch.clamp(torch.round(block.float() * ratio), -127, 127).to(torch.int8))
+        self._scale = new_scale
 
     def _decode(self, block: Any) -> Any:
         if self.storage == "sq8":
@@ -157,8 +172,7 @@ class TorchIndex:
             self._n = 0
             self._scale = None
             if self.storage == "sq8" and ids.size:
-                self._scale = None
-                self._encode(vectors)  # sets the per-dimension scale from the whole set
+                self._encode(vectors)  # sets the per-dimension scale from the whole set at once
             self.add(ids, vectors)
 
     # ---- search ----------------------------------------------------------------------------
