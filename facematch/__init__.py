@@ -31,6 +31,7 @@ from .errors import (
     NoFaceError,
     NotAlignedError,
     NoTemplatesError,
+    RateOutOfRangeError,
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "NoTemplatesError",
     "NotAlignedError",
     "PreparedImage",
+    "RateOutOfRangeError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
     "VerifyResult",
