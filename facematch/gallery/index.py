@@ -83,7 +83,7 @@ def import_faiss() -> Any:
         import faiss
     except ImportError as exc:  # pragma: no cover - faiss is in the cpu/gpu extras
         raise BackendUnavailableError(
-            "FAISS is not installed: pip install 'facematch[cpu]' (faiss-cpu) or 'facematch[gpu]' (faiss-gpu-cu12)"
+            "FAISS is not installed: pip install 'facematch[cpu]' (faiss-cpu) or 'facematch[gpu]' (faiss-gpu)"
         ) from exc
     return faiss
 
