@@ -29,7 +29,7 @@ app.add_typer(models_app, name="models")
 
 def _register_subcommands() -> None:
     """Sub-apps of the other rooms; their modules are light (heavy imports live inside commands)."""
-    from .eval.cli import calibrate, eval_app
+    from .eval.cli import calibrate, eval_app, quality_fit
     from .export.cli import export_app
     from .gallery.cli import gallery_app
     from .server.cli import serve
@@ -39,6 +39,7 @@ def _register_subcommands() -> None:
     app.add_typer(export_app, name="export")
     app.command("serve")(serve)
     app.command("calibrate")(calibrate)
+    app.command("quality-fit")(quality_fit)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -146,21 +147,106 @@ def detect(
     image: Annotated[Path, typer.Argument(help="Image to search for faces.")],
     draw: Annotated[Path | None, typer.Option(help="Write a copy of the image with boxes and landmarks.")] = None,
     det_size: Annotated[int | None, typer.Option(help="Detector input long side (default: from the image).")] = None,
+    quality: Annotated[bool, typer.Option(help="Measure each face's quality (aligns and embeds every face).")] = True,
     detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Find every face: box, score and 5 landmarks in original image coordinates."""
-    m = _matcher(detector, None, det_size=det_size)
-    dets = m.detect(image)
+    """Find every face: box, score, 5 landmarks in original image coordinates, and its quality."""
+    m = _matcher(detector, embedder, det_size=det_size)
+    decoded = m.load(image)
+    if quality:
+        from .errors import NoFaceError
+
+        try:  # the shared step: detect, every face largest first, aligned; then embed for the norms
+            prep = m.prepare(decoded, "all")
+        except NoFaceError:
+            dets, qualities = m.detect(decoded), []
+        else:
+            dets = prep.faces
+            qualities = list(m.assess(prep, m.embed_crops(prep.crops)[1]))
+    else:
+        dets = m.detect(decoded).sorted_by_area()
+        qualities = [None] * len(dets)
     if draw is not None:
-        _draw(m.load(image).pixels, dets, m.load(image).scale, draw)
+        _draw(decoded.pixels, dets, decoded.scale, draw)
     if as_json:
-        _echo_json({"faces": dets.to_list(), "count": len(dets)})
+        faces = [
+            {**f.to_dict(), "quality": q.to_dict() if q is not None else None}
+            for f, q in zip(dets, qualities, strict=True)
+        ]
+        _echo_json({"faces": faces, "count": len(dets)})
     else:
         typer.echo(f"{len(dets)} face(s)")
-        for i, f in enumerate(dets):
+        for i, (f, q) in enumerate(zip(dets, qualities, strict=True)):
             x1, y1, x2, y2 = (round(float(v)) for v in f.box)
-            typer.echo(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}")
+            extra = "" if q is None else f" quality={_unified_text(q)}"
+            typer.echo(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}{extra}")
+
+
+def _unified_text(q: Any) -> str:
+    return f"{q.unified:.1f}" if q.unified is not None else f"n/a ({q.unified_status})"
+
+
+@app.command("quality")
+def quality_cmd(
+    image: Annotated[Path, typer.Argument(help="Image holding one or more faces (or an aligned crop with --aligned).")],
+    all_faces: Annotated[
+        bool, typer.Option("--all-faces", help="Every face, largest first (default: the largest).")
+    ] = False,
+    aligned: Annotated[bool, typer.Option(help="Input is an aligned crop: no detection, no face geometry.")] = False,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also measure mirror consistency (one extra embedding per face).")
+    ] = False,
+    pose106: Annotated[
+        bool, typer.Option("--pose106", help="Measure the pose with the 106-point landmark model (2d106det).")
+    ] = False,
+    policy: Annotated[
+        str, typer.Option(help="Check the faces against a quality policy: enrolment, probe or none.")
+    ] = "enrolment",
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality of the face(s) in an image: every component with its unit, the unified score, a policy check.
+
+    Exit status 0 whatever the verdict; the verdict is printed (and in the JSON).
+    """
+    from .quality import COMPONENTS, UNIFIED_UNIT, assess_image, policy_named
+
+    gate = policy_named(policy)
+    m = _matcher(detector, embedder)
+    prep, found = assess_image(
+        m, image, faces="all" if all_faces else "largest", aligned=aligned, mirror=mirror, pose106=pose106
+    )
+    rows = []
+    for i, q in enumerate(found):
+        check = gate.check(q)
+        face = prep.face(i)
+        rows.append(
+            {
+                "face": face.to_dict() if face is not None else None,
+                "quality": q.to_dict(),
+                "policy": gate.name,
+                "passes": check.passed,
+                "failures": [f.to_dict() for f in check.failures],
+                "unchecked": list(check.unchecked),
+            }
+        )
+    if as_json:
+        _echo_json({"image": str(image), "faces_total": prep.faces_total, "faces": rows})
+        return
+    for i, (q, check) in enumerate(zip(found, (gate.check(q) for q in found), strict=True)):
+        typer.echo(f"face #{i}: unified quality {_unified_text(q)} ({UNIFIED_UNIT}; model {q.model_id})")
+        if q.missing:
+            typer.echo(f"  missing components: {', '.join(q.missing)}")
+        for name, value in q.components.items():
+            shown = "not measured" if value is None else f"{value:.4g} {COMPONENTS[name].unit}"
+            typer.echo(f"  {name:<20} {shown}")
+        if q.pose_method:
+            typer.echo(f"  (pose from the {q.pose_method} landmarks)")
+        verdict = "passes" if check.passed else "FAILS"
+        typer.echo(f"  {verdict} the {gate.name} policy" + "".join(f"\n    {f.message}" for f in check.failures))
 
 
 def _draw(pixels: Any, dets: Any, scale: tuple[float, float], out: Path) -> None:
