@@ -322,19 +322,53 @@ def _file_status(card: Any) -> dict[str, Any]:
 @models_app.command("check")
 def models_check(
     model: Annotated[list[str] | None, typer.Argument(help="Card ids or paths (default: the default pack).")] = None,
+    providers: Annotated[
+        str | None,
+        typer.Option(
+            help="Load each model on these providers (comma-separated: cuda,cpu / tensorrt / torch-cuda) and "
+            "fail unless they are the ones running (default: FACEMATCH_PROVIDERS, else TensorRT > CUDA > CPU, "
+            "reported without failing)."
+        ),
+    ] = None,
+    load: Annotated[bool, typer.Option(help="Load each model and print the providers it runs on.")] = True,
 ) -> None:
-    """Verify that model files exist and match their cards' sha256."""
+    """Verify that model files exist and match their cards' sha256, and show what each model runs on."""
     from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS
     from .model_files import load_card
 
+    wanted = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     bad = 0
     for ref in model or [DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS]:
         card = load_card(ref)
         st = _file_status(card)
-        typer.echo(f"{card.id}: {st['status']} {st.get('path') or st.get('error')}")
+        line = f"{card.id}: {st['status']} {st.get('path') or st.get('error')}"
+        if st["status"] == "ok" and load:
+            line += f"  providers={_running_providers(card, wanted)}"
+        typer.echo(line)
         bad += st["status"] != "ok"
     if bad:
         fail(f"{bad} model(s) missing or corrupt")
+
+
+def _running_providers(card: Any, wanted: list[str] | None) -> list[str]:
+    """What a model really runs on (raises ProviderUnavailableError when explicit providers did not load)."""
+    from .model_files import resolve_model_path
+    from .runtime import create_session, split_torch_providers
+
+    device, ort_providers = split_torch_providers(wanted)
+    if device is not None and card.task == "embedding":
+        from .zoo.torch_embedder import TorchEmbedder
+
+        return TorchEmbedder.load(card, device=device).providers
+    if device is not None:  # the torch runtime embeds; other models stay on ONNX Runtime
+        ort_providers = ort_providers or ["cpu"]
+    session = create_session(
+        resolve_model_path(card),
+        providers=ort_providers,
+        card=card,
+        dynamic_batch=card.task == "embedding" and card.input.dynamic_batch,
+    )
+    return list(session.get_providers())
 
 
 @app.command()

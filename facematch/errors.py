@@ -199,6 +199,17 @@ class BackendUnavailableError(FacematchError):
     http_status = 501
 
 
+class ProviderUnavailableError(BackendUnavailableError):
+    """An execution provider that was asked for explicitly is not the one running the model.
+
+    ONNX Runtime falls back to CPU when a provider's libraries cannot load (a CUDA major
+    the wheel was not built for, no cuDNN, no TensorRT); facematch compares what runs with
+    what was requested and raises this instead of serving on the wrong device.
+    """
+
+    code = "provider_unavailable"
+
+
 __all__ = [
     "BackendUnavailableError",
     "CalibrationMissingError",
@@ -220,6 +231,7 @@ __all__ = [
     "NoFaceError",
     "NoTemplatesError",
     "NotAlignedError",
+    "ProviderUnavailableError",
     "RateOutOfRangeError",
     "StoreUnavailableError",
     "TemplateNotFoundError",

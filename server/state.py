@@ -92,6 +92,8 @@ class ServerState:
             )
             w, h = matcher.embedder.size
             matcher.embed_crops(np.zeros((1, h, w, 3), np.uint8))  # first run allocates; do it now
+            if getattr(matcher.embedder, "device", None) == "cuda":  # torch-cuda: capture every batch bucket now
+                matcher.embedder.warmup()  # type: ignore[union-attr]
             self.matcher = matcher
             if s.gallery is not None:
                 from facematch.gallery import Gallery
@@ -107,11 +109,22 @@ class ServerState:
                 matcher.model_id,
                 f", gallery {g.location} ({len(g)} identities)" if g is not None else "",  # no password in it
             )
+            self._log_devices(matcher)
         except FacematchError as exc:
             self._fail(f"{exc.code}: {exc.message}")
         except Exception as exc:
             logger.exception("loading failed")
             self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _log_devices(self, matcher: FaceMatcher) -> None:
+        """Where inference and search really run (what ONNX Runtime loaded, not what was installed)."""
+        providers = matcher.providers
+        index = self.gallery.info().index if self.gallery is not None else "no gallery"
+        logger.info(
+            "providers: detector %s, embedder %s; index %s", providers["detector"], providers["embedder"], index
+        )
+        if any(p[0] == "CPUExecutionProvider" for p in providers.values() if p) and _gpu_runtime_installed():
+            logger.warning("onnxruntime-gpu is installed but a model runs on CPU: %s (see docs/gpu.md)", providers)
 
     def _fail(self, message: str) -> None:
         self.status = "failed"
@@ -162,6 +175,14 @@ class ServerState:
             await loop.run_in_executor(None, gallery.close)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._embed_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _gpu_runtime_installed() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - the server extra's runtime
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 __all__ = ["ServerState", "Status"]

@@ -77,6 +77,10 @@ class IndexSync:
                 collection=collection_name(gallery_id),
                 read_only=self.read_only,
             )
+        elif self.config.engine == "torch":
+            from .torch_index import TorchIndex
+
+            index = TorchIndex(dim, self.config)  # held in memory only: reconcile fills it from the store
         else:
             index = FaissIndex.load(self.path, dim, self.config) if self.path is not None else None
             if index is None:
