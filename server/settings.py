@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     inference_threads: int = Field(4, ge=1, le=256)  # thread pool for decode/detect/align and embedding
     retry_after_s: int = Field(1, ge=1, le=3600)
 
+    @field_validator("gallery", mode="before")
+    @classmethod
+    def _gallery_path(cls, value: Any) -> Any:
+        """A ``pathlib.Path`` (SDK callers) is a directory path like any other."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     @field_validator("api_keys")
     @classmethod
     def _unique_names(cls, keys: list[ApiKey]) -> list[ApiKey]:
