@@ -30,7 +30,7 @@ app.add_typer(models_app, name="models")
 
 def _register_subcommands() -> None:
     """Sub-apps of the other rooms; their modules are light (heavy imports live inside commands)."""
-    from .eval.cli import calibrate, eval_app
+    from .eval.cli import calibrate, eval_app, quality_fit
     from .export.cli import export_app
     from .gallery.cli import gallery_app
     from .server.cli import serve
@@ -40,6 +40,7 @@ def _register_subcommands() -> None:
     app.add_typer(export_app, name="export")
     app.command("serve")(serve)
     app.command("calibrate")(calibrate)
+    app.command("quality-fit")(quality_fit)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -72,8 +73,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
 
 @app.command()
 def verify(
-    image1: Annotated[Path, typer.Argument(help="First image.")],
-    image2: Annotated[Path, typer.Argument(help="Second image.")],
+    image1: Annotated[Path | None, typer.Argument(help="First image (or give --pairs).")] = None,
+    image2: Annotated[Path | None, typer.Argument(help="Second image.")] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(help="CSV of image pairs (columns image1,image2 or the first two); needs --out."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Results CSV for --pairs: appended to, pairs already in it are skipped.")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Folder relative pair paths start from (default: the CSV's).")
+    ] = None,
+    chunk: Annotated[int, typer.Option(help="Pairs per batch with --pairs (flushed to --out after each).")] = 512,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr with --pairs (tqdm if installed).")] = True,
     threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
     fmr: Annotated[
         float | None, typer.Option(help="Target false-match rate (threshold from the model card's calibration).")
@@ -84,12 +97,44 @@ def verify(
     embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Are the faces in two images the same person? (largest face of each)"""
+    """Are the faces in two images the same person? (largest face of each)
+
+    With --pairs, every pair of a CSV, each distinct image processed once; results go to --out,
+    and a re-run skips the pairs already there (append-safe, resumable).
+    """
     if far is not None:
         typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
         if fmr is not None:
             fail("give --fmr (or its deprecated alias --far), not both", 2)
         fmr = far
+    if pairs is not None:
+        if image1 is not None or image2 is not None:
+            fail("give two images or --pairs, not both", 2)
+        if out is None:
+            fail("--pairs needs --out (the results CSV)", 2)
+        from .batch_cli import run_pairs
+
+        summary = run_pairs(
+            _matcher(detector, embedder),
+            pairs,
+            out,
+            root=root,
+            threshold=threshold,
+            fmr=fmr,
+            aligned=aligned,
+            chunk=chunk,
+            progress=progress,
+        )
+        if as_json:
+            _echo_json(summary)
+        else:
+            typer.echo(
+                f"{summary['verified']} pair(s) verified ({summary['matches']} match, {summary['errors']} error), "
+                f"{summary['skipped']} already in {out}"
+            )
+        return
+    if image1 is None or image2 is None:
+        fail("give two images (or --pairs FILE --out FILE)", 2)
     res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, fmr=fmr, aligned=aligned)
     if as_json:
         _echo_json(res.to_dict())
@@ -149,21 +194,106 @@ def detect(
     image: Annotated[Path, typer.Argument(help="Image to search for faces.")],
     draw: Annotated[Path | None, typer.Option(help="Write a copy of the image with boxes and landmarks.")] = None,
     det_size: Annotated[int | None, typer.Option(help="Detector input long side (default: from the image).")] = None,
+    quality: Annotated[bool, typer.Option(help="Measure each face's quality (aligns and embeds every face).")] = True,
     detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Find every face: box, score and 5 landmarks in original image coordinates."""
-    m = _matcher(detector, None, det_size=det_size)
-    dets = m.detect(image)
+    """Find every face: box, score, 5 landmarks in original image coordinates, and its quality."""
+    m = _matcher(detector, embedder, det_size=det_size)
+    decoded = m.load(image)
+    if quality:
+        from .errors import NoFaceError
+
+        try:  # the shared step: detect, every face largest first, aligned; then embed for the norms
+            prep = m.prepare(decoded, "all")
+        except NoFaceError:
+            dets, qualities = m.detect(decoded), []
+        else:
+            dets = prep.faces
+            qualities = list(m.assess(prep, m.embed_crops(prep.crops)[1]))
+    else:
+        dets = m.detect(decoded).sorted_by_area()
+        qualities = [None] * len(dets)
     if draw is not None:
-        _draw(m.load(image).pixels, dets, m.load(image).scale, draw)
+        _draw(decoded.pixels, dets, decoded.scale, draw)
     if as_json:
-        _echo_json({"faces": dets.to_list(), "count": len(dets)})
+        faces = [
+            {**f.to_dict(), "quality": q.to_dict() if q is not None else None}
+            for f, q in zip(dets, qualities, strict=True)
+        ]
+        _echo_json({"faces": faces, "count": len(dets)})
     else:
         typer.echo(f"{len(dets)} face(s)")
-        for i, f in enumerate(dets):
+        for i, (f, q) in enumerate(zip(dets, qualities, strict=True)):
             x1, y1, x2, y2 = (round(float(v)) for v in f.box)
-            typer.echo(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}")
+            extra = "" if q is None else f" quality={_unified_text(q)}"
+            typer.echo(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}{extra}")
+
+
+def _unified_text(q: Any) -> str:
+    return f"{q.unified:.1f}" if q.unified is not None else f"n/a ({q.unified_status})"
+
+
+@app.command("quality")
+def quality_cmd(
+    image: Annotated[Path, typer.Argument(help="Image holding one or more faces (or an aligned crop with --aligned).")],
+    all_faces: Annotated[
+        bool, typer.Option("--all-faces", help="Every face, largest first (default: the largest).")
+    ] = False,
+    aligned: Annotated[bool, typer.Option(help="Input is an aligned crop: no detection, no face geometry.")] = False,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also measure mirror consistency (one extra embedding per face).")
+    ] = False,
+    pose106: Annotated[
+        bool, typer.Option("--pose106", help="Measure the pose with the 106-point landmark model (2d106det).")
+    ] = False,
+    policy: Annotated[
+        str, typer.Option(help="Check the faces against a quality policy: enrolment, probe or none.")
+    ] = "enrolment",
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality of the face(s) in an image: every component with its unit, the unified score, a policy check.
+
+    Exit status 0 whatever the verdict; the verdict is printed (and in the JSON).
+    """
+    from .quality import COMPONENTS, UNIFIED_UNIT, assess_image, policy_named
+
+    gate = policy_named(policy)
+    m = _matcher(detector, embedder)
+    prep, found = assess_image(
+        m, image, faces="all" if all_faces else "largest", aligned=aligned, mirror=mirror, pose106=pose106
+    )
+    rows = []
+    for i, q in enumerate(found):
+        check = gate.check(q)
+        face = prep.face(i)
+        rows.append(
+            {
+                "face": face.to_dict() if face is not None else None,
+                "quality": q.to_dict(),
+                "policy": gate.name,
+                "passes": check.passed,
+                "failures": [f.to_dict() for f in check.failures],
+                "unchecked": list(check.unchecked),
+            }
+        )
+    if as_json:
+        _echo_json({"image": str(image), "faces_total": prep.faces_total, "faces": rows})
+        return
+    for i, (q, check) in enumerate(zip(found, (gate.check(q) for q in found), strict=True)):
+        typer.echo(f"face #{i}: unified quality {_unified_text(q)} ({UNIFIED_UNIT}; model {q.model_id})")
+        if q.missing:
+            typer.echo(f"  missing components: {', '.join(q.missing)}")
+        for name, value in q.components.items():
+            shown = "not measured" if value is None else f"{value:.4g} {COMPONENTS[name].unit}"
+            typer.echo(f"  {name:<20} {shown}")
+        if q.pose_method:
+            typer.echo(f"  (pose from the {q.pose_method} landmarks)")
+        verdict = "passes" if check.passed else "FAILS"
+        typer.echo(f"  {verdict} the {gate.name} policy" + "".join(f"\n    {f.message}" for f in check.failures))
 
 
 def _draw(pixels: Any, dets: Any, scale: tuple[float, float], out: Path) -> None:
@@ -239,19 +369,53 @@ def _file_status(card: Any) -> dict[str, Any]:
 @models_app.command("check")
 def models_check(
     model: Annotated[list[str] | None, typer.Argument(help="Card ids or paths (default: the default pack).")] = None,
+    providers: Annotated[
+        str | None,
+        typer.Option(
+            help="Load each model on these providers (comma-separated: cuda,cpu / tensorrt / torch-cuda) and "
+            "fail unless they are the ones running (default: FACEMATCH_PROVIDERS, else TensorRT > CUDA > CPU, "
+            "reported without failing)."
+        ),
+    ] = None,
+    load: Annotated[bool, typer.Option(help="Load each model and print the providers it runs on.")] = True,
 ) -> None:
-    """Verify that model files exist and match their cards' sha256."""
+    """Verify that model files exist and match their cards' sha256, and show what each model runs on."""
     from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS
     from .model_files import load_card
 
+    wanted = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     bad = 0
     for ref in model or [DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS]:
         card = load_card(ref)
         st = _file_status(card)
-        typer.echo(f"{card.id}: {st['status']} {st.get('path') or st.get('error')}")
+        line = f"{card.id}: {st['status']} {st.get('path') or st.get('error')}"
+        if st["status"] == "ok" and load:
+            line += f"  providers={_running_providers(card, wanted)}"
+        typer.echo(line)
         bad += st["status"] != "ok"
     if bad:
         fail(f"{bad} model(s) missing or corrupt")
+
+
+def _running_providers(card: Any, wanted: list[str] | None) -> list[str]:
+    """What a model really runs on (raises ProviderUnavailableError when explicit providers did not load)."""
+    from .model_files import resolve_model_path
+    from .runtime import create_session, split_torch_providers
+
+    device, ort_providers = split_torch_providers(wanted)
+    if device is not None and card.task == "embedding":
+        from .zoo.torch_embedder import TorchEmbedder
+
+        return TorchEmbedder.load(card, device=device).providers
+    if device is not None:  # the torch runtime embeds; other models stay on ONNX Runtime
+        ort_providers = ort_providers or ["cpu"]
+    session = create_session(
+        resolve_model_path(card),
+        providers=ort_providers,
+        card=card,
+        dynamic_batch=card.task == "embedding" and card.input.dynamic_batch,
+    )
+    return list(session.get_providers())
 
 
 @app.command()

@@ -294,7 +294,7 @@ def _build(embedder: Any) -> Decomposer:
     path = resolve_model_path(card)
     if path.suffix != ".onnx":
         raise _unavailable(card, f"{path.name} is not an ONNX file (the decomposition reads the ONNX graph)")
-    session = embedder.session
+    session: Any = getattr(embedder, "session", None)
     if not all(hasattr(session, a) for a in ("get_outputs", "get_providers", "get_session_options")):
         raise _unavailable(card, "the embedder does not run on ONNX Runtime (the decomposition reads the ONNX graph)")
     outputs = [o.name for o in session.get_outputs()]

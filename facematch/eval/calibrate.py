@@ -97,18 +97,27 @@ def write_calibration(card: ModelCard, calibration: Calibration, out: Path | Non
     sidecar ``<stem>.card.json``, which takes precedence when the model is loaded: rewriting
     the ONNX file would change the sha256 its card records.
     """
+    path = write_card_field(card, "calibration", calibration, out)
+    logger.info("wrote calibration on %r into %s", calibration.set, path)
+    return path
+
+
+def write_card_field(card: ModelCard, name: str, value: Any, out: Path | None = None) -> Path:
+    """Write ``card`` with its block ``name`` set to ``value`` to ``out`` (default: :func:`card_destination`).
+
+    The written card is read back and must hold the same block, or ``ModelError``.
+    """
     path = Path(out) if out is not None else card_destination(card)
-    updated = card.model_copy(update={"calibration": calibration, "card_path": path})
+    updated = card.model_copy(update={name: value, "card_path": path})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_card(updated, path)
     except OSError as exc:
         raise ModelError(f"cannot write the card to {path}: {exc.strerror or exc}; give --out") from exc
     reloaded = load_card(path)
-    if reloaded.calibration != calibration:
-        raise ModelError(f"the card written to {path} does not read back with the new calibration")
-    logger.info("wrote calibration on %r into %s", calibration.set, path)
+    if getattr(reloaded, name) != value:
+        raise ModelError(f"the card written to {path} does not read back with the new {name} block")
     return path
 
 
-__all__ = ["CalibrationRun", "card_destination", "measure_calibration", "write_calibration"]
+__all__ = ["CalibrationRun", "card_destination", "measure_calibration", "write_calibration", "write_card_field"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,11 +37,22 @@ def enroll_cmd(
     aligned: Annotated[bool, typer.Option(help="Images are aligned 112x112 face crops (no detection).")] = False,
     multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
     strict: Annotated[bool, typer.Option(help="Write nothing unless every image gives a template.")] = False,
+    quality_policy: Annotated[
+        str, typer.Option(help="Quality gate: enrolment (strict, the default), probe (lenient) or none.")
+    ] = "enrolment",
+    min_quality: Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")] = None,
+    min_face_size: Annotated[float | None, typer.Option(help="Minimum face box short side, px.")] = None,
+    max_abs_yaw: Annotated[float | None, typer.Option(help="Maximum |yaw|, degrees.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Enrol an identity from face images, reporting what each image gave."""
+    """Enrol an identity from face images, reporting what each image gave (low-quality faces are refused)."""
     with reported_errors():
         from ..errors import InvalidArgumentError
+        from ..quality import policy_named
+
+        gate = policy_named(
+            quality_policy, min_quality=min_quality, min_face_size=min_face_size, max_abs_yaw=max_abs_yaw
+        )
 
         try:
             meta = json.loads(metadata) if metadata else None
@@ -48,9 +60,13 @@ def enroll_cmd(
             raise InvalidArgumentError(f"--metadata is not valid JSON: {exc}") from exc
         with _open(gallery, read_only=False, create=True, multi_face=multi_face) as g:
             if add:
-                report = g.add_templates(identity, [str(p) for p in images], aligned=aligned, strict=strict)
+                report = g.add_templates(
+                    identity, [str(p) for p in images], aligned=aligned, strict=strict, quality=gate
+                )
             else:
-                report = g.enroll(identity, [str(p) for p in images], meta, aligned=aligned, strict=strict)
+                report = g.enroll(
+                    identity, [str(p) for p in images], meta, aligned=aligned, strict=strict, quality=gate
+                )
 
         def text() -> str:
             lines = [f"{report.identity_id}: {len(report.template_ids)} template(s) of {len(report.outcomes)} image(s)"]
@@ -128,6 +144,157 @@ def info_cmd(
     with reported_errors(), _open(gallery, read_only=True) as g:
         info = g.info()
         _emit(as_json, info.to_dict(), lambda: "\n".join(f"{k}: {v}" for k, v in info.to_dict().items()))
+
+
+@gallery_app.command("verify")
+def verify_cmd(
+    gallery: _GALLERY,
+    identity: Annotated[str, typer.Argument(help="Enrolled identity id to compare with.")],
+    image: Annotated[Path, typer.Argument(help="Probe image (its largest face).")],
+    threshold: Annotated[float | None, typer.Option(help="Accept at or above this cosine similarity.")] = None,
+    fmr: Annotated[float | None, typer.Option(help="Target false-match rate (1:1 threshold from the card).")] = None,
+    aligned: Annotated[bool, typer.Option(help="The probe is an aligned 112x112 face crop.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Is the face in IMAGE the enrolled IDENTITY? (1:1 against its templates; exit 0 either way)"""
+    with reported_errors(), _open(gallery, read_only=True) as g:
+        res = g.verify(identity, str(image), threshold=threshold, fmr=fmr, aligned=aligned)
+
+        def text() -> str:
+            verdict = "MATCH" if res.is_match else "NO MATCH"
+            fp = f", target FMR {res.target_fmr:g}" if res.target_fmr is not None else ""
+            lines = [
+                f"{verdict} {res.identity_id}  similarity={res.similarity:.4f} ({res.aggregation} of "
+                f"{len(res.templates)} template(s))  threshold={res.threshold:.4f}{fp}"
+            ]
+            lines += [f"  template {t.template_id}: {t.similarity:.4f}" for t in res.templates]
+            return "\n".join(lines)
+
+        _emit(as_json, res.to_dict(), text)
+
+
+@gallery_app.command("update")
+def update_cmd(
+    gallery: _GALLERY,
+    identity: Annotated[str, typer.Argument(help="Identity id to update.")],
+    metadata: Annotated[str, typer.Option(help="JSON object that replaces the identity's metadata.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the identity as JSON.")] = False,
+) -> None:
+    """Replace an identity's metadata."""
+    with reported_errors():
+        meta = _json_object(metadata, "--metadata")
+        with _open(gallery, read_only=False) as g:
+            info = g.set_metadata(identity, meta)
+        _emit(as_json, info.to_dict(), lambda: f"{info.identity_id}: metadata {json.dumps(info.metadata)}")
+
+
+@gallery_app.command("enroll-bulk")
+def enroll_bulk_cmd(
+    gallery: _GALLERY,
+    source: Annotated[
+        Path,
+        typer.Argument(help="A folder with one sub-folder of images per identity, or a CSV identity,path[,metadata]."),
+    ],
+    report: Annotated[Path | None, typer.Option(help="Write a per-image report CSV here.")] = None,
+    aligned: Annotated[bool, typer.Option(help="Images are aligned 112x112 face crops (no detection).")] = False,
+    multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr (tqdm if installed).")] = True,
+    quality_policy: Annotated[
+        str, typer.Option(help="Quality gate: enrolment (strict, the default), probe (lenient) or none.")
+    ] = "enrolment",
+    min_quality: Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Enrol many identities at once; re-runs skip images already enrolled; low-quality faces are refused."""
+    from ..quality import policy_named
+
+    with reported_errors(), _open(gallery, read_only=False, create=True, multi_face=multi_face) as g:
+        gate = policy_named(quality_policy, min_quality=min_quality)
+        tick, close = _progress_bar("enrol", "image") if progress else (None, lambda: None)
+        try:
+            result = g.enroll_bulk(source, aligned=aligned, report_path=report, progress=tick, quality=gate)
+        finally:
+            close()
+        summary = result.to_dict()
+
+        def text() -> str:
+            head = (
+                f"{summary['enrolled']} image(s) enrolled, {summary['skipped']} already enrolled, "
+                f"{summary['failed']} failed; {len(result.created)} identities created, "
+                f"{len(result.extended)} extended"
+            )
+            lines = [head] + [
+                f"  {o.identity_id}/{o.source}: {o.status} {o.error or ''}".rstrip() for o in result.failed
+            ]
+            if report is not None:
+                lines.append(f"report: {report}")
+            return "\n".join(lines)
+
+        _emit(as_json, summary, text)
+
+
+@gallery_app.command("export")
+def export_cmd(
+    gallery: _GALLERY,
+    out: Annotated[Path, typer.Argument(help="The portable file to write (a zip; e.g. people-backup.zip).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
+) -> None:
+    """Write the gallery (identities, metadata, templates, model id) to one portable file."""
+    with reported_errors(), _open(gallery, read_only=True) as g:
+        info = g.export_to(out)
+        _emit(
+            as_json,
+            info.to_dict(),
+            lambda: f"{info.identities} identities, {info.templates} templates ({info.model_id}) -> {info.path}",
+        )
+
+
+@gallery_app.command("import")
+def import_cmd(
+    gallery: _GALLERY,
+    file: Annotated[Path, typer.Argument(help="A file written by 'facematch gallery export'.")],
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Keep identities that already exist instead of refusing the file.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Add the identities of an exported file to a gallery (refused if it is another model's)."""
+    with reported_errors(), _open(gallery, read_only=False, create=True) as g:
+        rep = g.import_from(file, on_existing="skip" if skip_existing else "error")
+        _emit(
+            as_json,
+            rep.to_dict(),
+            lambda: f"{len(rep.imported)} identities ({rep.templates} templates) imported, {len(rep.skipped)} skipped",
+        )
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    from ..errors import InvalidArgumentError
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{option} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{option} must be a JSON object")
+    return value
+
+
+def _progress_bar(desc: str, unit: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(tick(done, total), close()) on stderr: a tqdm bar, or a plain line per tick without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return (lambda done, total: typer.echo(f"{desc}: {done}/{total} {unit}s", err=True)), (lambda: None)
+    bar: Any = None
+
+    def tick(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    return tick, (lambda: bar.close() if bar is not None else None)
 
 
 __all__ = ["gallery_app"]

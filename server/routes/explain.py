@@ -10,7 +10,7 @@ from facematch.explain import explain_prepared
 from facematch.matcher import FaceMatcher
 from facematch.types import PreparedImage
 
-from ..deps import Admitted, MatcherDep, StateDep, scoped
+from ..deps import MatcherDep, StateDep, scoped
 from ..inputs import FileField, parse_images_request, request_body
 from ..pipeline import Pipeline
 from ..schemas import ExplainJSON, ExplainParams, ExplainResponse
@@ -30,7 +30,7 @@ EXPLAIN_FILES = (FileField("image1", description="first image"), FileField("imag
     openapi_extra=request_body(EXPLAIN_FILES, ExplainParams, ExplainJSON),
     dependencies=[scoped("explain")],
 )
-async def explain(request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted) -> ExplainResponse:
+async def explain(request: Request, state: StateDep, matcher: MatcherDep) -> ExplainResponse:
     """Compare the largest faces of `image1` and `image2` as `/verify` does, and say which parts of
     each face made them similar: per feature cell of each face, its share of the similarity, mapped
     onto the aligned crop and into the original image (RGBA PNGs, base64), and the share of the
@@ -44,17 +44,18 @@ async def explain(request: Request, state: StateDep, matcher: MatcherDep, _slot:
     parsed = await parse_images_request(request, state.settings, EXPLAIN_FILES, ExplainParams, ExplainJSON)
     p = parsed.params
     matcher.resolve_threshold(p.threshold, p.fmr)  # refuse bad options before any work
-    pipe = Pipeline(state, matcher)
-    first, second = await pipe.prepare_many([parsed.one("image1"), parsed.one("image2")], ["image1", "image2"])
     max_side = state.settings.explain_max_png_side
+    with state.admission.slot():  # taken once the body is read and checked, as /verify does
+        pipe = Pipeline(state, matcher)
+        first, second = await pipe.prepare_many([parsed.one("image1"), parsed.one("image2")], ["image1", "image2"])
 
-    def work(m: FaceMatcher, a: PreparedImage, b: PreparedImage) -> ExplainResponse:
-        t = time.perf_counter()
-        expl = explain_prepared(m, a, b, method=p.method, threshold=p.threshold, fmr=p.fmr)
-        pipe.embed_s += time.perf_counter() - t
-        return ExplainResponse.of(expl, pipe.timings(), max_side)
+        def work(m: FaceMatcher, a: PreparedImage, b: PreparedImage) -> ExplainResponse:
+            t = time.perf_counter()
+            expl = explain_prepared(m, a, b, method=p.method, threshold=p.threshold, fmr=p.fmr)
+            pipe.embed_s += time.perf_counter() - t
+            return ExplainResponse.of(expl, pipe.timings(), max_side)
 
-    return await pipe.run(work, matcher, first, second)
+        return await pipe.run(work, matcher, first, second)
 
 
 __all__ = ["router"]

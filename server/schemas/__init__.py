@@ -11,9 +11,22 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 
 from __future__ import annotations
 
-from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
+from .batch import PairErrorOut, PairOut, VerifyBatchForm, VerifyBatchJSON, VerifyBatchResponse
+from .common import (
+    B64_EXAMPLE,
+    FaceOut,
+    ImageSize,
+    Problem,
+    QualityFailureOut,
+    QualityOut,
+    QualityParams,
+    Timings,
+    ValidationIssue,
+)
 from .explain import ExplainedFaceOut, ExplainJSON, ExplainParams, ExplainResponse, RegionShareOut
 from .gallery import (
+    IDENTITY_ID_DESC,
+    AddTemplatesForm,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -21,12 +34,18 @@ from .gallery import (
     EnrollResponse,
     IdentityOut,
     IdentityPage,
+    IdentityUpdate,
+    IdentityVerifyJSON,
+    IdentityVerifyParams,
+    IdentityVerifyResponse,
     ImageOutcomeOut,
     NoParams,
+    TemplateScoreOut,
 )
 from .match import (
     CandidateOut,
     DetectJSON,
+    DetectParams,
     DetectResponse,
     EmbeddingOut,
     EmbedJSON,
@@ -36,6 +55,7 @@ from .match import (
     IdentifyJSON,
     IdentifyParams,
     IdentifyResponse,
+    ThresholdParams,
     VerifyJSON,
     VerifyParams,
     VerifyResponse,
@@ -44,10 +64,13 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 
 __all__ = [
     "B64_EXAMPLE",
+    "IDENTITY_ID_DESC",
+    "AddTemplatesForm",
     "AddTemplatesJSON",
     "CandidateOut",
     "DeletedTemplate",
     "DetectJSON",
+    "DetectParams",
     "DetectResponse",
     "EmbedJSON",
     "EmbedParams",
@@ -69,14 +92,28 @@ __all__ = [
     "IdentifyResponse",
     "IdentityOut",
     "IdentityPage",
+    "IdentityUpdate",
+    "IdentityVerifyJSON",
+    "IdentityVerifyParams",
+    "IdentityVerifyResponse",
     "ImageOutcomeOut",
     "ImageSize",
     "NoParams",
+    "PairErrorOut",
+    "PairOut",
     "Problem",
+    "QualityFailureOut",
+    "QualityOut",
+    "QualityParams",
     "ReadyResponse",
     "RegionShareOut",
+    "TemplateScoreOut",
+    "ThresholdParams",
     "Timings",
     "ValidationIssue",
+    "VerifyBatchForm",
+    "VerifyBatchJSON",
+    "VerifyBatchResponse",
     "VerifyJSON",
     "VerifyParams",
     "VerifyResponse",

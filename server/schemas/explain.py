@@ -9,27 +9,18 @@ from pydantic import Field
 
 from facematch.explain import Explanation, FaceExplanation
 
-from .common import _FACE_EXAMPLE, _TIMINGS_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _In, _Out
+from .common import _FACE_EXAMPLE, _TIMINGS_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _Out
+from .match import ThresholdParams
 
 
-class ExplainParams(_In):
-    """Options of POST /explain (multipart text fields or JSON members)."""
+class ExplainParams(ThresholdParams):
+    """Options of POST /explain (multipart text fields or JSON members): the method and the 1:1 threshold."""
 
     method: Literal["auto", "decomposition", "occlusion"] = Field(
         default="auto",
         description="`decomposition`: the exact split of the cosine over the last feature map (models whose card "
         "has an `explain` block; checked on every pair); `occlusion`: the similarity lost when each cell is covered "
         "(any model, about 100 extra embeddings); `auto`: the first, else the second",
-    )
-    threshold: float | None = Field(
-        default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fmr, not both"
-    )
-    fmr: float | None = Field(
-        default=None,
-        gt=0.0,
-        lt=1.0,
-        description="target false-match rate: the threshold is the model card's calibrated one at this rate "
-        "(default: the card's default FMR)",
     )
 
 
