@@ -21,9 +21,16 @@ import numpy as np
 from .align import norm_crops
 from .calibration import threshold_or_rate
 from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, ModelCard
-from .errors import InvalidArgumentError, ModelMismatchError, MultipleFacesError, NoFaceError, NotAlignedError
+from .errors import (
+    FacematchError,
+    InvalidArgumentError,
+    ModelMismatchError,
+    MultipleFacesError,
+    NoFaceError,
+    NotAlignedError,
+)
 from .io import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image
-from .model_files import load_card, resolve_model_path, verify_file
+from .model_files import file_sha256, load_card, resolve_model_path, verify_file
 from .runtime import THREADS_ENV, create_session
 from .similarity import unit_rows
 from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyResult
@@ -49,7 +56,11 @@ def _load_model(
     path = resolve_model_path(card)
     verify_file(card, path)
     session = create_session(
-        path, providers=providers, threads=threads, dynamic_batch=task == "embedding" and card.input.dynamic_batch
+        path,
+        providers=providers,
+        threads=threads,
+        dynamic_batch=task == "embedding" and card.input.dynamic_batch,
+        sha256=file_sha256(path),  # hashed (and cached) by verify_file
     )
     logger.info("loaded %s model %s from %s", task, card.id, path)
     return card, session
@@ -440,8 +451,12 @@ class FaceMatcher:
             raise InvalidArgumentError(f"{name} must be a finite, non-zero vector of dimension {self.dim}")
         return vec
 
-    def _first_embedding(self, image: ImageInput | DecodedImage, aligned: bool) -> FaceEmbedding:
-        return self.embed(image, aligned=aligned)[0]
+    def _first_embedding(self, image: ImageInput | DecodedImage, aligned: bool, label: str) -> FaceEmbedding:
+        """The selected face's embedding; an error names the image (its path, else ``label``)."""
+        try:
+            return self.embed(image, aligned=aligned)[0]
+        except FacematchError as exc:
+            raise exc.about(os.fspath(image) if isinstance(image, (str, os.PathLike)) else label) from exc
 
     def verify(
         self,
@@ -462,14 +477,14 @@ class FaceMatcher:
         fmr = _deprecated_far(fmr, far)
         self.resolve_threshold(threshold, fmr)  # refuse bad options before any work
         if aligned or self.workers < 2:
-            e1 = self._first_embedding(image1, aligned)
-            e2 = self._first_embedding(image2, aligned)
+            e1 = self._first_embedding(image1, aligned, "image1")
+            e2 = self._first_embedding(image2, aligned, "image2")
         else:
             # Side by side: the second image in a pool thread, the first in this one. ONNX
             # Runtime and OpenCV release the GIL, so on a CPU this nearly halves the latency.
-            second = self._thread_pool().submit(self._first_embedding, image2, aligned)
+            second = self._thread_pool().submit(self._first_embedding, image2, aligned, "image2")
             try:
-                e1 = self._first_embedding(image1, aligned)
+                e1 = self._first_embedding(image1, aligned, "image1")
             except BaseException:
                 second.cancel()  # image1's error wins, as in sequential order
                 raise

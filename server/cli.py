@@ -1,4 +1,7 @@
-"""``facematch serve``: run the REST server under uvicorn (light module: uvicorn loads in the command)."""
+"""``facematch serve``: run the REST server under uvicorn (light module: uvicorn loads in the command).
+
+Errors (bad settings, a missing ``[server]`` extra) are reported in the command line's one style.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from facematch._cliutil import run_command
+from facematch.errors import InvalidArgumentError
 
 
 def serve(
@@ -43,11 +49,9 @@ def serve(
         settings.check_exposure()
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()
-        typer.echo(f"error: invalid settings: {' '.join(first[:3])}", err=True)
-        raise typer.Exit(2) from None
+        raise InvalidArgumentError(f"invalid settings: {' '.join(first[:3])}") from None
     if workers > 1 and settings.gallery is not None and not settings.gallery_read_only:
-        typer.echo("error: a gallery has one writer; use --workers 1, or --read-only for several workers", err=True)
-        raise typer.Exit(2)
+        raise InvalidArgumentError("a gallery has one writer; use --workers 1, or --read-only for several workers")
 
     import copy
 
@@ -70,8 +74,8 @@ def serve(
 
 
 def main() -> None:
-    """Standalone entry point (``python -m facematch.server``)."""
-    typer.run(serve)
+    """Standalone entry point (``python -m facematch.server``), with the command line's error style."""
+    run_command(serve, "serve")
 
 
 __all__ = ["main", "serve"]

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from facematch.errors import TemplateNotFoundError
+from facematch.errors import DuplicateIdentityError, TemplateNotFoundError
 from facematch.gallery import Gallery, IdentityInfo
 from facematch.gallery.enrol import prepare_for_enrolment
 from facematch.matcher import FaceMatcher
@@ -110,7 +110,14 @@ async def create_identity(
     parsed = await parse_images_request(request, state.settings, IMAGES, EnrollForm, EnrollJSON)
     p = parsed.params
     images, names = parsed.images["images"], parsed.names["images"]  # names: upload file names, else "#i"
-    return await _enrol(state, matcher, gallery, p.identity_id, images, names, metadata=p.metadata, create=True)
+    try:
+        return await _enrol(state, matcher, gallery, p.identity_id, images, names, metadata=p.metadata, create=True)
+    except DuplicateIdentityError as exc:  # the SDK's message, with the action named as this API spells it
+        raise DuplicateIdentityError(
+            f"identity {p.identity_id!r} already exists; add templates to it with "
+            f"POST /gallery/identities/{p.identity_id}/templates",
+            **exc.details,
+        ) from exc
 
 
 async def _add_templates(

@@ -123,7 +123,15 @@ class IdentifyJSON(IdentifyParams):
 class CandidateOut(_Out):
     identity_id: str
     similarity: float
-    estimated_fmr: float | None = Field(default=None, description="per-comparison false-match rate at this similarity")
+    estimated_fmr: float | None = Field(
+        default=None,
+        description="per-comparison false-match rate at this similarity, from the calibration; with "
+        "estimated_fmr_below_resolution, an upper bound (the calibration's 1 / impostor pairs)",
+    )
+    estimated_fmr_below_resolution: bool = Field(
+        default=False,
+        description="true when the rate is finer than the calibration resolves: it is below estimated_fmr",
+    )
     template_id: int | None = None
     metadata: dict[str, Any]
 
@@ -147,6 +155,14 @@ class FaceIdentification(_Out):
         description="true when the FPIR threshold lies beyond the calibration's measured range "
         "(extrapolated from the impostor tail, conservatively)",
     )
+    comparisons: int = Field(
+        default=0,
+        description="templates the probe is compared with: the N by which the fpir target is scaled to a "
+        "per-comparison FMR, 1 - (1 - fpir)^(1/N)",
+    )
+    fmr_resolution: float | None = Field(
+        default=None, description="the finest FMR the calibration resolves (1 / its impostor pairs)"
+    )
     candidates: list[CandidateOut]
 
     model_config = _examples(
@@ -157,6 +173,8 @@ class FaceIdentification(_Out):
             "threshold": 0.3751,
             "target_fpir": 0.01,
             "threshold_extrapolated": False,
+            "comparisons": 7,
+            "fmr_resolution": 2.35e-6,
             "candidates": [{**_CANDIDATE_EXAMPLE, "similarity": 0.21, "estimated_fmr": 0.018}],
         }
     )
@@ -170,6 +188,8 @@ class FaceIdentification(_Out):
             threshold=r.threshold,
             target_fpir=r.target_fpir,
             threshold_extrapolated=r.threshold_extrapolated,
+            comparisons=r.comparisons,
+            fmr_resolution=r.fmr_resolution,
             candidates=[CandidateOut.of(c) for c in r.candidates],
         )
 
@@ -178,7 +198,7 @@ class IdentifyResponse(_Out):
     results: list[FaceIdentification] = Field(description="one per face, largest first")
     faces_total: int = Field(description="faces found in the image")
     truncated: bool = Field(description="true when more faces were found than max_faces_per_image")
-    gallery_size: int
+    gallery_size: int = Field(description="identities in the gallery (each result's comparisons counts templates)")
     model_id: str
     timings: Timings
 
@@ -192,6 +212,8 @@ class IdentifyResponse(_Out):
                     "threshold": 0.3751,
                     "target_fpir": 0.01,
                     "threshold_extrapolated": False,
+                    "comparisons": 7,
+                    "fmr_resolution": 2.35e-6,
                     "candidates": [_CANDIDATE_EXAMPLE],
                 }
             ],
