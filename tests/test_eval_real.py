@@ -230,9 +230,9 @@ def test_cli_eval_aligned_json_and_errors(celeb24_dir: Path, eval_cache: Path, t
     assert [p["target_fmr"] for p in data["verification"]["operating_points"]] == [0.01]
     assert (tmp_path / "r" / "report.md").is_file()
     bad = runner.invoke(app, ["eval", "aligned", str(tmp_path / "missing"), "--no-cache"])
-    assert bad.exit_code == 1 and "not a directory" in bad.output
+    assert bad.exit_code == 2 and "not a directory" in bad.output
     bad = runner.invoke(app, ["eval", "aligned", str(celeb24_dir), "--meta", str(tmp_path / "none.csv"), "--no-cache"])
-    assert bad.exit_code == 1 and "not found" in bad.output
+    assert bad.exit_code == 2 and "not found" in bad.output
 
 
 def _blank(path: Path) -> Path:

@@ -107,7 +107,9 @@ def card_destination(card: ModelCard, *, in_place: bool = False) -> Path:
         return path
     if here == packaged_cards_dir().resolve():
         return user_cards_dir() / f"{card.id}.json"
-    raise ModelError(f"card {card.id!r} was loaded from {path}: pass --in-place to update it there, or --out PATH")
+    raise InvalidArgumentError(
+        f"card {card.id!r} was loaded from {path}: pass --in-place to update it there, or --out PATH"
+    )
 
 
 def write_calibration(

@@ -236,7 +236,7 @@ def write_pairs_csv(
             row: list[object] = [name(a[k]), name(b[k]), int(bool(same[k]))]
             if valid[k]:
                 s = float(similarity[k])
-                row += [f"{s:.6f}", *(int(s >= t) for _, t in cols), ""]
+                row += [repr(s), *(int(s >= t) for _, t in cols), ""]  # exact: the decisions can be re-derived
             else:
                 sides = [
                     f"{side}: {status[str(img)]}" for side, img in (("a", a[k]), ("b", b[k])) if str(img) in status
