@@ -101,6 +101,8 @@ def _cli_message(exc: FacematchError, message: str) -> str:
             f"identity {exc.details['identity_id']!r} already exists; add templates to it with "
             "'facematch gallery enroll GALLERY ID IMAGE... --add'"
         )
+    if exc.code == "gallery_locked":  # the SDK's advice (read_only=True) has no command-line spelling for writes
+        return message.split(";")[0] + "; stop that process first (a running 'facematch serve'?), or write through it"
     return message
 
 

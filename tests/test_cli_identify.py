@@ -129,3 +129,12 @@ def test_duplicate_identity_names_the_cli_action(gallery: Path, crops: dict[str,
     assert deleted.exit_code == 0 and json.loads(deleted.output)["identity_id"] == first
     again = runner.invoke(app, ["gallery", "enroll", str(gallery), first, *map(str, crops[first][:3]), "--aligned"])
     assert again.exit_code == 0, again.output
+
+
+def test_a_locked_gallery_is_a_runtime_failure_with_cli_advice(gallery: Path, crops: dict[str, list[Path]]) -> None:
+    name = list(crops)[1]
+    with Gallery.open(gallery):  # this handle holds the writer lock, as a running server would
+        r = runner.invoke(app, ["gallery", "enroll", str(gallery), name, str(crops[name][5]), "--aligned", "--add"])
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("error [gallery_locked]: gallery ") and "'facematch serve'" in r.output
+    assert "read_only=True" not in r.output

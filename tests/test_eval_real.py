@@ -144,6 +144,7 @@ def test_calibrate_writes_the_card_and_reproduces_it(celeb24_dir: Path, eval_cac
             "--model",
             str(card_json),
             "--write",
+            "--in-place",  # a card named by its path is updated where it is only when asked
             "--plot",
             str(plot),
             "--cache-dir",
@@ -152,7 +153,7 @@ def test_calibrate_writes_the_card_and_reproduces_it(celeb24_dir: Path, eval_cac
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "wrote the calibration" in res.output
+    assert f"wrote the calibrated card 'w600k_mbf' to {card_json}" in res.output
     cal = load_card(card_json).calibration
     assert cal is not None and cal.set == "celeb24" and cal.n_impostor_pairs == _expected_pairs(celeb24_dir)[1]
     assert "--write" in cal.command and cal.command.startswith("facematch calibrate ")
@@ -194,6 +195,7 @@ def test_calibrate_dry_run_and_onnx_sidecar(celeb24_dir: Path, eval_cache: Path,
             "--fmr",
             "0.01",
             "--write",
+            "--in-place",
             "--cache-dir",
             str(eval_cache),
             "--no-progress",

@@ -181,8 +181,8 @@ class Identification:
         cal = self._model.calibration
         if cal is None:
             raise CalibrationMissingError(
-                f"model {self._model.model_id!r} has no impostor calibration; "
-                "pass threshold= or calibrate the model card"
+                f"model {self._model.model_id!r} has no impostor calibration for an FPIR threshold; "
+                "give a threshold, or calibrate the model card (facematch calibrate)"
             )
         return threshold_for_fpir(cal, target, self._fpir_comparisons()), target
 
