@@ -31,6 +31,7 @@ from .errors import (
     MultipleFacesError,
     NoFaceError,
     NotAlignedError,
+    NoTemplatesError,
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NoTemplatesError",
     "NotAlignedError",
     "PreparedImage",
     "TemplateNotFoundError",

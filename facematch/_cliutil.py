@@ -328,6 +328,17 @@ def new_app(help: str | None, *, cls: type[TyperGroup] = FacematchGroup, **kwarg
     return typer.Typer(help=help, cls=cls, **settings)
 
 
+def usage_error(message: str) -> Exception:
+    """A usage error of the running command (reported as ``usage_error``, exit 2, with its ``--help`` hint)."""
+    try:
+        from typer._click.exceptions import UsageError
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - a typer that uses click itself
+        from click.exceptions import UsageError  # type: ignore[no-redef,assignment]
+        from click.globals import get_current_context  # type: ignore[no-redef,assignment]
+    return UsageError(message, ctx=get_current_context(silent=True))
+
+
 def check_failed(message: str, **details: Any) -> NoReturn:
     """End a checking command whose report is already printed (JSON or text): the error line, exit 1.
 
@@ -394,5 +405,6 @@ __all__ = [
     "report",
     "reported_errors",
     "run_command",
+    "usage_error",
     "wants_json",
 ]

@@ -216,6 +216,27 @@ class Calibration(BaseModel):
         )
 
 
+def verification_threshold(
+    threshold: object, fmr: object, calibration: Calibration | None, *, model_id: str | None
+) -> tuple[float, float | None]:
+    """(threshold, target FMR or None) of a 1:1 decision: the caller's threshold, else the calibration's at ``fmr``.
+
+    The one 1:1 rule (two images, or a probe against one enrolled identity): with neither
+    given, the calibration's ``default_fmr`` is the target. Without a calibration only an
+    explicit threshold works (``CalibrationMissingError`` otherwise).
+    """
+    thr, rate = threshold_or_rate(threshold, fmr, "fmr")
+    if thr is not None:
+        return thr, None
+    if calibration is None:
+        raise CalibrationMissingError(
+            f"model {model_id!r} has no calibration; run `facematch calibrate DIR --model {model_id} --write` "
+            "or pass an explicit threshold"
+        )
+    target = rate if rate is not None else calibration.default_fmr
+    return calibration.threshold_for(target), target
+
+
 def thresholds_at_fmr(
     impostor: np.ndarray | Sequence[float], fmrs: Sequence[float] | np.ndarray, *, presorted: bool = False
 ) -> np.ndarray:
@@ -264,4 +285,5 @@ __all__ = [
     "threshold_at_fmr",
     "threshold_or_rate",
     "thresholds_at_fmr",
+    "verification_threshold",
 ]

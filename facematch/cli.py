@@ -23,6 +23,7 @@ from ._cliutil import (
     check_failed,
     emit,
     new_app,
+    usage_error,
 )
 from .errors import FacematchError, InvalidArgumentError
 
@@ -102,8 +103,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
 
 @app.command()
 def verify(
-    image1: Annotated[Path, typer.Argument(metavar="IMAGE1", help="First image.")],
-    image2: Annotated[Path, typer.Argument(metavar="IMAGE2", help="Second image.")],
+    image1: Annotated[Path | None, typer.Argument(metavar="IMAGE1", help="First image (or give --pairs).")] = None,
+    image2: Annotated[Path | None, typer.Argument(metavar="IMAGE2", help="Second image.")] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(help="CSV of image pairs (columns image1,image2 or the first two); needs --out."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Results CSV for --pairs: appended to, pairs already in it are skipped.")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Folder relative pair paths start from (default: the CSV's).")
+    ] = None,
+    chunk: Annotated[int, typer.Option(help="Pairs per batch with --pairs (flushed to --out after each).")] = 512,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr with --pairs (tqdm if installed).")] = True,
     threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
     fmr: Annotated[
         float | None, typer.Option(help="Target false-match rate (threshold from the model card's calibration).")
@@ -114,12 +127,47 @@ def verify(
     embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Are the faces in two images the same person? (largest face of each)"""
+    """Are the faces in two images the same person? (largest face of each)
+
+    With --pairs, every pair of a CSV, each distinct image processed once; results go to --out,
+    and a re-run skips the pairs already there (append-safe, resumable).
+    """
     if far is not None:
         typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
         if fmr is not None:
             raise InvalidArgumentError("give --fmr (or its deprecated alias --far), not both")
         fmr = far
+    if pairs is not None:
+        if image1 is not None or image2 is not None:
+            raise usage_error("give two images or --pairs, not both")
+        if out is None:
+            raise usage_error("--pairs needs --out (the results CSV)")
+        from .batch_cli import run_pairs
+
+        summary = run_pairs(
+            _matcher(detector, embedder),
+            pairs,
+            out,
+            root=root,
+            threshold=threshold,
+            fmr=fmr,
+            aligned=aligned,
+            chunk=chunk,
+            progress=progress,
+        )
+        emit(
+            as_json,
+            summary,
+            lambda: (
+                f"{summary['verified']} pair(s) verified ({summary['matches']} match, {summary['errors']} error), "
+                f"{summary['skipped']} already in {out}"
+            ),
+        )
+        return
+    if image1 is None:
+        raise usage_error("Missing argument 'IMAGE1' (or give --pairs FILE --out FILE)")
+    if image2 is None:
+        raise usage_error("Missing argument 'IMAGE2'")
     res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, fmr=fmr, aligned=aligned)
     target = f" (FMR {res.target_fmr:g})" if res.target_fmr is not None else ""
     emit(

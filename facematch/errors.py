@@ -138,6 +138,13 @@ class TemplateNotFoundError(IdentityNotFoundError):
     code = "template_not_found"
 
 
+class NoTemplatesError(GalleryError):
+    """The identity exists but holds no template to compare with (all were removed)."""
+
+    code = "no_templates"
+    http_status = 409
+
+
 class DuplicateIdentityError(GalleryError):
     """The identity already exists."""
 
@@ -192,6 +199,7 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NoTemplatesError",
     "NotAlignedError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",

@@ -12,14 +12,14 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from .align import norm_crops
-from .calibration import threshold_or_rate
+from .calibration import verification_threshold
 from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, ModelCard
 from .errors import (
     FacematchError,
@@ -33,11 +33,13 @@ from .io import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image
 from .model_files import file_sha256, load_card, resolve_model_path, verify_file
 from .runtime import THREADS_ENV, create_session
 from .similarity import unit_rows
-from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyResult
+from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyBatchResult, VerifyResult
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ModelRef = str | os.PathLike[str] | ModelCard
 FacePolicy = Literal["largest", "best", "reject"]
@@ -263,6 +265,56 @@ class FaceMatcher:
             image_size=decoded.original_size,
         )
 
+    def prepare_each(
+        self,
+        images: Sequence[ImageInput | DecodedImage],
+        faces: FaceSelection | None = None,
+        *,
+        max_faces: int | None = None,
+        aligned: bool = False,
+    ) -> list[PreparedImage | FacematchError]:
+        """:meth:`prepare` every image, ``workers`` at a time, keeping each image's error in its place.
+
+        The calling thread and ``workers - 1`` pool threads take the images in turn (decode and
+        detection release the GIL). A ``FacematchError`` of one image (``NoFaceError``,
+        ``InvalidImageError``, ...) stands in its place; any other exception propagates.
+        """
+        self._selection(faces)  # refuse a bad option before any work
+        return self._map(lambda image: self.prepare(image, faces, max_faces=max_faces, aligned=aligned), images)
+
+    def _map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T | FacematchError]:
+        """``fn`` over ``items`` on up to ``workers`` threads (this one included), results in order."""
+        n = len(items)
+        results: list[T | FacematchError | None] = [None] * n
+        if n == 0:
+            return []
+        lock = threading.Lock()
+        order = iter(range(n))
+        stop = threading.Event()
+
+        def drain() -> None:
+            while not stop.is_set():
+                with lock:
+                    i = next(order, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = fn(items[i])
+                except FacematchError as exc:
+                    results[i] = exc
+                except BaseException:
+                    stop.set()
+                    raise
+
+        helpers = min(self.workers, n) - 1
+        futures = [self._thread_pool().submit(drain) for _ in range(helpers)] if helpers > 0 else []
+        try:
+            drain()
+        finally:
+            for f in futures:
+                f.result()  # a helper's unexpected error propagates here
+        return [r for r in results if r is not None]
+
     def _selection(self, faces: object) -> FaceSelection:
         if faces is None:
             return self.face_policy
@@ -391,12 +443,7 @@ class FaceMatcher:
         With neither given, the card's default FMR is used. ``far`` is a deprecated alias of ``fmr``.
         """
         fmr = _deprecated_far(fmr, far)
-        thr, rate = threshold_or_rate(threshold, fmr, "fmr")
-        if thr is not None:
-            return thr, None
-        cal = self.embedder_card.calibration
-        target = rate if rate is not None else (cal.default_fmr if cal is not None else None)
-        return self.threshold_for(target), target
+        return verification_threshold(threshold, fmr, self.embedder_card.calibration, model_id=self.model_id)
 
     def compare(
         self,
@@ -490,6 +537,38 @@ class FaceMatcher:
                 raise
             e2 = second.result()
         return self.compare(e1, e2, threshold=threshold, fmr=fmr)
+
+    def verify_many(
+        self,
+        pairs: Sequence[tuple[ImageInput | DecodedImage, ImageInput | DecodedImage]],
+        *,
+        threshold: float | None = None,
+        fmr: float | None = None,
+        aligned: bool = False,
+        chunk: int = 256,
+    ) -> VerifyBatchResult:
+        """:meth:`verify` for many pairs: one :class:`PairResult` per pair, errors kept per pair.
+
+        Each distinct image (the same path, bytes or object) is prepared once however many
+        pairs use it, ``workers`` images at a time (:meth:`prepare_each`), and embedded in
+        batches (:meth:`embed_crops`); then every pair is decided by :meth:`compare` at one
+        threshold (``threshold``, else the card's at ``fmr``; default the card's default FMR).
+        An image without a usable face fails only the pairs that use it (``pair.error``).
+        ``chunk`` images are prepared and embedded at a time, so memory stays bounded.
+        """
+        from .batch import distinct_images, embedded_images, verify_pairs
+
+        self.resolve_threshold(threshold, fmr)  # refuse bad options before any work
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise InvalidArgumentError(f"chunk must be a positive integer, got {chunk!r}")
+        images, index_pairs = distinct_images(pairs)
+        embedded: list[FaceEmbedding | FacematchError | None] = []
+        for start in range(0, len(images), chunk):
+            prepared = self.prepare_each(images[start : start + chunk], aligned=aligned)
+            crops = [p.crops[:1] for p in prepared if isinstance(p, PreparedImage)]
+            emb = self.embed_crops(np.concatenate(crops))[0] if crops else np.zeros((0, self.dim), np.float32)
+            embedded += embedded_images(prepared, emb, self.model_id)
+        return verify_pairs(self, index_pairs, embedded, threshold=threshold, fmr=fmr)
 
 
 def _deprecated_far(fmr: float | None, far: float | None) -> float | None:

@@ -16,6 +16,8 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from .errors import FacematchError
+
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -373,6 +375,136 @@ class IdentifyResult:
         }
 
 
+@dataclass(frozen=True)
+class TemplateScore:
+    """The cosine similarity of a probe to one stored template of an identity."""
+
+    template_id: int
+    similarity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"template_id": int(self.template_id), "similarity": round(float(self.similarity), 6)}
+
+
+@dataclass(frozen=True)
+class IdentityVerifyResult:
+    """1:1 against an enrolled identity: is the probe face this identity?
+
+    ``similarity`` aggregates the per-template scores by the gallery's rule
+    (``aggregation``: ``max``, ``mean`` or ``topk_mean``); ``is_match`` is
+    ``similarity >= threshold``, a 1:1 threshold (the caller's, or the calibration's at
+    ``target_fmr``), not scaled by the gallery's size: one subject is compared, nothing
+    is searched. ``templates`` holds every template's score, best first.
+    """
+
+    identity_id: str
+    is_match: bool
+    similarity: float
+    threshold: float
+    templates: tuple[TemplateScore, ...]
+    aggregation: str = "max"
+    face: Face | None = None
+    model_id: str = ""
+    target_fmr: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_template_id(self) -> int | None:
+        return self.templates[0].template_id if self.templates else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identity_id": self.identity_id,
+            "is_match": bool(self.is_match),
+            "similarity": round(float(self.similarity), 6),
+            "threshold": round(float(self.threshold), 6),
+            "target_fmr": self.target_fmr,
+            "aggregation": self.aggregation,
+            "model_id": self.model_id,
+            "face": self.face.to_dict() if self.face is not None else None,
+            "templates": [t.to_dict() for t in self.templates],
+            "metadata": dict(self.metadata),
+        }
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One pair of a batch verification: its :class:`VerifyResult`, or the error that kept it from one.
+
+    ``image1`` / ``image2`` index the batch's distinct images. ``error`` is the
+    :class:`~facematch.errors.FacematchError` of the first of the two images that could not
+    be prepared (``NoFaceError``, ``InvalidImageError``, ...), relabelled ``image1`` or
+    ``image2``; the other pairs are unaffected.
+    """
+
+    index: int
+    image1: int
+    image2: int
+    result: VerifyResult | None = None
+    error: FacematchError | None = None
+
+    def __post_init__(self) -> None:
+        if (self.result is None) == (self.error is None):
+            raise ValueError("a pair has either a result or an error")
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "image1": self.image1, "image2": self.image2}
+        if self.result is not None:
+            out.update(self.result.to_dict())
+            out["error"] = None
+        else:
+            assert self.error is not None
+            out["error"] = {"code": self.error.code, "detail": self.error.message}
+        return out
+
+
+@dataclass(frozen=True)
+class VerifyBatchResult:
+    """Outcome of a batch of 1:1 comparisons: one :class:`PairResult` per pair, in order.
+
+    ``threshold`` / ``target_fmr`` are the batch's decision rule (the same for every pair);
+    ``images`` counts the distinct images prepared (each once, however many pairs use it).
+    """
+
+    pairs: tuple[PairResult, ...]
+    threshold: float
+    target_fmr: float | None
+    model_id: str
+    images: int = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[PairResult]:
+        return iter(self.pairs)
+
+    def __getitem__(self, i: int) -> PairResult:
+        return self.pairs[i]
+
+    @property
+    def results(self) -> tuple[VerifyResult | None, ...]:
+        """Each pair's result (``None`` where the pair failed)."""
+        return tuple(p.result for p in self.pairs)
+
+    @property
+    def failed(self) -> tuple[PairResult, ...]:
+        return tuple(p for p in self.pairs if not p.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": round(float(self.threshold), 6),
+            "target_fmr": self.target_fmr,
+            "model_id": self.model_id,
+            "images": self.images,
+            "failed": len(self.failed),
+            "pairs": [p.to_dict() for p in self.pairs],
+        }
+
+
 __all__ = [
     "Candidate",
     "Detections",
@@ -380,7 +512,11 @@ __all__ = [
     "FaceEmbedding",
     "FloatArray",
     "IdentifyResult",
+    "IdentityVerifyResult",
+    "PairResult",
     "PreparedImage",
+    "TemplateScore",
+    "VerifyBatchResult",
     "VerifyResult",
     "ceil_sig",
 ]

@@ -33,6 +33,11 @@ gallery (open-set, with calibrated thresholds), manage the gallery.
 Send images as multipart file parts or as base64 strings in JSON. Authenticate with
 `Authorization: Bearer <key>` or `X-API-Key: <key>`. Errors are `application/problem+json`
 with a stable `code`. Every route is also served under `/v1` (same behaviour, not listed twice here).
+
+Conventions: a face `box` is `[x1, y1, x2, y2]` (left, top, right, bottom) and `landmarks` are 5
+`[x, y]` points (left eye, right eye, nose, left and right mouth corners), all in pixels of the
+original, orientation-corrected image; `similarity` is the cosine similarity of two unit-norm
+embeddings, in [-1, 1]; `is_match` is `similarity >= threshold`; timings are in milliseconds.
 """
 
 
@@ -76,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app. ``settings`` default to :meth:`Settings.load` (environment and env file)."""
     from fastapi import FastAPI
 
-    from .routes import gallery, match, ops
+    from .routes import batch, gallery, gallery_verify, match, ops
 
     settings = settings or Settings.load()
     settings.check_exposure()
@@ -114,12 +119,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # One canonical copy of each route in the OpenAPI schema (the bare paths); the same routes
     # answer under /v1 too, hidden from the schema so generated clients see each operation once.
     for prefix, listed in (("", True), ("/v1", False)):
-        app.include_router(match.router, prefix=prefix, include_in_schema=listed)
-        app.include_router(gallery.router, prefix=prefix, include_in_schema=listed)
+        for module in (match, batch, gallery_verify, gallery):
+            app.include_router(module.router, prefix=prefix, include_in_schema=listed)
     _install_docs(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    _install_cors(app, settings)  # outside the body limit (preflights have no body), inside the metrics
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
+
+
+CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
+CORS_HEADERS = ("Authorization", "X-API-Key", "Content-Type")
+CORS_EXPOSED = ("Retry-After", "Deprecation", "Link")
+
+
+def _install_cors(app: FastAPI, settings: Settings) -> None:
+    """Starlette's CORS middleware for ``FACEMATCH_CORS_ORIGINS`` (off when the list is empty)."""
+    if not settings.cors_origins:
+        return
+    from starlette.middleware.cors import CORSMiddleware
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=list(CORS_METHODS),
+        allow_headers=list(CORS_HEADERS),
+        expose_headers=list(CORS_EXPOSED),
+        allow_credentials=settings.cors_allow_credentials,
+        max_age=settings.cors_max_age_s,
+    )
+    logger.info("CORS allowed for %s", ", ".join(settings.cors_origins))
 
 
 DOCS_ASSETS = "/docs/assets"
@@ -156,4 +185,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["BodyLimitMiddleware", "create_app"]
+__all__ = ["CORS_EXPOSED", "CORS_HEADERS", "CORS_METHODS", "BodyLimitMiddleware", "create_app"]

@@ -40,6 +40,11 @@ class TooManyImagesError(ServerError):
     http_status = 413
 
 
+class TooManyPairsError(ServerError):
+    code = "too_many_pairs"
+    http_status = 413
+
+
 class UnsupportedContentTypeError(ServerError):
     code = "unsupported_media_type"
     http_status = 415
@@ -219,6 +224,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ServerError",
     "TooManyImagesError",
+    "TooManyPairsError",
     "UnauthorizedError",
     "UnsupportedContentTypeError",
     "UrlInputDisabledError",

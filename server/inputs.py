@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -88,11 +89,17 @@ async def parse_images_request(
     files: tuple[FileField, ...],
     form_model: type[BaseModel],
     json_model: type[BaseModel],
+    *,
+    max_images: int | None = None,
 ) -> ParsedRequest[Any]:
-    """Parse a multipart or JSON request carrying images and options, enforcing every limit."""
+    """Parse a multipart or JSON request carrying images and options, enforcing every limit.
+
+    ``max_images`` replaces ``settings.max_images_per_request`` (e.g. for batch verification).
+    """
+    limit = settings.max_images_per_request if max_images is None else max_images
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        return await _parse_multipart(request, settings, files, form_model)
+        return await _parse_multipart(request, settings, files, form_model, limit)
     if ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json")):
         body = await request.body()
         if not body:
@@ -105,8 +112,8 @@ async def parse_images_request(
             raw = getattr(parsed, f.name, None)
             values = [] if raw is None else (list(raw) if isinstance(raw, list) else [raw])
             total += len(values)
-            if total > settings.max_images_per_request:
-                raise TooManyImagesError(f"more than {settings.max_images_per_request} images in one request")
+            if total > limit:
+                raise TooManyImagesError(f"more than {limit} images in one request")
             images[f.name] = [
                 decode_base64(v, f"{f.name}[{i}]" if f.multiple else f.name, settings.max_file_bytes)
                 for i, v in enumerate(values)
@@ -118,13 +125,33 @@ async def parse_images_request(
     )
 
 
+async def parse_json_request(request: Request, model: type[P]) -> P:
+    """A JSON-only body validated against ``model`` (415 for another content type, 422 ``invalid_request``)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
+        raise UnsupportedContentTypeError(f"unsupported content type {ctype or '(none)'!r}; send application/json")
+    body = await request.body()
+    if not body:
+        raise InvalidRequestError("empty JSON body")
+    return _validate(model, body, json=True)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON-only request body of ``model`` (with its first example)."""
+    schema = _inline(model.model_json_schema())
+    examples = schema.pop("examples", None)
+    media: dict[str, Any] = {"schema": schema}
+    if examples:
+        media["example"] = examples[0]
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
+
+
 async def _parse_multipart(
-    request: Request, settings: Settings, files: tuple[FileField, ...], form_model: type[BaseModel]
+    request: Request, settings: Settings, files: tuple[FileField, ...], form_model: type[BaseModel], limit: int
 ) -> ParsedRequest[Any]:
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
 
-    limit = settings.max_images_per_request
     try:
         form = await request.form(max_files=limit + 4, max_fields=64, max_part_size=1024 * 1024)
     except HTTPException as exc:
@@ -202,9 +229,17 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def request_body(
-    files: tuple[FileField, ...], form_model: type[BaseModel], json_model: type[BaseModel]
+    files: tuple[FileField, ...],
+    form_model: type[BaseModel],
+    json_model: type[BaseModel],
+    *,
+    form_example: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``openapi_extra`` declaring both request bodies (multipart and JSON) of an image endpoint."""
+    """``openapi_extra`` declaring both request bodies (multipart and JSON) of an image endpoint.
+
+    The multipart example is ``form_example``, else the JSON example with each file part shown
+    as a file name (what ``curl -F image=@probe.jpg`` sends) and the other members as text fields.
+    """
     form = _inline(form_model.model_json_schema())
     binary = {"type": "string", "format": "binary"}
     props: dict[str, Any] = {}
@@ -226,15 +261,46 @@ def request_body(
     if examples:
         json_media["example"] = examples[0]
     encoding = {f.name: {"contentType": "image/*, application/octet-stream"} for f in files}
+    multipart_media: dict[str, Any] = {"schema": multipart, "encoding": encoding}
+    example = form_example if form_example is not None else _form_example(files, json_media.get("example"))
+    if example:
+        multipart_media["example"] = example
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": multipart, "encoding": encoding},
+                "multipart/form-data": multipart_media,
                 "application/json": json_media,
             },
         }
     }
 
 
-__all__ = ["FileField", "ParsedRequest", "decode_base64", "parse_images_request", "request_body"]
+def _form_example(files: tuple[FileField, ...], json_example: Any) -> dict[str, Any] | None:
+    """A multipart example from the JSON one: file parts as file names, objects as JSON text fields."""
+    if not isinstance(json_example, dict):
+        return None
+    out: dict[str, Any] = {}
+    names = {f.name: f for f in files}
+    for key, value in json_example.items():
+        f = names.get(key)
+        if f is not None:
+            count = len(value) if isinstance(value, list) else 1
+            stem = "face" if f.multiple else key
+            out[key] = [f"{stem}{i + 1}.jpg" for i in range(count)] if f.multiple else f"{stem}.jpg"
+        elif isinstance(value, (dict, list)):
+            out[key] = json.dumps(value)
+        else:
+            out[key] = value
+    return out
+
+
+__all__ = [
+    "FileField",
+    "ParsedRequest",
+    "decode_base64",
+    "json_body",
+    "parse_images_request",
+    "parse_json_request",
+    "request_body",
+]

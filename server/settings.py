@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Scope = Literal["match", "enroll", "embed", "admin"]
 SCOPES: tuple[Scope, ...] = ("match", "enroll", "embed", "admin")
@@ -97,6 +99,13 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(10, ge=1, le=1000)
     max_faces_per_image: int = Field(20, ge=1, le=1000)
     max_k: int = Field(100, ge=1, le=1000)
+    max_batch_images: int = Field(64, ge=1, le=10_000)  # distinct images in one POST /verify/batch
+    max_batch_pairs: int = Field(2048, ge=1, le=1_000_000)  # pairs in one POST /verify/batch
+
+    # browsers: origins allowed to call the API cross-origin (CORS); empty = CORS off
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    cors_max_age_s: int = Field(600, ge=0, le=86_400)
 
     # inference scheduling
     batch_max_size: int = Field(32, ge=1, le=1024)
@@ -112,6 +121,32 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("API key names must be unique")
         return keys
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        """A JSON list or a comma-separated string (``https://a.example,https://b.example``)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        origins = [o.rstrip("/") if o != "*" else o for o in origins]
+        for o in origins:
+            if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o):
+                raise ValueError(f"CORS origin {o!r} must be '*' or scheme://host[:port] (no path)")
+        return origins
+
+    @model_validator(mode="after")
+    def _cors_credentials(self) -> Settings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError("cors_allow_credentials needs explicit origins, not '*'")
+        return self
 
     @property
     def auth_enabled(self) -> bool:

@@ -20,6 +20,8 @@ from facematch.eval.report import aligned_markdown, num, pct
 from facematch.eval.runner import AlignedReport, run_aligned, run_pairs
 from facematch.model_files import load_card, resolve_model_path
 
+pytestmark = pytest.mark.slow  # whole celeb24/wild evaluations
+
 app = typer.Typer()
 app.add_typer(eval_app, name="eval")
 app.command("calibrate")(calibrate)

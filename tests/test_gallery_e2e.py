@@ -35,6 +35,7 @@ def _impostor_calibration(embeddings: dict[str, np.ndarray], names: list[str]) -
     return Calibration.from_scores(sims[iu][same], sims[iu][~same], set_name="celeb24-enrolled", command="test")
 
 
+@pytest.mark.slow
 def test_celeb24_rank1_and_open_set_fpir(tmp_path: Path, celeb_embeddings, matcher) -> None:  # type: ignore[no-untyped-def]
     """Each identity is held out once (4 rotations of 6): rank-1 on the enrolled, FPIR on the held out.
 

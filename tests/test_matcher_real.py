@@ -157,7 +157,8 @@ def test_aligned_verify_skips_detection(matcher, celeb24_dir) -> None:  # type: 
     assert not matcher.verify(a, c, aligned=True).is_match
 
 
-def test_celeb24_tar_at_far_1e3(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_celeb24_tar_at_fmr_1e3(matcher, celeb24_dir) -> None:  # type: ignore[no-untyped-def]
     paths = sorted(celeb24_dir.glob("*/*.png"))
     labels = np.array([p.parent.name for p in paths])
     emb = matcher.embed_aligned(np.stack([cv2.imread(str(p)) for p in paths]))

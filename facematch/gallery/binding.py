@@ -114,6 +114,11 @@ class ModelBinding:
         card = self._model_card()
         return card.calibration if card is not None else None
 
+    @property
+    def card(self) -> ModelCard | None:
+        """The bound embedder's card (the matcher's, else loaded by id), ``None`` when unbound or not found."""
+        return self._model_card()
+
     def _model_card(self) -> ModelCard | None:
         if self._matcher is not None and self._matcher.model_id == self.model_id:
             return self._matcher.embedder_card

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,12 +54,7 @@ def enroll_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Enrol an identity from face images, reporting what each image gave."""
-    from ..errors import InvalidArgumentError
-
-    try:
-        meta = json.loads(metadata) if metadata else None
-    except ValueError as exc:
-        raise InvalidArgumentError(f"--metadata is not valid JSON: {exc}") from exc
+    meta = _json_object(metadata, "--metadata") if metadata else None
     with _open(gallery, read_only=False, create=True, multi_face=multi_face) as g:
         if add:
             report = g.add_templates(identity, [str(p) for p in images], aligned=aligned, strict=strict)
@@ -157,6 +154,149 @@ def info_cmd(gallery: _GALLERY, as_json: JsonOpt = False) -> None:
         data = g.info().to_dict()
     data["read_only"] = not _writable(gallery)  # the gallery's, not this read-only handle's
     emit(as_json, data, lambda: "\n".join(f"{k}: {v}" for k, v in data.items()))
+
+
+@gallery_app.command("verify")
+def verify_cmd(
+    gallery: _GALLERY,
+    identity: Annotated[str, typer.Argument(metavar="ID", help="Enrolled identity id to compare with.")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Probe image (its largest face).")],
+    threshold: Annotated[float | None, typer.Option(help="Accept at or above this cosine similarity.")] = None,
+    fmr: Annotated[float | None, typer.Option(help="Target false-match rate (1:1 threshold from the card).")] = None,
+    aligned: AlignedOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is the face in IMAGE the enrolled IDENTITY? (1:1 against its templates; exit 0 either way)"""
+    with _open(gallery, read_only=True) as g:
+        res = g.verify(identity, str(image), threshold=threshold, fmr=fmr, aligned=aligned)
+
+        def text() -> str:
+            verdict = "MATCH" if res.is_match else "NO MATCH"
+            fp = f", target FMR {res.target_fmr:g}" if res.target_fmr is not None else ""
+            lines = [
+                f"{verdict} {res.identity_id}  similarity={res.similarity:.4f} ({res.aggregation} of "
+                f"{len(res.templates)} template(s))  threshold={res.threshold:.4f}{fp}"
+            ]
+            lines += [f"  template {t.template_id}: {t.similarity:.4f}" for t in res.templates]
+            return "\n".join(lines)
+
+        emit(as_json, res.to_dict(), text)
+
+
+@gallery_app.command("update")
+def update_cmd(
+    gallery: _GALLERY,
+    identity: Annotated[str, typer.Argument(metavar="ID", help="Identity id to update.")],
+    metadata: Annotated[str, typer.Option(help="JSON object that replaces the identity's metadata.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace an identity's metadata."""
+    meta = _json_object(metadata, "--metadata")
+    with _open(gallery, read_only=False) as g:
+        info = g.set_metadata(identity, meta)
+    emit(as_json, info.to_dict(), lambda: f"{info.identity_id}: metadata {json.dumps(info.metadata)}")
+
+
+@gallery_app.command("enroll-bulk")
+def enroll_bulk_cmd(
+    gallery: _GALLERY,
+    source: Annotated[
+        Path,
+        typer.Argument(help="A folder with one sub-folder of images per identity, or a CSV identity,path[,metadata]."),
+    ],
+    report: Annotated[Path | None, typer.Option(help="Write a per-image report CSV here.")] = None,
+    aligned: AlignedOpt = False,
+    multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr (tqdm if installed).")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enrol many identities at once; re-runs skip images already enrolled."""
+    with _open(gallery, read_only=False, create=True, multi_face=multi_face) as g:
+        tick, close = _progress_bar("enrol", "image") if progress else (None, lambda: None)
+        try:
+            result = g.enroll_bulk(source, aligned=aligned, report_path=report, progress=tick)
+        finally:
+            close()
+        summary = result.to_dict()
+
+        def text() -> str:
+            head = (
+                f"{summary['enrolled']} image(s) enrolled, {summary['skipped']} already enrolled, "
+                f"{summary['failed']} failed; {len(result.created)} identities created, "
+                f"{len(result.extended)} extended"
+            )
+            lines = [head] + [
+                f"  {o.identity_id}/{o.source}: {o.status} {o.error or ''}".rstrip() for o in result.failed
+            ]
+            if report is not None:
+                lines.append(f"report: {report}")
+            return "\n".join(lines)
+
+        emit(as_json, summary, text)
+
+
+@gallery_app.command("export")
+def export_cmd(
+    gallery: _GALLERY,
+    out: Annotated[Path, typer.Argument(help="The portable file to write (a zip; e.g. people-backup.zip).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the gallery (identities, metadata, templates, model id) to one portable file."""
+    with _open(gallery, read_only=True) as g:
+        info = g.export_to(out)
+        emit(
+            as_json,
+            info.to_dict(),
+            lambda: f"{info.identities} identities, {info.templates} templates ({info.model_id}) -> {info.path}",
+        )
+
+
+@gallery_app.command("import")
+def import_cmd(
+    gallery: _GALLERY,
+    file: Annotated[Path, typer.Argument(help="A file written by 'facematch gallery export'.")],
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Keep identities that already exist instead of refusing the file.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add the identities of an exported file to a gallery (refused if it is another model's)."""
+    with _open(gallery, read_only=False, create=True) as g:
+        rep = g.import_from(file, on_existing="skip" if skip_existing else "error")
+        emit(
+            as_json,
+            rep.to_dict(),
+            lambda: f"{len(rep.imported)} identities ({rep.templates} templates) imported, {len(rep.skipped)} skipped",
+        )
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    from ..errors import InvalidArgumentError
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{option} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{option} must be a JSON object")
+    return value
+
+
+def _progress_bar(desc: str, unit: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(tick(done, total), close()) on stderr: a tqdm bar, or a plain line per tick without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return (lambda done, total: typer.echo(f"{desc}: {done}/{total} {unit}s", err=True)), (lambda: None)
+    bar: Any = None
+
+    def tick(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    return tick, (lambda: bar.close() if bar is not None else None)
 
 
 __all__ = ["gallery_app", "identify_text"]

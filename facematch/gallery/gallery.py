@@ -3,6 +3,7 @@
     g = Gallery.open("people.fmg")
     report = g.enroll("alice", ["a1.jpg", "a2.jpg"], metadata={"team": "red"})
     hits = g.identify("probe.jpg", k=5)     # IdentifyResult: ranked identities, or is_unknown
+    g.verify("alice", "probe.jpg")          # IdentityVerifyResult: 1:1 against one enrolled identity
     g.delete("alice"); page = g.list_identities(limit=50, cursor=page.next_cursor)
 
 A gallery is a directory: ``gallery.sqlite3`` (the source of truth, WAL mode), the
@@ -11,7 +12,10 @@ derived FAISS index (``index.faiss`` + ``index.json``) and ``writer.lock``.
 :class:`Gallery` is the public facade: opening, the writes that are not enrolment,
 reads and maintenance are here; its enrolment methods come from ``enrol.py``
 (:class:`~facematch.gallery.enrol.Enrolment`) and its identification methods from
-``search.py`` (:class:`~facematch.gallery.search.Identification`). The other jobs:
+``search.py`` (:class:`~facematch.gallery.search.Identification`), its 1:1 methods from
+``verify.py`` (:class:`~facematch.gallery.verify.Verification`), export and import from
+``portable.py`` (:class:`~facematch.gallery.portable.Portability`) and bulk enrolment from
+``bulk.py``. The other jobs:
 ``store.py`` (the :class:`~facematch.gallery.store.Store` interface; every SQL
 statement is in ``sqlite_store.py``), ``sync.py`` (the derived index kept equal to the
 store) and ``binding.py`` (the model binding and the embedding checks).
@@ -25,7 +29,7 @@ import numbers
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,11 +44,13 @@ from .enrol import MULTI_FACE_POLICIES, Enrolment, MultiFacePolicy
 from .index import VectorIndex
 from .lock import WriterLock
 from .openset import check_aggregation
+from .portable import Portability
 from .search import Identification
 from .sqlite_store import SQLiteStore, Synchronous
 from .store import decode_cursor, encode_cursor, identity_not_found, validate_identity_id
 from .sync import IndexSync
-from .types import GalleryInfo, IdentityInfo, Page
+from .types import BulkEnrollReport, GalleryInfo, IdentityInfo, Page
+from .verify import Verification
 
 if TYPE_CHECKING:
     from ..matcher import FaceMatcher
@@ -58,7 +64,7 @@ DEFAULT_FPIR = 0.01
 Backend = Literal["faiss", "milvus"]
 
 
-class Gallery(Enrolment, Identification):
+class Gallery(Enrolment, Identification, Verification, Portability):
     """A persistent, model-bound face gallery with open-set identification.
 
     Args:
@@ -255,6 +261,22 @@ class Gallery(Enrolment, Identification):
         with self._lock:
             return self._store.set_metadata(identity_id, metadata)
 
+    def enroll_bulk(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        aligned: bool = False,
+        report_path: str | os.PathLike[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BulkEnrollReport:
+        """Enrol a folder (one sub-folder per identity) or a CSV (``identity,path[,metadata]``).
+
+        Re-runs skip what is already enrolled; see :func:`facematch.gallery.bulk.enroll_bulk`.
+        """
+        from .bulk import enroll_bulk
+
+        return enroll_bulk(self, source, aligned=aligned, report_path=report_path, progress=progress)
+
     # ---- reads -----------------------------------------------------------------------------
     def get(self, identity_id: str) -> IdentityInfo:
         """One identity (``IdentityNotFoundError`` when absent)."""
@@ -263,6 +285,15 @@ class Gallery(Enrolment, Identification):
         if info is None:
             raise identity_not_found(identity_id)
         return info
+
+    def template_sources(self, identity_id: str) -> dict[int, str | None]:
+        """Template id -> the source each template of the identity was enrolled from (file name, path or ``#i``)."""
+        return self._store.template_sources(self.get(identity_id).template_ids)
+
+    @property
+    def matcher(self) -> FaceMatcher:
+        """The FaceMatcher used for image inputs (the default one on first use), checked against the binding."""
+        return self._model.matcher()
 
     def list_identities(self, limit: int = 50, cursor: str | None = None) -> Page:
         """Identities ordered by id, ``limit`` per page; pass ``page.next_cursor`` for the next page."""

@@ -225,6 +225,17 @@ class SQLiteStore(Store):
                     blobs.append(blob)
         return np.asarray(tids, np.int64), np.asarray(owners, np.int64), self._decode(blobs, dim)
 
+    def template_sources(self, template_ids: Sequence[int]) -> dict[int, str | None]:
+        keys = sorted(set(int(t) for t in template_ids))
+        out: dict[int, str | None] = {}
+        with self._lock:
+            for i in range(0, len(keys), _SQL_CHUNK):
+                chunk = keys[i : i + _SQL_CHUNK]
+                q = f"SELECT id, source FROM templates WHERE id IN ({','.join('?' * len(chunk))})"
+                for tid, source in self._conn.execute(q, chunk):
+                    out[int(tid)] = None if source is None else str(source)
+        return out
+
     def iter_embeddings(self, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = -1
         while True:

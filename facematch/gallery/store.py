@@ -179,6 +179,10 @@ class Store(ABC):
         """(template ids, identity keys, embeddings) of every template of the given identities."""
 
     @abstractmethod
+    def template_sources(self, template_ids: Sequence[int]) -> dict[int, str | None]:
+        """template id -> the source it was enrolled from (a file name or path, ``#i``, or ``None``)."""
+
+    @abstractmethod
     def iter_embeddings(self, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All (template ids, embeddings) in id order, ``batch`` at a time (for index rebuilds)."""
 

@@ -1,4 +1,4 @@
-"""Gallery management: create identities, add and remove templates, list, get, delete.
+"""Gallery management: create identities, add and remove templates, list, get, update metadata, delete.
 
 Enrolment composes the same steps as the SDK's ``Gallery.enroll``, the server deciding only
 where each runs: every image is prepared (``prepare_for_enrolment``) in the worker threads
@@ -22,7 +22,7 @@ from facematch.matcher import FaceMatcher
 from facematch.types import PreparedImage
 
 from ..deps import Admitted, GalleryDep, MatcherDep, StateDep, scoped
-from ..inputs import FileField, parse_images_request, request_body
+from ..inputs import FileField, json_body, parse_images_request, parse_json_request, request_body
 from ..pipeline import Pipeline, run_in_pool
 from ..schemas import (
     AddTemplatesJSON,
@@ -32,6 +32,7 @@ from ..schemas import (
     EnrollResponse,
     IdentityOut,
     IdentityPage,
+    IdentityUpdate,
     NoParams,
 )
 from ..state import ServerState
@@ -208,6 +209,23 @@ async def get_identity(identity_id: IdentityPath, state: StateDep, gallery: Gall
         return _identity(gallery.get(identity_id))
 
     return await run_in_pool(state, one)
+
+
+@router.patch(
+    "/identities/{identity_id}",
+    summary="Update an identity's metadata",
+    operation_id="updateIdentity",
+    response_model=IdentityOut,
+    responses=problems(*READ_ERRORS, 409, 413, 415),
+    openapi_extra=json_body(IdentityUpdate),
+)
+async def update_identity(
+    identity_id: IdentityPath, request: Request, state: StateDep, gallery: GalleryDep
+) -> IdentityOut:
+    """Replace the identity's metadata with `metadata` (a JSON object, stored as given; send the whole
+    object: members left out are dropped). Templates are unchanged. Returns the updated identity."""
+    update = await parse_json_request(request, IdentityUpdate)
+    return _identity(await run_in_pool(state, gallery.set_metadata, identity_id, update.metadata))
 
 
 @router.delete(

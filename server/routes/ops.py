@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..deps import StateDep
@@ -59,15 +57,14 @@ async def readyz(state: StateDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **problems(401, 403)},
 )
-async def metrics(
-    state: StateDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Response:
-    """Request counts and latency by route and status, inference batch sizes, queue depth, gallery size.
-    Open unless `FACEMATCH_METRICS_REQUIRE_AUTH=true` (then it needs the `admin` scope)."""
+async def metrics(request: Request, state: StateDep) -> Response:
+    """Request counts (by route and status) and latency (by route and status class), inference batch
+    sizes, queue depth, gallery size, and the process (CPU, memory, open files), Python platform and
+    garbage-collector metrics. Open unless `FACEMATCH_METRICS_REQUIRE_AUTH=true` (then it needs the
+    `admin` scope)."""
     if state.settings.metrics_require_auth:
-        state.keys.authorize(state.keys.authenticate(presented_key(authorization, x_api_key)), "admin")
+        key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        state.keys.authorize(state.keys.authenticate(key), "admin")
     data, content_type = state.metrics.render()
     return Response(data, media_type=content_type)
 

@@ -62,9 +62,19 @@ class _Out(BaseModel):
 class FaceOut(_Out):
     """A detected face in original image pixels: box (x1, y1, x2, y2), score, 5 landmarks."""
 
-    box: list[float] = Field(min_length=4, max_length=4)
-    score: float
-    landmarks: list[list[float]] = Field(min_length=5, max_length=5)
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x1, y1, x2, y2]: left, top, right, bottom edges in pixels of the original "
+        "(orientation-corrected) image; x grows rightwards, y downwards",
+    )
+    score: float = Field(description="detection confidence in [0, 1]")
+    landmarks: list[list[float]] = Field(
+        min_length=5,
+        max_length=5,
+        description="5 [x, y] points in original-image pixels: left eye, right eye, nose tip, "
+        "left and right mouth corners (left/right as seen in the image)",
+    )
 
     model_config = _examples(_FACE_EXAMPLE)
 
@@ -82,23 +92,27 @@ class Timings(_Out):
 
     model_config = _examples(_TIMINGS_EXAMPLE)
 
-    total_ms: float
+    total_ms: float = Field(description="from the start of the request's processing to the response")
     prepare_ms: float | None = Field(default=None, description="decode, detect and align")
     embed_ms: float | None = Field(default=None, description="waiting for and running the batched embedding call")
     search_ms: float | None = Field(default=None, description="gallery search")
 
 
 class ImageSize(_Out):
-    width: int
-    height: int
+    """Size of the original image, after EXIF orientation, in pixels."""
+
+    width: int = Field(description="width in pixels")
+    height: int = Field(description="height in pixels")
 
     model_config = _examples({"width": 1280, "height": 720})
 
 
 class ValidationIssue(_Out):
-    loc: list[str]
-    msg: str
-    type: str
+    """One way the request does not match the schema."""
+
+    loc: list[str] = Field(description='where: e.g. ["body", "k"]')
+    msg: str = Field(description="what is wrong, in words")
+    type: str = Field(description="machine-readable kind of the issue (pydantic's error type)")
 
     model_config = _examples(
         {"loc": ["body", "k"], "msg": "Input should be less than or equal to 1000", "type": "less_than_equal"}
@@ -108,14 +122,16 @@ class ValidationIssue(_Out):
 class Problem(BaseModel):
     """An error (RFC 9457 problem details) with a stable ``code``."""
 
-    type: str
-    title: str
-    status: int
+    type: str = Field(description="URI of the error type: urn:facematch:error:<code>")
+    title: str = Field(description="the HTTP status phrase")
+    status: int = Field(description="the HTTP status code")
     code: str = Field(description="stable machine-readable error code, e.g. no_face, image_too_large")
-    detail: str
-    instance: str | None = None
-    errors: list[ValidationIssue] | None = None
-    details: dict[str, Any] | None = None
+    detail: str = Field(description="what went wrong, in words (names the image or field concerned)")
+    instance: str | None = Field(default=None, description="the request path")
+    errors: list[ValidationIssue] | None = Field(default=None, description="schema violations, for invalid_request")
+    details: dict[str, Any] | None = Field(
+        default=None, description="machine-readable context (e.g. the enrolment report, a limit, an identity id)"
+    )
 
     model_config = ConfigDict(
         json_schema_extra={

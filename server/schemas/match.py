@@ -24,8 +24,8 @@ from .common import (
 
 
 # ---- verify ---------------------------------------------------------------------------------
-class VerifyParams(_In):
-    """Options of POST /verify (multipart text fields or JSON members)."""
+class ThresholdParams(_In):
+    """The 1:1 decision options: a cosine threshold, or a target false-match rate."""
 
     threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fmr, not both"
@@ -37,6 +37,11 @@ class VerifyParams(_In):
         description="target false-match rate: the threshold is the model card's calibrated one at this rate "
         "(default: the card's default FMR)",
     )
+
+
+class VerifyParams(ThresholdParams):
+    """Options of POST /verify (multipart text fields or JSON members)."""
+
     far: float | None = Field(
         default=None,
         gt=0.0,
@@ -62,16 +67,20 @@ class VerifyJSON(VerifyParams):
 
 
 class VerifyResponse(_Out):
-    is_match: bool
-    similarity: float = Field(description="cosine similarity of the two faces, in [-1, 1]")
-    threshold: float
-    target_fmr: float | None = Field(
-        default=None, description="false-match rate the threshold was chosen for (None: caller's)"
+    """The 1:1 decision for two images: same person or not, with the evidence."""
+
+    is_match: bool = Field(description="similarity >= threshold: the two faces are taken for the same person")
+    similarity: float = Field(
+        description="cosine similarity of the two faces' unit-norm embeddings, in [-1, 1] (higher: more alike)"
     )
-    model_id: str
-    face1: FaceOut
-    face2: FaceOut
-    timings: Timings
+    threshold: float = Field(description="cosine-similarity threshold of the decision")
+    target_fmr: float | None = Field(
+        default=None, description="false-match rate the threshold was chosen for (null: the caller's threshold)"
+    )
+    model_id: str = Field(description="embedder card id")
+    face1: FaceOut = Field(description="the face used in image1 (its largest)")
+    face2: FaceOut = Field(description="the face used in image2 (its largest)")
+    timings: Timings = Field(description="server-side time spent on the request")
 
     model_config = _examples(
         {
@@ -115,14 +124,20 @@ class IdentifyParams(_In):
 
 
 class IdentifyJSON(IdentifyParams):
+    """POST /identify as JSON: the image base64-encoded."""
+
     image: str = Field(min_length=1, description="base64-encoded image")
 
     model_config = _examples({"image": B64_EXAMPLE, "k": 5, "fpir": 0.01})
 
 
 class CandidateOut(_Out):
-    identity_id: str
-    similarity: float
+    """One gallery identity proposed for a face."""
+
+    identity_id: str = Field(description="the identity's id")
+    similarity: float = Field(
+        description="the identity's score: its template similarities aggregated by the gallery's rule, in [-1, 1]"
+    )
     estimated_fmr: float | None = Field(
         default=None,
         description="per-comparison false-match rate at this similarity, from the calibration; with "
@@ -132,8 +147,8 @@ class CandidateOut(_Out):
         default=False,
         description="true when the rate is finer than the calibration resolves: it is below estimated_fmr",
     )
-    template_id: int | None = None
-    metadata: dict[str, Any]
+    template_id: int | None = Field(default=None, description="the identity's best-scoring template")
+    metadata: dict[str, Any] = Field(description="the identity's stored metadata")
 
     model_config = _examples(_CANDIDATE_EXAMPLE)
 
@@ -145,11 +160,17 @@ class CandidateOut(_Out):
 class FaceIdentification(_Out):
     """The answer for one face: the accepted identity, or ``is_unknown``; candidates ranked either way."""
 
-    face: FaceOut | None = None
-    identity_id: str | None = None
-    is_unknown: bool
-    threshold: float
-    target_fpir: float | None = None
+    face: FaceOut | None = Field(default=None, description="the face identified")
+    identity_id: str | None = Field(
+        default=None, description="the accepted identity (the best candidate at or above threshold); null if unknown"
+    )
+    is_unknown: bool = Field(description="true when no candidate reaches the threshold (or the gallery is empty)")
+    threshold: float = Field(description="cosine-similarity threshold a candidate must reach to be accepted")
+    target_fpir: float | None = Field(
+        default=None,
+        description="false-positive identification rate the threshold was chosen for, at this gallery size "
+        "(null: the caller's threshold)",
+    )
     threshold_extrapolated: bool = Field(
         default=False,
         description="true when the FPIR threshold lies beyond the calibration's measured range "
@@ -163,7 +184,9 @@ class FaceIdentification(_Out):
     fmr_resolution: float | None = Field(
         default=None, description="the finest FMR the calibration resolves (1 / its impostor pairs)"
     )
-    candidates: list[CandidateOut]
+    candidates: list[CandidateOut] = Field(
+        description="the top-k identities ranked by similarity, whether or not they reach the threshold"
+    )
 
     model_config = _examples(
         {
@@ -198,9 +221,11 @@ class IdentifyResponse(_Out):
     results: list[FaceIdentification] = Field(description="one per face, largest first")
     faces_total: int = Field(description="faces found in the image")
     truncated: bool = Field(description="true when more faces were found than max_faces_per_image")
-    gallery_size: int = Field(description="identities in the gallery (each result's comparisons counts templates)")
-    model_id: str
-    timings: Timings
+    gallery_size: int = Field(
+        description="identities in the gallery at the time of the search (each result's comparisons counts templates)"
+    )
+    model_id: str = Field(description="embedder card id")
+    timings: Timings = Field(description="server-side time spent on the request")
 
     model_config = _examples(
         {
@@ -228,17 +253,19 @@ class IdentifyResponse(_Out):
 
 # ---- detect / embed -------------------------------------------------------------------------
 class DetectJSON(_In):
+    """POST /detect as JSON: the image base64-encoded."""
+
     image: str = Field(min_length=1, description="base64-encoded image")
 
     model_config = _examples({"image": B64_EXAMPLE})
 
 
 class DetectResponse(_Out):
-    faces: list[FaceOut] = Field(description="largest first")
-    faces_total: int
-    truncated: bool
-    image: ImageSize
-    timings: Timings
+    faces: list[FaceOut] = Field(description="the faces found, largest first (at most max_faces_per_image)")
+    faces_total: int = Field(description="faces found in the image")
+    truncated: bool = Field(description="true when more faces were found than max_faces_per_image")
+    image: ImageSize = Field(description="the original image's size")
+    timings: Timings = Field(description="server-side time spent on the request")
 
     model_config = _examples(
         {
@@ -252,10 +279,16 @@ class DetectResponse(_Out):
 
 
 class EmbedParams(_In):
-    faces: Literal["largest", "all"] = "largest"
+    """Options of POST /embed."""
+
+    faces: Literal["largest", "all"] = Field(
+        default="largest", description="embed the largest face, or every face (largest first)"
+    )
 
 
 class EmbedJSON(EmbedParams):
+    """POST /embed as JSON: the image base64-encoded."""
+
     image: str = Field(min_length=1, description="base64-encoded image")
 
     model_config = _examples({"image": B64_EXAMPLE, "faces": "largest"})
@@ -265,19 +298,19 @@ _EMBEDDING_EXAMPLE: dict[str, Any] = {"face": _FACE_EXAMPLE, "vector": [0.0213, 
 
 
 class EmbeddingOut(_Out):
-    face: FaceOut | None = None
+    face: FaceOut | None = Field(default=None, description="the face embedded")
     vector: list[float] = Field(description="unit-norm embedding: biometric data")
 
     model_config = _examples(_EMBEDDING_EXAMPLE)
 
 
 class EmbedResponse(_Out):
-    model_id: str
-    dim: int
-    embeddings: list[EmbeddingOut]
-    faces_total: int
-    truncated: bool
-    timings: Timings
+    model_id: str = Field(description="embedder card id: embeddings of different models are not comparable")
+    dim: int = Field(description="embedding dimension")
+    embeddings: list[EmbeddingOut] = Field(description="one per face, largest first")
+    faces_total: int = Field(description="faces found in the image")
+    truncated: bool = Field(description="true when more faces were found than max_faces_per_image")
+    timings: Timings = Field(description="server-side time spent on the request")
 
     model_config = _examples(
         {
@@ -303,6 +336,7 @@ __all__ = [
     "IdentifyJSON",
     "IdentifyParams",
     "IdentifyResponse",
+    "ThresholdParams",
     "VerifyJSON",
     "VerifyParams",
     "VerifyResponse",

@@ -4,29 +4,39 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from .common import _examples, _Out
 
 
 class HealthResponse(_Out):
-    status: Literal["ok", "failed"]
+    """Liveness of the process."""
+
+    status: Literal["ok", "failed"] = Field(
+        description="ok while serving; failed once loading models or gallery failed"
+    )
 
     model_config = _examples({"status": "ok"})
 
 
 class GallerySummary(_Out):
-    identities: int
-    templates: int
-    read_only: bool
+    """Size and mode of the served gallery."""
+
+    identities: int = Field(description="identities enrolled")
+    templates: int = Field(description="templates stored")
+    read_only: bool = Field(description="true when the server opened the gallery read-only (writes answer 409)")
 
     model_config = _examples({"identities": 120, "templates": 355, "read_only": False})
 
 
 class ReadyResponse(_Out):
-    ready: bool
-    status: Literal["loading", "ready", "failed"]
-    model_id: str | None = None
-    gallery: GallerySummary | None = None
-    detail: str | None = None
+    """Readiness: whether the models (and gallery) are loaded."""
+
+    ready: bool = Field(description="true once models (and the gallery, if configured) are loaded")
+    status: Literal["loading", "ready", "failed"] = Field(description="loading, ready, or failed")
+    model_id: str | None = Field(default=None, description="embedder card id, once loaded")
+    gallery: GallerySummary | None = Field(default=None, description="the gallery, when one is configured and loaded")
+    detail: str | None = Field(default=None, description="why loading failed")
 
     model_config = _examples(
         {
