@@ -95,12 +95,8 @@ def exit_code_for(exc: FacematchError) -> int:
 
 
 def _cli_message(exc: FacematchError, message: str) -> str:
-    """The SDK's message with the action named as the command line spells it."""
-    if exc.code == "duplicate_identity" and "identity_id" in exc.details:
-        return (
-            f"identity {exc.details['identity_id']!r} already exists; add templates to it with "
-            "'facematch gallery enroll GALLERY ID IMAGE... --add'"
-        )
+    """The SDK's message with the action named as the command line spells it (commands name their own
+    actions where they differ, e.g. ``gallery enroll --add`` or ``gallery import --skip-existing``)."""
     if exc.code == "gallery_locked":  # the SDK's advice (read_only=True) has no command-line spelling for writes
         return message.split(";")[0] + "; stop that process first (a running 'facematch serve'?), or write through it"
     return message

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +32,18 @@ AlignedOpt = Annotated[
         "the largest face is detected and aligned first.",
     ),
 ]
+
+
+@contextmanager
+def _duplicate_advice(advice: str) -> Iterator[None]:
+    """A duplicate identity named with what to do about it in this command."""
+    from ..errors import DuplicateIdentityError
+
+    try:
+        yield
+    except DuplicateIdentityError as exc:
+        ident = exc.details.get("identity_id")
+        raise DuplicateIdentityError(f"identity {ident!r} already exists; {advice}", **exc.details) from exc
 
 
 def _open(path: Path, *, read_only: bool, create: bool = False, **kwargs: Any) -> Any:
@@ -59,7 +72,8 @@ def enroll_cmd(
         if add:
             report = g.add_templates(identity, [str(p) for p in images], aligned=aligned, strict=strict)
         else:
-            report = g.enroll(identity, [str(p) for p in images], meta, aligned=aligned, strict=strict)
+            with _duplicate_advice("add templates to it with 'facematch gallery enroll GALLERY ID IMAGE... --add'"):
+                report = g.enroll(identity, [str(p) for p in images], meta, aligned=aligned, strict=strict)
 
     def text() -> str:
         lines = [f"{report.identity_id}: {len(report.template_ids)} template(s) of {len(report.outcomes)} image(s)"]
@@ -262,7 +276,8 @@ def import_cmd(
 ) -> None:
     """Add the identities of an exported file to a gallery (refused if it is another model's)."""
     with _open(gallery, read_only=False, create=True) as g:
-        rep = g.import_from(file, on_existing="skip" if skip_existing else "error")
+        with _duplicate_advice("nothing was imported; pass --skip-existing to keep it and import the others"):
+            rep = g.import_from(file, on_existing="skip" if skip_existing else "error")
         emit(
             as_json,
             rep.to_dict(),
