@@ -68,14 +68,18 @@ def summary(runs: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def bench_commands(runs: int, a: Path, b: Path) -> dict[str, dict[str, float]]:
+def bench_commands(runs: int, a: Path, b: Path, baseline: str | None = None) -> dict[str, dict[str, float]]:
     exe = entry_point()
     commands = {
         "facematch verify A B": [exe, "verify", str(a), str(b)],
         "facematch --help": [exe, "--help"],
         "facematch verify --help": [exe, "verify", "--help"],
     }
-    run_once(commands["facematch verify A B"])  # warm-up: OS file cache, the model cache
+    if baseline:  # another install's entry point (e.g. a checkout before this change), run in the same turns
+        commands["baseline: facematch verify A B"] = [baseline, "verify", str(a), str(b)]
+        commands["baseline: facematch --help"] = [baseline, "--help"]
+    for argv in commands.values():  # warm-up: OS file cache, the model cache
+        run_once(argv)
     results: dict[str, list[dict[str, float]]] = defaultdict(list)
     for _ in range(runs):
         for name, argv in commands.items():
@@ -178,6 +182,9 @@ def main() -> None:
     ap.add_argument("--load-runs", type=int, default=7)
     ap.add_argument("--importtime-runs", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--baseline", default=None, help="another facematch entry point to time in the same turns (e.g. before)"
+    )
     args = ap.parse_args()
     a, b = (args.images / p for p in args.pair)
     env = {
@@ -185,9 +192,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_before": os.getloadavg(),
         "pair": [a.name, b.name],
+        "baseline": args.baseline,
     }
     t0 = time.time()
-    commands = bench_commands(args.runs, a, b)
+    commands = bench_commands(args.runs, a, b, args.baseline)
     load = bench_load_path(args.load_runs)
     imports = importtime_breakdown(args.importtime_runs, a, b)
     env["load_after"] = os.getloadavg()

@@ -362,8 +362,8 @@ def emit(as_json: bool, data: Any, text: Callable[[], str]) -> None:
 def reported_errors() -> Iterator[None]:
     """Report an error raised inside the block in the one style and exit with its status.
 
-    Commands of apps made by :func:`new_app` need not use it (their group reports errors);
-    it serves commands run through another typer app.
+    Kept for commands written before the groups reported errors: commands of apps made by
+    :func:`new_app` just raise (their group reports the error, with the same :func:`describe`).
     """
     try:
         yield

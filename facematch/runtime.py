@@ -25,9 +25,9 @@ def _ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise BackendUnavailableError(
-            "onnxruntime is not installed: pip install 'facematch[cpu]' (or 'facematch[gpu]' for onnxruntime-gpu)"
-        ) from exc
+        from .extras import missing_module
+
+        raise missing_module("onnxruntime") from exc
     return ort
 
 

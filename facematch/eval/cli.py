@@ -347,7 +347,7 @@ def calibrate(
     )
     for key, thr in cal.thresholds.items():
         tar = cal.tar_at_threshold.get(key)
-        typer.echo(f"  FMR {key}: threshold {thr:.4f}" + (f"  TAR {tar:.4f}" if tar is not None else ""))
+        typer.echo(f"  FMR {key}: threshold {thr:.4f}" + (f"  TAR {_pct(tar)}" if tar is not None else ""))
     if dest is not None:
         typer.echo(f"wrote the calibrated card {card.id!r} to {dest}")
         if dest.name.endswith(".card.json"):
