@@ -32,6 +32,7 @@ from .errors import (
     NoFaceError,
     NotAlignedError,
     NoTemplatesError,
+    RateOutOfRangeError,
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
@@ -126,6 +127,7 @@ __all__ = [
     "NoTemplatesError",
     "NotAlignedError",
     "PreparedImage",
+    "RateOutOfRangeError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
     "VerifyResult",

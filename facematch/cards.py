@@ -139,7 +139,11 @@ class ModelCard(_Strict):
 
     # ---- thresholds -------------------------------------------------------------------
     def threshold_for(self, fmr: float | None = None) -> float:
-        """Similarity threshold for a target false-match rate (the card's default when None)."""
+        """Similarity threshold for a target false-match rate (the card's default when None).
+
+        Rates finer than the calibration resolves are extrapolated from its impostor tail,
+        or refused (``RateOutOfRangeError``), by the calibration's one rule.
+        """
         from .errors import CalibrationMissingError
 
         if self.calibration is None:
@@ -147,7 +151,7 @@ class ModelCard(_Strict):
                 f"model {self.id!r} has no calibration; run `facematch calibrate DIR --model {self.id} --write` "
                 "or pass an explicit threshold"
             )
-        return self.calibration.threshold_for(self.calibration.default_fmr if fmr is None else fmr)
+        return self.calibration.threshold_for(self.calibration.default_fmr if fmr is None else fmr, extrapolate=True)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True)

@@ -111,6 +111,18 @@ class CalibrationMissingError(ModelError):
     http_status = 422
 
 
+class RateOutOfRangeError(CalibrationMissingError):
+    """No threshold can be established for a target rate (FMR or FPIR) on a calibrated model.
+
+    The rate is finer than the calibration resolves and the impostor tail cannot be
+    extrapolated to it, or the extrapolated threshold would be above 1 (outside the cosine
+    range). The same rule for ``verify`` (FMR) and ``identify`` (FPIR).
+    """
+
+    code = "rate_out_of_range"
+    http_status = 422
+
+
 class InvalidArgumentError(FacematchError, ValueError):
     """An argument is out of range or the combination of arguments is invalid."""
 
@@ -201,6 +213,7 @@ __all__ = [
     "NoFaceError",
     "NoTemplatesError",
     "NotAlignedError",
+    "RateOutOfRangeError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
 ]

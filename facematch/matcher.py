@@ -465,6 +465,7 @@ class FaceMatcher:
         """
         thr, target = self.resolve_threshold(threshold, fmr)
         sim = self.similarity(embedding1, embedding2)
+        cal = self.embedder_card.calibration
         return VerifyResult(
             is_match=sim >= thr,
             similarity=sim,
@@ -473,6 +474,7 @@ class FaceMatcher:
             face2=face2 if face2 is not None else getattr(embedding2, "face", None),
             model_id=self.model_id,
             target_fmr=target,
+            threshold_extrapolated=target is not None and cal is not None and cal.extrapolates(target),
         )
 
     def similarity(self, embedding1: FaceEmbedding | np.ndarray, embedding2: FaceEmbedding | np.ndarray) -> float:

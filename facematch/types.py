@@ -262,6 +262,7 @@ class VerifyResult:
     face2: Face | None
     model_id: str = ""
     target_fmr: float | None = None  # the false-match rate the threshold was chosen for, if any
+    threshold_extrapolated: bool = False  # the FMR threshold lies beyond the calibration's measured range
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -269,6 +270,7 @@ class VerifyResult:
             "similarity": round(float(self.similarity), 6),
             "threshold": round(float(self.threshold), 6),
             "target_fmr": self.target_fmr,
+            "threshold_extrapolated": self.threshold_extrapolated,
             "model_id": self.model_id,
             "face1": self.face1.to_dict() if self.face1 is not None else None,
             "face2": self.face2.to_dict() if self.face2 is not None else None,

@@ -13,16 +13,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import PayloadTooLargeError, install_error_handlers, problem
+from .access_log import install_access_log_filter
+from .errors import install_error_handlers
 from .metrics import MetricsMiddleware
 from .settings import Settings
 from .state import ServerState
+from .uploads import BodyGuardMiddleware, BodyLimitMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -41,50 +42,25 @@ embeddings, in [-1, 1]; `is_match` is `similarity >= threshold`; timings are in 
 """
 
 
-class BodyLimitMiddleware:
-    """413 for requests above ``max_bytes``: by Content-Length up front, else while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared < 0 or declared > self.max_bytes:
-                    status, code = (413, "payload_too_large") if declared > 0 else (400, "bad_request")
-                    msg = f"the request body is larger than {self.max_bytes} bytes" if status == 413 else "bad length"
-                    await problem(status, code, msg, instance=scope.get("path"))(scope, receive, send)
-                    return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app. ``settings`` default to :meth:`Settings.load` (environment and env file)."""
+    """A new app. ``settings`` default to :meth:`Settings.load` (environment and env file).
+
+    Without ``settings`` (``uvicorn --factory``), malformed settings or an exposed bind without
+    keys end the process with a one-line message (``SystemExit``), not a traceback.
+    """
     from fastapi import FastAPI
 
     from .routes import batch, gallery, gallery_verify, match, ops
 
-    settings = settings or Settings.load()
-    settings.check_exposure()
+    if settings is None:
+        try:
+            settings = Settings.load()
+            settings.check_exposure()
+        except ValueError as exc:
+            raise SystemExit(f"facematch: invalid settings: {exc}") from None
+    else:
+        settings.check_exposure()
+    install_access_log_filter()
     if not settings.auth_enabled:
         logger.warning("no API keys configured: authentication is DISABLED (loopback %s only)", settings.host)
     state = ServerState(settings)
@@ -122,7 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for module in (match, batch, gallery_verify, gallery):
             app.include_router(module.router, prefix=prefix, include_in_schema=listed)
     _install_docs(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    _install_openapi_limits(app, settings)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=settings.max_request_bytes,
+        timeout_s=settings.body_timeout_s,
+        min_rate=float(settings.min_upload_rate),
+    )
     _install_cors(app, settings)  # outside the body limit (preflights have no body), inside the metrics
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
@@ -152,6 +134,25 @@ def _install_cors(app: FastAPI, settings: Settings) -> None:
 
 
 DOCS_ASSETS = "/docs/assets"
+
+
+def _install_openapi_limits(app: FastAPI, settings: Settings) -> None:
+    """The schema states this server's limits: ``k`` of /identify at most ``max_k``."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, item in schema.get("paths", {}).items():
+                if not path.endswith("/identify"):
+                    continue
+                for media in item.get("post", {}).get("requestBody", {}).get("content", {}).values():
+                    k = media.get("schema", {}).get("properties", {}).get("k")
+                    if isinstance(k, dict):
+                        k["maximum"] = settings.max_k
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -185,4 +186,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["CORS_EXPOSED", "CORS_HEADERS", "CORS_METHODS", "BodyLimitMiddleware", "create_app"]
+__all__ = ["CORS_EXPOSED", "CORS_HEADERS", "CORS_METHODS", "BodyGuardMiddleware", "BodyLimitMiddleware", "create_app"]

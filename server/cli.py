@@ -40,16 +40,13 @@ def serve(
         overrides["FACEMATCH_ENV_FILE"] = str(env_file)
     os.environ.update(overrides)  # the app factory (in each worker) reads its settings from here
 
-    from pydantic import ValidationError
-
     from .settings import Settings
 
     try:
         settings = Settings.load()
         settings.check_exposure()
-    except (ValidationError, ValueError) as exc:
-        first = str(exc).splitlines()
-        raise InvalidArgumentError(f"invalid settings: {' '.join(first[:3])}") from None
+    except ValueError as exc:  # SettingsError: one line naming the variable and its format, never the value
+        raise InvalidArgumentError(f"invalid settings: {exc}") from None
     if workers > 1 and settings.gallery is not None and not settings.gallery_read_only:
         raise InvalidArgumentError("a gallery has one writer; use --workers 1, or --read-only for several workers")
 

@@ -11,10 +11,12 @@ import binascii
 import copy
 import json
 import re
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .errors import (
     InvalidRequestError,
@@ -54,13 +56,24 @@ class ParsedRequest(Generic[P]):
         return self.images[name][0]
 
 
+_WHITESPACE = {ord(c): None for c in " \t\r\n\v\f"}
+
+
 def decode_base64(value: str, where: str, max_bytes: int) -> bytes:
-    """Bytes of a base64 (or data-URL) image string; refuses URLs, bad base64 and oversize data."""
+    """Bytes of a base64 (or data-URL) image string; refuses URLs, bad base64 and oversize data.
+
+    Whitespace inside is ignored, so MIME-style base64 broken into lines (RFC 2045, Python's
+    ``base64.encodebytes``) is accepted; any other character outside the alphabet is refused.
+    """
     text = value.strip()
     if text.lower().startswith(("http://", "https://", "ftp://", "file:")):
         raise UrlInputDisabledError(f"{where}: URL inputs are disabled; send the image bytes (base64 or multipart)")
     text = _DATA_URL.sub("", text, count=1)
-    if len(text) > (max_bytes * 4) // 3 + 8:
+    limit = (max_bytes * 4) // 3 + 8
+    if len(text) > 2 * limit:  # cheap bound before stripping (line breaks add ~3 %)
+        raise PayloadTooLargeError(f"{where}: the image is larger than {max_bytes} bytes", limit=max_bytes)
+    text = text.translate(_WHITESPACE)
+    if len(text) > limit:
         raise PayloadTooLargeError(f"{where}: the image is larger than {max_bytes} bytes", limit=max_bytes)
     try:
         data = base64.b64decode(text, validate=True)
@@ -74,9 +87,12 @@ def decode_base64(value: str, where: str, max_bytes: int) -> bytes:
     return data
 
 
-def _validate(model: type[P], data: Any, *, json: bool) -> P:
+def _validate(model: type[P], data: Any, *, json: bool, settings: Settings | None = None) -> P:
+    context = {"max_k": settings.max_k} if settings is not None else None  # limits checked against the settings
     try:
-        return model.model_validate_json(data) if json else model.model_validate(data)
+        if json:
+            return model.model_validate_json(data, context=context)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise InvalidRequestError(
             "the request does not match the schema", errors=validation_errors(exc.errors(include_input=False))
@@ -104,7 +120,7 @@ async def parse_images_request(
         body = await request.body()
         if not body:
             raise InvalidRequestError("empty JSON body")
-        parsed = _validate(json_model, body, json=True)
+        parsed = _validate(json_model, body, json=True, settings=settings)
         images: dict[str, list[bytes]] = {}
         names: dict[str, list[str]] = {}
         total = 0
@@ -146,20 +162,45 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": media}}}
 
 
+_NOT_TEXT = "text field"
+
+
+class _StrictTextMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, except that a text field that is not valid in its charset is
+    refused (starlette falls back to latin-1: the bytes ``\\xff\\xfe\\xfd`` would become the id ``"ÿþý"``)."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is not None:
+            super().on_part_end()
+            return
+        charset = self._charset or "utf-8"
+        try:
+            text = bytes(part.data).decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            raise MultiPartException(f"{_NOT_TEXT} {part.field_name!r} is not valid {charset} text") from None
+        self.items.append((part.field_name, text))
+
+
 async def _parse_multipart(
     request: Request, settings: Settings, files: tuple[FileField, ...], form_model: type[BaseModel], limit: int
 ) -> ParsedRequest[Any]:
     from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException
 
     try:
-        form = await request.form(max_files=limit + 4, max_fields=64, max_part_size=1024 * 1024)
-    except HTTPException as exc:
-        text = str(exc.detail)
+        async with aclosing(request.stream()) as stream:
+            parser = _StrictTextMultiPartParser(
+                request.headers, stream, max_files=limit + 4, max_fields=64, max_part_size=1024 * 1024
+            )
+            form = await parser.parse()
+    except MultiPartException as exc:
+        text = str(exc.message)
         if "Too many files" in text:
             raise TooManyImagesError(f"more than {limit} images in one request") from None
         if "exceeded maximum size" in text:  # a text field over max_part_size (files are spooled, not capped)
             raise PayloadTooLargeError(f"a multipart text field is too large: {text}", limit=1024 * 1024) from None
+        if text.startswith(_NOT_TEXT):
+            raise InvalidRequestError(text) from None
         raise InvalidRequestError(f"malformed multipart body: {text}") from None
     try:
         file_names = {f.name for f in files}
@@ -203,7 +244,7 @@ async def _parse_multipart(
             if isinstance(value, UploadFile):
                 raise InvalidRequestError(f"{key!r} must be a text field, not a file part")
             fields[key] = value
-        params = _validate(form_model, fields, json=False)
+        params = _validate(form_model, fields, json=False, settings=settings)
         return ParsedRequest(params=params, images=images, names=names)
     finally:
         await form.close()

@@ -69,6 +69,9 @@ class Metrics:
         )
         self.queue_depth = Gauge("facematch_queue_depth", "Requests admitted to inference and not done", registry=r)
         self.batch_queue = Gauge("facematch_batch_queue_crops", "Face crops waiting for an embedding call", registry=r)
+        self.decode_bytes = Gauge(
+            "facematch_decode_bytes_reserved", "Bytes of the decode budget held by images in flight", registry=r
+        )
         self.rejected = Counter("facematch_rejected", "Requests refused because the queue was full", registry=r)
         self.ready = Gauge("facematch_ready", "1 when models and gallery are loaded", registry=r)
         self.gallery_identities = Gauge("facematch_gallery_identities", "Identities in the gallery", registry=r)

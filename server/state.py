@@ -15,7 +15,7 @@ import numpy as np
 from facematch.errors import FacematchError
 from facematch.runtime import THREADS_ENV
 
-from .batcher import Admission, MicroBatcher
+from .batcher import Admission, DecodeBudget, MicroBatcher
 from .metrics import Metrics
 from .security import KeyRing
 from .settings import Settings
@@ -39,6 +39,7 @@ class ServerState:
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="facematch-infer")
         self._embed_executor = ThreadPoolExecutor(1, thread_name_prefix="facematch-embed")
         self.admission = Admission(settings.queue_size, self.metrics)
+        self.decode_budget = DecodeBudget(settings.max_decode_bytes, self.metrics)
         self.matcher: FaceMatcher | None = None
         self.gallery: Gallery | None = None
         self.status: Status = "loading"

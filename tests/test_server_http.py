@@ -173,7 +173,13 @@ def test_gallery_lifecycle_and_identify(server: Server, wild_dir: Path, wild_lab
         names = {x["identity_id"] for x in group.json()["results"]}
         assert {"kit_harington", "rose_leslie"} <= names
         strict = c.post("/identify", json={"image": b64(wild_dir / "obama3.jpg"), "threshold": 0.99}).json()
-        assert strict["results"][0]["is_unknown"] is True and strict["results"][0]["candidates"]
+        # a match-only key sees no candidate below the threshold, and no metadata (docs/server.md, Scopes)
+        assert strict["results"][0]["is_unknown"] is True and strict["results"][0]["candidates"] == []
+        assert all(c["metadata"] is None for c in r.json()["results"][0]["candidates"])
+    with server.client(headers=auth("admin")) as c:  # gallery read: every candidate, with metadata
+        strict = c.post("/identify", json={"image": b64(wild_dir / "obama3.jpg"), "threshold": 0.99}).json()
+        assert strict["results"][0]["is_unknown"] is True and len(strict["results"][0]["candidates"]) == 5
+        assert strict["results"][0]["candidates"][0]["metadata"] is not None
     with server.client(headers=auth("enroll")) as c:
         tids = c.get("/gallery/identities/biden").json()["template_ids"]
         assert c.delete(f"/gallery/identities/obama/templates/{tids[-1]}").json()["code"] == "template_not_found"

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import numpy as np
 
-from ..errors import FacematchError, InvalidArgumentError, InvalidImageError, MultipleFacesError, NoFaceError
+from ..errors import (
+    FacematchError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    InvalidArgumentError,
+    InvalidImageError,
+    MultipleFacesError,
+    NoFaceError,
+    NotAlignedError,
+    UnsupportedMediaError,
+)
 from ..types import PreparedImage
 from .binding import ModelBinding
 from .store import Store, dump_metadata, duplicate_identity, identity_not_found, validate_identity_id
@@ -36,6 +46,11 @@ MultiFacePolicy = Literal["largest", "reject"]
 MULTI_FACE_POLICIES = ("largest", "reject")
 # image errors that become an outcome of their image (any other FacematchError propagates)
 IMAGE_ERRORS: tuple[type[FacematchError], ...] = (NoFaceError, InvalidImageError, MultipleFacesError)
+# an image outcome's status is its error's code; these are the InvalidImageError codes it can be
+_IMAGE_ERROR_BY_CODE: dict[str, type[InvalidImageError]] = {
+    e.code: e
+    for e in (InvalidImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedMediaError, NotAlignedError)
+}
 
 
 def source_label(image: Any, i: int) -> str:
@@ -103,7 +118,7 @@ def outcome_for_error(index: int, source: str, exc: FacematchError) -> ImageOutc
     if isinstance(exc, NoFaceError):
         status = "no_face"
     elif isinstance(exc, InvalidImageError):
-        status = "invalid_image"
+        status = exc.code if exc.code in _IMAGE_ERROR_BY_CODE else "invalid_image"  # type: ignore[assignment]
     elif isinstance(exc, MultipleFacesError):
         status = "multiple_faces"
         found = exc.details.get("faces")
@@ -171,7 +186,8 @@ def with_template_ids(outcomes: Sequence[ImageOutcome], template_ids: Sequence[i
 
 
 def raise_for(report: EnrollReport) -> NoReturn:
-    """Nothing was enrolled: ``NoFaceError`` / ``MultipleFacesError`` / ``InvalidImageError`` with the report."""
+    """Nothing was enrolled: ``NoFaceError`` / ``MultipleFacesError`` / the image error of the first
+    failure (``InvalidImageError``, ``ImageTooLargeError``, ``UnsupportedMediaError``, ...) with the report."""
     failed = report.failed
     summary = "; ".join(f"{o.source}: {o.status}" for o in failed)
     statuses = {o.status for o in failed}
@@ -181,7 +197,8 @@ def raise_for(report: EnrollReport) -> NoReturn:
         raise NoFaceError(msg, **details)
     if "multiple_faces" in statuses:
         raise MultipleFacesError(msg, **details)
-    raise InvalidImageError(msg, **details)
+    first = failed[0].status if failed else "invalid_image"
+    raise _IMAGE_ERROR_BY_CODE.get(first, InvalidImageError)(msg, **details)
 
 
 class Enrolment:

@@ -7,7 +7,17 @@ from typing import Any, Literal
 
 from ..types import Face
 
-OutcomeStatus = Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+# "enrolled", or the code of the error the image alone gets (the same code on every route)
+OutcomeStatus = Literal[
+    "enrolled",
+    "no_face",
+    "multiple_faces",
+    "invalid_image",
+    "image_too_large",
+    "image_too_small",
+    "unsupported_media",
+    "not_aligned",
+]
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,18 @@ class GalleryInfo:
         }
 
 
-BulkStatus = Literal["enrolled", "skipped", "no_face", "multiple_faces", "invalid_image", "error"]
+BulkStatus = Literal[
+    "enrolled",
+    "skipped",
+    "no_face",
+    "multiple_faces",
+    "invalid_image",
+    "image_too_large",
+    "image_too_small",
+    "unsupported_media",
+    "not_aligned",
+    "error",
+]
 
 
 @dataclass(frozen=True)

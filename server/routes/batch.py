@@ -18,7 +18,7 @@ from facematch.batch import check_index_pairs, embedded_images, used_images, ver
 from facematch.errors import FacematchError
 from facematch.types import PreparedImage
 
-from ..deps import Admitted, MatcherDep, StateDep, scoped
+from ..deps import MatcherDep, StateDep, scoped
 from ..errors import InvalidRequestError, TooManyPairsError
 from ..inputs import FileField, parse_images_request, request_body
 from ..pipeline import Pipeline
@@ -46,9 +46,7 @@ BATCH_FILES = (
     ),
     dependencies=[scoped("match")],
 )
-async def verify_batch(
-    request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted
-) -> VerifyBatchResponse:
+async def verify_batch(request: Request, state: StateDep, matcher: MatcherDep) -> VerifyBatchResponse:
     """Send the distinct images once (repeated multipart `images` parts, or base64 strings in JSON)
     and the pairs as index pairs into them (`pairs`: `[[0, 1], [0, 2]]`, a JSON text field in
     multipart). Each pair gets the same answer `/verify` would give (largest face of each image, one
@@ -70,19 +68,20 @@ async def verify_batch(
         raise InvalidRequestError(exc.message, errors=[{"loc": loc, "msg": exc.message, "type": "index"}]) from exc
     fmr = p.target_fmr()
     matcher.resolve_threshold(p.threshold, fmr)  # refuse bad options before any work
-    pipe = Pipeline(state, matcher)
     used = used_images(pairs, len(images))
     wanted = [b for b, u in zip(images, used, strict=True) if u]
-    prepared_used = iter(await pipe.prepare_each(wanted, "largest"))
-    prepared: list[PreparedImage | FacematchError | None] = [next(prepared_used) if u else None for u in used]
-    crops = [x.crops[:1] for x in prepared if isinstance(x, PreparedImage)]
-    if crops:
-        stacked = np.concatenate(crops)
-        step = settings.batch_max_size  # the batcher's pending bound is a multiple of this
-        parts = await asyncio.gather(*(pipe.embed(stacked[i : i + step]) for i in range(0, len(stacked), step)))
-        embeddings = np.concatenate(parts)
-    else:
-        embeddings = np.zeros((0, matcher.dim), np.float32)
+    with state.admission.slot():  # taken once the body is read and checked
+        pipe = Pipeline(state, matcher)
+        prepared_used = iter(await pipe.prepare_each(wanted, "largest"))
+        prepared: list[PreparedImage | FacematchError | None] = [next(prepared_used) if u else None for u in used]
+        crops = [x.crops[:1] for x in prepared if isinstance(x, PreparedImage)]
+        if crops:
+            stacked = np.concatenate(crops)
+            step = settings.batch_max_size  # the batcher's pending bound is a multiple of this
+            parts = await asyncio.gather(*(pipe.embed(stacked[i : i + step]) for i in range(0, len(stacked), step)))
+            embeddings = np.concatenate(parts)
+        else:
+            embeddings = np.zeros((0, matcher.dim), np.float32)
     embedded = embedded_images(prepared, embeddings, matcher.model_id)
     result = verify_pairs(matcher, pairs, embedded, threshold=p.threshold, fmr=fmr)
     return VerifyBatchResponse.of(result, pipe.timings())

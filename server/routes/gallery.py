@@ -14,17 +14,20 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import AfterValidator
 
 from facematch.errors import DuplicateIdentityError, TemplateNotFoundError
 from facematch.gallery import Gallery, IdentityInfo
 from facematch.gallery.enrol import prepare_for_enrolment
+from facematch.gallery.store import validate_identity_id
 from facematch.matcher import FaceMatcher
 from facematch.types import PreparedImage
 
-from ..deps import Admitted, GalleryDep, MatcherDep, StateDep, scoped
+from ..deps import GalleryDep, MatcherDep, StateDep, scoped
 from ..inputs import FileField, json_body, parse_images_request, parse_json_request, request_body
 from ..pipeline import Pipeline, run_in_pool
 from ..schemas import (
+    IDENTITY_ID_DESC,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -41,7 +44,10 @@ from . import problems
 router = APIRouter(prefix="/gallery", tags=["gallery"], dependencies=[scoped("enroll")])
 
 IMAGES = (FileField("images", multiple=True, description="face images, one template each"),)
-IdentityPath = Annotated[str, Path(min_length=1, max_length=256, description="identity id")]
+# the gallery's one identity-id rule (NFC, no control/format/bidi characters, not "." or ".."), as for bodies
+IdentityPath = Annotated[
+    str, Path(min_length=1, max_length=1024, description=IDENTITY_ID_DESC), AfterValidator(validate_identity_id)
+]
 TemplateIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="template id")]
 WRITE_ERRORS = (401, 403, 404, 409, 413, 415, 422, 429, 503)
 READ_ERRORS = (401, 403, 404, 422, 503)
@@ -65,6 +71,20 @@ async def _enrol(
     images: list[bytes],
     sources: list[str],
     *,
+    metadata: dict[str, Any] | None,
+    create: bool,
+) -> EnrollResponse:
+    with state.admission.slot():  # taken once the body is read and checked
+        return await _enrol_admitted(state, matcher, gallery, identity_id, images, sources, metadata, create)
+
+
+async def _enrol_admitted(
+    state: ServerState,
+    matcher: FaceMatcher,
+    gallery: Gallery,
+    identity_id: str,
+    images: list[bytes],
+    sources: list[str],
     metadata: dict[str, Any] | None,
     create: bool,
 ) -> EnrollResponse:
@@ -101,7 +121,7 @@ async def _enrol(
     openapi_extra=request_body(IMAGES, EnrollForm, EnrollJSON),
 )
 async def create_identity(
-    request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep, _slot: None = Admitted
+    request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep
 ) -> EnrollResponse:
     """Each image gives one template (its largest face); the report says what each image gave.
     Images without a usable face are reported, not enrolled. When no image gives a template,
@@ -144,7 +164,6 @@ async def add_templates(
     state: StateDep,
     matcher: MatcherDep,
     gallery: GalleryDep,
-    _slot: None = Admitted,
 ) -> EnrollResponse:
     """Add one template per image to an existing identity (404 `identity_not_found` otherwise), with a
     per-image report."""
@@ -166,7 +185,6 @@ async def add_templates_deprecated(
     state: StateDep,
     matcher: MatcherDep,
     gallery: GalleryDep,
-    _slot: None = Admitted,
 ) -> EnrollResponse:
     """Deprecated alias of `POST /gallery/identities/{identity_id}/templates` (removed in the next release)."""
     _deprecated(response, "templates")

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 
-from ..deps import Admitted, GalleryDep, MatcherDep, StateDep, scoped
+from ..deps import GalleryDep, MatcherDep, MatchKey, StateDep
 from ..inputs import FileField, parse_images_request, request_body
 from ..pipeline import Pipeline
 from ..schemas import IdentityVerifyJSON, IdentityVerifyParams, IdentityVerifyResponse
@@ -32,7 +32,6 @@ PROBE = (FileField("image", description="probe image (its largest face is compar
     response_model=IdentityVerifyResponse,
     responses=problems(*IMAGE_ERRORS, 404, 409),
     openapi_extra=request_body(PROBE, IdentityVerifyParams, IdentityVerifyJSON),
-    dependencies=[scoped("match")],
 )
 async def verify_identity(
     identity_id: IdentityPath,
@@ -40,12 +39,13 @@ async def verify_identity(
     state: StateDep,
     matcher: MatcherDep,
     gallery: GalleryDep,
-    _slot: None = Admitted,
+    principal: MatchKey,
 ) -> IdentityVerifyResponse:
     """The largest face of `image` is compared with every template of `identity_id`; the template
     similarities are aggregated by the gallery's rule and the decision is taken at a 1:1 threshold:
     `threshold` if given, else the model card's calibrated threshold at `fmr` (default: the card's
     default FMR). Not scaled by the gallery's size: one subject is compared, nothing is searched.
+    The identity's `metadata` is returned to keys that also hold the `enroll` scope (null otherwise).
     404 `identity_not_found` for an unknown id; 409 `no_templates` when the identity has none."""
     parsed = await parse_images_request(request, state.settings, PROBE, IdentityVerifyParams, IdentityVerifyJSON)
     p = parsed.params
@@ -57,13 +57,15 @@ async def verify_identity(
         gallery.verification_threshold(p.threshold, p.fmr)  # and bad options too
 
     await pipe.run(known)
-    prep = await pipe.prepare(parsed.one("image"))
-    emb = await pipe.embed(prep.crops[:1])
+    with state.admission.slot():  # taken once the body is read and checked
+        prep = await pipe.prepare(parsed.one("image"))
+        emb = await pipe.embed(prep.crops[:1])
     verify = functools.partial(
         gallery.verify_embedding, identity_id, emb[0], matcher.model_id, threshold=p.threshold, fmr=p.fmr
     )
     result = await pipe.search(verify)
-    return IdentityVerifyResponse.of(replace(result, face=prep.face(0)), pipe.timings())
+    reads_gallery = principal.allows("enroll")  # the identity's metadata only for gallery readers
+    return IdentityVerifyResponse.of(replace(result, face=prep.face(0)), pipe.timings(), metadata=reads_gallery)
 
 
 __all__ = ["router"]

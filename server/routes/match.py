@@ -7,9 +7,7 @@ from dataclasses import replace
 import numpy as np
 from fastapi import APIRouter, Request
 
-from facematch.errors import InvalidArgumentError
-
-from ..deps import Admitted, GalleryDep, MatcherDep, StateDep, scoped
+from ..deps import GalleryDep, MatcherDep, MatchKey, StateDep, scoped
 from ..errors import EmbedDisabledError
 from ..inputs import FileField, parse_images_request, request_body
 from ..pipeline import Pipeline
@@ -48,7 +46,7 @@ IMAGE_FILE = (FileField("image"),)
     openapi_extra=request_body(VERIFY_FILES, VerifyParams, VerifyJSON),
     dependencies=[scoped("match")],
 )
-async def verify(request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted) -> VerifyResponse:
+async def verify(request: Request, state: StateDep, matcher: MatcherDep) -> VerifyResponse:
     """Compare the largest face of `image1` with the largest face of `image2`.
 
     The threshold is `threshold` if given, else the model card's calibrated threshold at
@@ -59,9 +57,10 @@ async def verify(request: Request, state: StateDep, matcher: MatcherDep, _slot: 
     p = parsed.params
     fmr = p.target_fmr()
     matcher.resolve_threshold(p.threshold, fmr)  # refuse bad options before any work
-    pipe = Pipeline(state, matcher)
-    first, second = await pipe.prepare_many([parsed.one("image1"), parsed.one("image2")], ["image1", "image2"])
-    emb = await pipe.embed(np.concatenate([first.crops, second.crops]))
+    with state.admission.slot():  # taken once the body is read and checked
+        pipe = Pipeline(state, matcher)
+        first, second = await pipe.prepare_many([parsed.one("image1"), parsed.one("image2")], ["image1", "image2"])
+        emb = await pipe.embed(np.concatenate([first.crops, second.crops]))
     result = matcher.compare(emb[0], emb[1], threshold=p.threshold, fmr=fmr, face1=first.face(0), face2=second.face(0))
     return VerifyResponse.of(result, pipe.timings())
 
@@ -73,32 +72,43 @@ async def verify(request: Request, state: StateDep, matcher: MatcherDep, _slot: 
     response_model=IdentifyResponse,
     responses=problems(*IMAGE_ERRORS, 404),
     openapi_extra=request_body(IMAGE_FILE, IdentifyParams, IdentifyJSON),
-    dependencies=[scoped("match")],
 )
 async def identify(
-    request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep, _slot: None = Admitted
+    request: Request,
+    state: StateDep,
+    matcher: MatcherDep,
+    gallery: GalleryDep,
+    principal: MatchKey,
 ) -> IdentifyResponse:
     """Rank gallery identities for the largest face (or `faces=all`: every face, largest first).
 
-    Each face gets the top-`k` identities with similarity and estimated false-match rate,
-    and an explicit `is_unknown` when the best is below the threshold: `threshold` if
-    given, else the one that keeps the false-positive identification rate at `fpir`
-    (default: the server's `default_fpir`) for the current gallery size.
+    Each face gets the top-`k` identities (`k` at most the server's `max_k`) with similarity
+    and estimated false-match rate, and an explicit `is_unknown` when the best is below the
+    threshold: `threshold` if given, else the one that keeps the false-positive
+    identification rate at `fpir` (default: the server's `default_fpir`) for the current
+    gallery size. Keys without the `enroll` scope see no `metadata` (null), and only the
+    candidates at or above the threshold (or the server's `candidate_floor`): an unknown
+    probe then has no candidates.
     """
     parsed = await parse_images_request(request, state.settings, IMAGE_FILE, IdentifyParams, IdentifyJSON)
     p = parsed.params
-    if p.k > state.settings.max_k:
-        raise InvalidArgumentError(f"k must be at most {state.settings.max_k}")
-    pipe = Pipeline(state, matcher)
-    prep = await pipe.prepare(parsed.one("image"), p.faces)
-    emb = await pipe.embed(prep.crops)
+    reads_gallery = principal.allows("enroll")
+    with state.admission.slot():
+        pipe = Pipeline(state, matcher)
+        prep = await pipe.prepare(parsed.one("image"), p.faces)
+        emb = await pipe.embed(prep.crops)
 
-    def search() -> list[FaceIdentification]:
-        state.maybe_refresh(gallery)
-        results = gallery.identify_embeddings(emb, matcher.model_id, k=p.k, threshold=p.threshold, fpir=p.fpir)
-        return [FaceIdentification.of(replace(r, face=prep.face(i))) for i, r in enumerate(results)]
+        def search() -> list[FaceIdentification]:
+            state.maybe_refresh(gallery)
+            results = gallery.identify_embeddings(emb, matcher.model_id, k=p.k, threshold=p.threshold, fpir=p.fpir)
+            return [
+                FaceIdentification.of(
+                    replace(r, face=prep.face(i)), full=reads_gallery, floor=state.settings.candidate_floor
+                )
+                for i, r in enumerate(results)
+            ]
 
-    answers = await pipe.search(search)
+        answers = await pipe.search(search)
     return IdentifyResponse(
         results=answers,
         faces_total=prep.faces_total,
@@ -118,12 +128,13 @@ async def identify(
     openapi_extra=request_body(IMAGE_FILE, NoParams, DetectJSON),
     dependencies=[scoped("match")],
 )
-async def detect(request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted) -> DetectResponse:
+async def detect(request: Request, state: StateDep, matcher: MatcherDep) -> DetectResponse:
     """Boxes, detection scores and 5 landmarks of the faces in an image, largest first
     (at most `max_faces_per_image`; `truncated` says when there were more). No face is not an error here."""
     parsed = await parse_images_request(request, state.settings, IMAGE_FILE, NoParams, DetectJSON)
-    pipe = Pipeline(state, matcher)
-    (width, height), dets = await pipe.detect(parsed.one("image"))
+    with state.admission.slot():
+        pipe = Pipeline(state, matcher)
+        (width, height), dets = await pipe.detect(parsed.one("image"))
     kept = dets[: state.settings.max_faces_per_image]
     return DetectResponse(
         faces=[FaceOut.from_face(f) for f in kept],
@@ -143,16 +154,17 @@ async def detect(request: Request, state: StateDep, matcher: MatcherDep, _slot: 
     openapi_extra=request_body(IMAGE_FILE, EmbedParams, EmbedJSON),
     dependencies=[scoped("embed")],
 )
-async def embed(request: Request, state: StateDep, matcher: MatcherDep, _slot: None = Admitted) -> EmbedResponse:
+async def embed(request: Request, state: StateDep, matcher: MatcherDep) -> EmbedResponse:
     """Unit-norm embeddings of the largest face (or every face). The only endpoint that returns
     templates: it answers 404 `embed_disabled` unless the server runs with `FACEMATCH_ENABLE_EMBED=true`,
     and needs a key with the `embed` scope."""
     if not state.settings.enable_embed:
         raise EmbedDisabledError("the embed endpoint is disabled; enable it with FACEMATCH_ENABLE_EMBED=true")
     parsed = await parse_images_request(request, state.settings, IMAGE_FILE, EmbedParams, EmbedJSON)
-    pipe = Pipeline(state, matcher)
-    prep = await pipe.prepare(parsed.one("image"), parsed.params.faces)
-    emb = await pipe.embed(prep.crops)
+    with state.admission.slot():
+        pipe = Pipeline(state, matcher)
+        prep = await pipe.prepare(parsed.one("image"), parsed.params.faces)
+        emb = await pipe.embed(prep.crops)
     return EmbedResponse(
         model_id=matcher.model_id,
         dim=int(emb.shape[1]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from .batch import PairErrorOut, PairOut, VerifyBatchForm, VerifyBatchJSON, VerifyBatchResponse
 from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
 from .gallery import (
+    IDENTITY_ID_DESC,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -50,6 +51,7 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 
 __all__ = [
     "B64_EXAMPLE",
+    "IDENTITY_ID_DESC",
     "AddTemplatesJSON",
     "CandidateOut",
     "DeletedTemplate",

@@ -33,7 +33,8 @@ class VerifyBatchJSON(VerifyParams):
     pairs: list[IndexPair] = Field(min_length=1, description=PAIRS_DESC)
 
     model_config = _examples(
-        {"images": [B64_EXAMPLE, B64_EXAMPLE, B64_EXAMPLE], "pairs": [[0, 1], [0, 2], [1, 2]], "fmr": 0.001}
+        {"images": [B64_EXAMPLE, B64_EXAMPLE, B64_EXAMPLE], "pairs": [[0, 1], [0, 2], [1, 2]], "fmr": 0.001},
+        strict=True,
     )
 
 

@@ -19,8 +19,14 @@ _FACE_EXAMPLE: dict[str, Any] = {
 _TIMINGS_EXAMPLE: dict[str, Any] = {"total_ms": 41.2, "prepare_ms": 30.5, "embed_ms": 9.8, "search_ms": None}
 
 
-def _examples(*examples: dict[str, Any]) -> ConfigDict:
-    """Model config that forbids extra members and documents ``examples`` in the OpenAPI schema."""
+def _examples(*examples: dict[str, Any], strict: bool = False) -> ConfigDict:
+    """Model config that forbids extra members and documents ``examples`` in the OpenAPI schema.
+
+    ``strict=True`` for JSON request bodies: ``"threshold": true``, ``"k": true`` or ``"fmr": "1e-4"``
+    are refused instead of coerced (multipart text fields are strings by nature: their models stay lax).
+    """
+    if strict:
+        return ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": list(examples)})
     return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, Json
 
 from facematch.gallery.store import validate_identity_id
+from facematch.gallery.types import OutcomeStatus
 from facematch.types import IdentityVerifyResult
 
 from .common import (
@@ -48,7 +49,9 @@ class EnrollJSON(_In):
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
     metadata: dict[str, Any] | None = Field(default=None, description="JSON object stored with the identity")
 
-    model_config = _examples({"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}})
+    model_config = _examples(
+        {"identity_id": "alice", "images": [B64_EXAMPLE], "metadata": {"team": "red"}}, strict=True
+    )
 
 
 class NoParams(_In):
@@ -60,7 +63,7 @@ class AddTemplatesJSON(_In):
 
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
 
-    model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]})
+    model_config = _examples({"images": [B64_EXAMPLE, B64_EXAMPLE]}, strict=True)
 
 
 class ImageOutcomeOut(_Out):
@@ -68,8 +71,10 @@ class ImageOutcomeOut(_Out):
 
     index: int = Field(description="position of the image in the request")
     source: str = Field(description="the upload's file name (multipart), else #<index>")
-    status: Literal["enrolled", "no_face", "multiple_faces", "invalid_image"] = Field(
-        description="enrolled, or why the image gave no template"
+    status: OutcomeStatus = Field(
+        description="enrolled, or why the image gave no template: the error code the image alone gets "
+        "on the matching routes (no_face, multiple_faces, invalid_image, image_too_large, image_too_small, "
+        "unsupported_media)"
     )
     template_id: int | None = Field(default=None, description="the template written (null unless enrolled)")
     faces_found: int = Field(description="faces the detector found in the image")
@@ -152,7 +157,7 @@ class IdentityUpdate(_In):
         "(at most 64 KiB as JSON)"
     )
 
-    model_config = _examples({"metadata": {"team": "blue", "badge": 1234}})
+    model_config = _examples({"metadata": {"team": "blue", "badge": 1234}}, strict=True)
 
 
 class IdentityVerifyParams(ThresholdParams):
@@ -164,7 +169,7 @@ class IdentityVerifyJSON(IdentityVerifyParams):
 
     image: str = Field(min_length=1, description="base64-encoded probe image (its largest face is used)")
 
-    model_config = _examples({"image": B64_EXAMPLE, "fmr": 0.001})
+    model_config = _examples({"image": B64_EXAMPLE, "fmr": 0.001}, strict=True)
 
 
 class TemplateScoreOut(_Out):
@@ -193,7 +198,9 @@ class IdentityVerifyResponse(_Out):
     aggregation: str = Field(description="how template scores make `similarity`: `max`, `mean` or `topk_mean`")
     templates: list[TemplateScoreOut] = Field(description="every template's similarity, best first")
     face: FaceOut | None = Field(default=None, description="the probe face that was compared")
-    metadata: dict[str, Any] = Field(description="the identity's stored metadata")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="the identity's stored metadata; null for keys without the enroll scope"
+    )
     model_id: str = Field(description="embedder card id")
     timings: Timings = Field(description="server-side time spent on the request")
 
@@ -214,7 +221,7 @@ class IdentityVerifyResponse(_Out):
     )
 
     @classmethod
-    def of(cls, r: IdentityVerifyResult, timings: Timings) -> IdentityVerifyResponse:
+    def of(cls, r: IdentityVerifyResult, timings: Timings, *, metadata: bool = True) -> IdentityVerifyResponse:
         return cls(
             identity_id=r.identity_id,
             is_match=r.is_match,
@@ -224,7 +231,7 @@ class IdentityVerifyResponse(_Out):
             aggregation=r.aggregation,
             templates=[TemplateScoreOut(**t.to_dict()) for t in r.templates],
             face=FaceOut.of(r.face),
-            metadata=dict(r.metadata),
+            metadata=dict(r.metadata) if metadata else None,
             model_id=r.model_id,
             timings=timings,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from facematch.errors import InvalidArgumentError
 from facematch.types import Candidate, IdentifyResult, VerifyResult
@@ -63,7 +63,7 @@ class VerifyJSON(VerifyParams):
     image1: str = Field(min_length=1, description="base64-encoded image (a data: URL prefix is accepted)")
     image2: str = Field(min_length=1, description="base64-encoded image")
 
-    model_config = _examples({"image1": B64_EXAMPLE, "image2": B64_EXAMPLE, "fmr": 0.001})
+    model_config = _examples({"image1": B64_EXAMPLE, "image2": B64_EXAMPLE, "fmr": 0.001}, strict=True)
 
 
 class VerifyResponse(_Out):
@@ -77,6 +77,11 @@ class VerifyResponse(_Out):
     target_fmr: float | None = Field(
         default=None, description="false-match rate the threshold was chosen for (null: the caller's threshold)"
     )
+    threshold_extrapolated: bool = Field(
+        default=False,
+        description="true when the FMR threshold lies beyond the calibration's measured range "
+        "(extrapolated from the impostor tail, conservatively), as for /identify",
+    )
     model_id: str = Field(description="embedder card id")
     face1: FaceOut = Field(description="the face used in image1 (its largest)")
     face2: FaceOut = Field(description="the face used in image2 (its largest)")
@@ -88,6 +93,7 @@ class VerifyResponse(_Out):
             "similarity": 0.7093,
             "threshold": 0.260985,
             "target_fmr": 0.001,
+            "threshold_extrapolated": False,
             "model_id": "w600k_mbf",
             "face1": _FACE_EXAMPLE,
             "face2": _FACE_EXAMPLE,
@@ -104,6 +110,7 @@ class VerifyResponse(_Out):
             similarity=round(result.similarity, 6),
             threshold=round(result.threshold, 6),
             target_fmr=result.target_fmr,
+            threshold_extrapolated=result.threshold_extrapolated,
             model_id=result.model_id,
             face1=face1,
             face2=face2,
@@ -115,12 +122,20 @@ class VerifyResponse(_Out):
 class IdentifyParams(_In):
     """Options of POST /identify."""
 
-    k: int = Field(default=5, ge=1, le=1000, description="candidates to return per face")
+    k: int = Field(default=5, ge=1, le=1000, description="candidates to return per face (at most the server's max_k)")
     threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="cosine threshold; give it or fpir, not both"
     )
     fpir: float | None = Field(default=None, gt=0.0, lt=1.0, description="target false-positive identification rate")
     faces: Literal["largest", "all"] = Field(default="largest", description="identify the largest face, or every face")
+
+    @field_validator("k")
+    @classmethod
+    def _at_most_max_k(cls, k: int, info: ValidationInfo) -> int:
+        limit = (info.context or {}).get("max_k")
+        if isinstance(limit, int) and k > limit:
+            raise ValueError(f"k must be at most {limit} (the server's max_k)")
+        return k
 
 
 class IdentifyJSON(IdentifyParams):
@@ -128,7 +143,7 @@ class IdentifyJSON(IdentifyParams):
 
     image: str = Field(min_length=1, description="base64-encoded image")
 
-    model_config = _examples({"image": B64_EXAMPLE, "k": 5, "fpir": 0.01})
+    model_config = _examples({"image": B64_EXAMPLE, "k": 5, "fpir": 0.01}, strict=True)
 
 
 class CandidateOut(_Out):
@@ -148,13 +163,18 @@ class CandidateOut(_Out):
         description="true when the rate is finer than the calibration resolves: it is below estimated_fmr",
     )
     template_id: int | None = Field(default=None, description="the identity's best-scoring template")
-    metadata: dict[str, Any] = Field(description="the identity's stored metadata")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="the identity's stored metadata; null for keys without the enroll scope"
+    )
 
     model_config = _examples(_CANDIDATE_EXAMPLE)
 
     @classmethod
-    def of(cls, c: Candidate) -> CandidateOut:
-        return cls(**c.to_dict())
+    def of(cls, c: Candidate, *, metadata: bool = True) -> CandidateOut:
+        out = c.to_dict()
+        if not metadata:
+            out["metadata"] = None
+        return cls(**out)
 
 
 class FaceIdentification(_Out):
@@ -203,7 +223,13 @@ class FaceIdentification(_Out):
     )
 
     @classmethod
-    def of(cls, r: IdentifyResult) -> FaceIdentification:
+    def of(cls, r: IdentifyResult, *, full: bool = True, floor: float | None = None) -> FaceIdentification:
+        """The answer for one face. ``full=False`` (a key without gallery read): no metadata, and only
+        the candidates at or above the threshold, or at or above ``floor`` when it is set."""
+        cands = r.candidates
+        if not full:
+            cut = r.threshold if floor is None else min(r.threshold, floor)
+            cands = tuple(c for c in cands if c.similarity >= cut)
         return cls(
             face=FaceOut.of(r.face),
             identity_id=r.identity_id,
@@ -213,7 +239,7 @@ class FaceIdentification(_Out):
             threshold_extrapolated=r.threshold_extrapolated,
             comparisons=r.comparisons,
             fmr_resolution=r.fmr_resolution,
-            candidates=[CandidateOut.of(c) for c in r.candidates],
+            candidates=[CandidateOut.of(c, metadata=full) for c in cands],
         )
 
 
@@ -257,7 +283,7 @@ class DetectJSON(_In):
 
     image: str = Field(min_length=1, description="base64-encoded image")
 
-    model_config = _examples({"image": B64_EXAMPLE})
+    model_config = _examples({"image": B64_EXAMPLE}, strict=True)
 
 
 class DetectResponse(_Out):
@@ -291,7 +317,7 @@ class EmbedJSON(EmbedParams):
 
     image: str = Field(min_length=1, description="base64-encoded image")
 
-    model_config = _examples({"image": B64_EXAMPLE, "faces": "largest"})
+    model_config = _examples({"image": B64_EXAMPLE, "faces": "largest"}, strict=True)
 
 
 _EMBEDDING_EXAMPLE: dict[str, Any] = {"face": _FACE_EXAMPLE, "vector": [0.0213, -0.0471, 0.0032]}  # `dim` numbers
