@@ -31,6 +31,7 @@ from .types import FaceEmbedding, PairResult, PreparedImage, VerifyBatchResult
 
 if TYPE_CHECKING:
     from .matcher import FaceMatcher
+    from .quality import FaceQuality
 
 Embedded = FaceEmbedding | FacematchError | None  # None: an image no pair uses
 
@@ -93,11 +94,15 @@ def used_images(pairs: Sequence[tuple[int, int]], n_images: int) -> list[bool]:
 
 
 def embedded_images(
-    prepared: Sequence[PreparedImage | FacematchError | None], embeddings: np.ndarray, model_id: str
+    prepared: Sequence[PreparedImage | FacematchError | None],
+    embeddings: np.ndarray,
+    model_id: str,
+    qualities: Sequence[FaceQuality] | None = None,
 ) -> list[Embedded]:
     """One :class:`FaceEmbedding` (of ``crops[0]``), error or ``None`` per image.
 
-    ``embeddings`` has one row per :class:`PreparedImage` item of ``prepared``, in order.
+    ``embeddings`` (and ``qualities``, when given) have one row per :class:`PreparedImage` item
+    of ``prepared``, in order.
     """
     n_prepared = sum(isinstance(p, PreparedImage) for p in prepared)
     if len(embeddings) != n_prepared:
@@ -106,7 +111,8 @@ def embedded_images(
     row = 0
     for item in prepared:
         if isinstance(item, PreparedImage):
-            out.append(FaceEmbedding(face=item.face(0), vector=embeddings[row], model_id=model_id))
+            quality = qualities[row] if qualities is not None else None
+            out.append(FaceEmbedding(face=item.face(0), vector=embeddings[row], model_id=model_id, quality=quality))
             row += 1
         else:
             out.append(item)

@@ -95,6 +95,78 @@ class LandmarkSpec(_Strict):
     box_scale: float = 1.5  # the crop around the detection box is this many box sizes wide
 
 
+class QualityHeldOut(_Strict):
+    """How the fitted unified score did on identities held out of the fit (out-of-fold scores, pooled).
+
+    ``fnmr[k]`` is the FNMR at the label's threshold after rejecting the ``reject[k]`` share of
+    images with the lowest score; ``fnmr_random`` the same for random rejection (the mean of
+    several seeded draws), ``fnmr_feature_norm`` for the feature norm alone.
+    """
+
+    reject: tuple[float, ...]
+    fnmr: tuple[float, ...]
+    fnmr_random: tuple[float, ...]
+    fnmr_feature_norm: tuple[float, ...] | None = None
+    n_genuine_pairs: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityHeldOut:
+        n = len(self.reject)
+        curves = [self.fnmr, self.fnmr_random, *([self.fnmr_feature_norm] if self.fnmr_feature_norm else [])]
+        if n == 0 or any(len(c) != n for c in curves):
+            raise ValueError("held_out curves need one value per rejected share")
+        if any(not (0.0 <= v <= 1.0) for c in (self.reject, *curves) for v in c):
+            raise ValueError("held_out shares and FNMRs must lie in [0, 1]")
+        return self
+
+
+class QualityBlock(_Strict):
+    """A fitted unified quality score: ``100 * sigmoid(bias + weights · (features - mean) / std)``.
+
+    ``features`` are names from :data:`facematch.quality.FEATURES` (functions of the quality
+    components). The model predicts ``label`` (by default: the share of an image's genuine
+    comparisons that succeed at the threshold of false-match rate ``fmr``), fitted by
+    ``command`` on ``set`` with ``fold_scheme``; ``held_out`` is its error-versus-reject
+    result on identities left out of the fit.
+    """
+
+    features: tuple[str, ...] = Field(min_length=1)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    label: str
+    fmr: float = Field(gt=0, lt=1)
+    threshold: float = Field(ge=-1, le=1)
+    set: str
+    command: str
+    fold_scheme: str
+    l2: float = Field(1.0, ge=0)  # the fit's L2 penalty (a held-out refit uses it too)
+    n_images: int = Field(gt=0)
+    n_identities: int = Field(gt=0)
+    held_out: QualityHeldOut | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityBlock:
+        import math
+
+        from .quality import FEATURES
+
+        n = len(self.features)
+        if not (len(self.mean) == len(self.std) == len(self.weights) == n):
+            raise ValueError("quality features, mean, std and weights need one value per feature")
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown quality features {unknown} (known: {', '.join(FEATURES)})")
+        if len(set(self.features)) != n:
+            raise ValueError("quality features must be distinct")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, *self.weights, self.bias)):
+            raise ValueError("quality model parameters must be finite")
+        if any(v <= 0 for v in self.std):
+            raise ValueError("quality feature stds must be positive")
+        return self
+
+
 class ModelCard(_Strict):
     """Everything facematch needs to know about one model file."""
 
@@ -112,6 +184,7 @@ class ModelCard(_Strict):
     detection: DetectionSpec | None = None
     landmarks: LandmarkSpec | None = None
     calibration: Calibration | None = None
+    quality: QualityBlock | None = None  # the fitted unified quality score (embedding cards)
     arch: str | None = None
     opset: int | None = None
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
@@ -135,6 +208,8 @@ class ModelCard(_Strict):
             raise ValueError("a detection card needs 'detection'")
         if self.task == "landmarks" and (self.landmarks is None or self.input.size is None):
             raise ValueError("a landmarks card needs 'landmarks' and 'input.size'")
+        if self.quality is not None and self.task != "embedding":
+            raise ValueError("only an embedding card holds a quality block (norms and scores are the embedder's)")
         return self
 
     # ---- thresholds -------------------------------------------------------------------
@@ -212,6 +287,8 @@ __all__ = [
     "LandmarkSpec",
     "License",
     "ModelCard",
+    "QualityBlock",
+    "QualityHeldOut",
     "Source",
     "parse_card",
     "read_onnx_card",

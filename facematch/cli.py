@@ -43,6 +43,11 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "calibrate",
         "Measure genuine/impostor scores on a calibration set and store thresholds + the FMR curve in a model card.",
     ),
+    "quality-fit": LazyCommand(
+        "facematch.eval.cli",
+        "quality_fit",
+        "Fit the unified quality score (a logistic model on quality components) and store it in the model card.",
+    ),
     "export": LazyCommand(
         "facematch.export.cli",
         "export_app",
@@ -185,27 +190,119 @@ def detect(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image to search for faces.")],
     draw: Annotated[Path | None, typer.Option(help="Write a copy of the image with boxes and landmarks.")] = None,
     det_size: Annotated[int | None, typer.Option(help="Detector input long side (default: from the image).")] = None,
+    quality: Annotated[bool, typer.Option(help="Measure each face's quality (aligns and embeds every face).")] = True,
     detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Find every face: box, score and 5 landmarks in original image coordinates."""
-    m = _matcher(detector, None, det_size=det_size)
+    """Find every face: box, score, 5 landmarks in original image coordinates, and its quality."""
+    m = _matcher(detector, embedder, det_size=det_size)
     try:
         decoded = m.load(image)
-        dets = m.detect(decoded)
+        if quality:
+            from .errors import NoFaceError
+
+            try:  # the shared step: detect, every face largest first, aligned; then embed for the norms
+                prep = m.prepare(decoded, "all")
+            except NoFaceError:
+                dets, qualities = m.detect(decoded), []
+            else:
+                dets = prep.faces
+                qualities = list(m.assess(prep, m.embed_crops(prep.crops)[1]))
+        else:
+            dets = m.detect(decoded).sorted_by_area()
+            qualities = [None] * len(dets)
     except FacematchError as exc:
         raise _about(image, exc) from exc
     if draw is not None:
         _draw(decoded.pixels, dets, decoded.scale, draw)
+    faces = [
+        {**f.to_dict(), "quality": q.to_dict() if q is not None else None} for f, q in zip(dets, qualities, strict=True)
+    ]
 
     def text() -> str:
         lines = [f"{len(dets)} face(s)"]
-        for i, f in enumerate(dets):
+        for i, (f, q) in enumerate(zip(dets, qualities, strict=True)):
             x1, y1, x2, y2 = (round(float(v)) for v in f.box)
-            lines.append(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}")
+            extra = "" if q is None else f" quality={_unified_text(q)}"
+            lines.append(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}{extra}")
         return "\n".join(lines)
 
-    emit(as_json, {"faces": dets.to_list(), "count": len(dets)}, text)
+    emit(as_json, {"faces": faces, "count": len(dets)}, text)
+
+
+def _unified_text(q: Any) -> str:
+    return f"{q.unified:.1f}" if q.unified is not None else f"n/a ({q.unified_status})"
+
+
+@app.command("quality")
+def quality_cmd(
+    image: Annotated[
+        Path,
+        typer.Argument(metavar="IMAGE", help="Image holding one or more faces (or an aligned crop with --aligned)."),
+    ],
+    all_faces: Annotated[
+        bool, typer.Option("--all-faces", help="Every face, largest first (default: the largest).")
+    ] = False,
+    aligned: AlignedOpt = False,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also measure mirror consistency (one extra embedding per face).")
+    ] = False,
+    pose106: Annotated[
+        bool, typer.Option("--pose106", help="Measure the pose with the 106-point landmark model (2d106det).")
+    ] = False,
+    policy: Annotated[
+        str, typer.Option(help="Check the faces against a quality policy: enrolment, probe or none.")
+    ] = "enrolment",
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality of the face(s) in an image: every component with its unit, the unified score, a policy check.
+
+    Exit status 0 whatever the verdict; the verdict is printed (and in the JSON).
+    """
+    from .quality import COMPONENTS, UNIFIED_UNIT, assess_image, policy_named
+
+    gate = policy_named(policy)
+    m = _matcher(detector, embedder)
+    try:
+        prep, found = assess_image(
+            m, image, faces="all" if all_faces else "largest", aligned=aligned, mirror=mirror, pose106=pose106
+        )
+    except FacematchError as exc:
+        raise _about(image, exc) from exc
+    checks = [gate.check(q) for q in found]
+    rows = []
+    for i, (q, check) in enumerate(zip(found, checks, strict=True)):
+        face = prep.face(i)
+        rows.append(
+            {
+                "face": face.to_dict() if face is not None else None,
+                "quality": q.to_dict(),
+                "policy": gate.name,
+                "passes": check.passed,
+                "failures": [f.to_dict() for f in check.failures],
+                "unchecked": list(check.unchecked),
+            }
+        )
+
+    def text() -> str:
+        lines = []
+        for i, (q, check) in enumerate(zip(found, checks, strict=True)):
+            lines.append(f"face #{i}: unified quality {_unified_text(q)} ({UNIFIED_UNIT}; model {q.model_id})")
+            if q.missing:
+                lines.append(f"  missing components: {', '.join(q.missing)}")
+            for name, value in q.components.items():
+                shown = "not measured" if value is None else f"{value:.4g} {COMPONENTS[name].unit}"
+                lines.append(f"  {name:<20} {shown}")
+            if q.pose_method:
+                lines.append(f"  (pose from the {q.pose_method} landmarks)")
+            verdict = "passes" if check.passed else "FAILS"
+            lines.append(f"  {verdict} the {gate.name} policy" + "".join(f"\n    {f.message}" for f in check.failures))
+        return "\n".join(lines)
+
+    emit(as_json, {"image": str(image), "faces_total": prep.faces_total, "faces": rows}, text)
 
 
 def _draw(pixels: Any, dets: Any, scale: tuple[float, float], out: Path) -> None:

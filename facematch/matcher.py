@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from .model_files import file_sha256, load_card, resolve_model_path, verify_file
 from .runtime import THREADS_ENV, create_session
 from .similarity import unit_rows
 from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyBatchResult, VerifyResult
+
+if TYPE_CHECKING:
+    from .quality import FaceQuality
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
 
@@ -92,6 +95,10 @@ class FaceMatcher:
             ``embed(faces="largest")``), detect first at this input long side; fall back
             to the full size when nothing is found or the largest face is smaller than
             ``min_coarse_face`` detector-input pixels. ``None`` always uses the full size.
+        quality: measure the quality of every face ``embed`` and ``verify`` return
+            (:mod:`facematch.quality`: components and the card's unified score, from the crop,
+            the landmarks and the feature norm; no extra model run, well under a millisecond
+            per face). ``False`` skips it.
     """
 
     def __init__(
@@ -110,6 +117,7 @@ class FaceMatcher:
         coarse_det_size: int | None = 320,
         min_coarse_face: float = 24.0,
         workers: int | None = None,
+        quality: bool = True,
     ) -> None:
         cpus = os.cpu_count() or 1
         if workers is None:
@@ -142,6 +150,7 @@ class FaceMatcher:
         self.coarse_det_size = coarse_det_size
         self.min_coarse_face = min_coarse_face
         self.workers = workers
+        self.quality = quality
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -416,10 +425,23 @@ class FaceMatcher:
         """
         prep = self.prepare(image, faces, max_faces=max_faces, aligned=aligned)
         emb, norms = self.embed_crops(prep.crops)
+        quals = self.assess(prep, norms) if self.quality else (None,) * len(prep)
         return [
-            FaceEmbedding(face=prep.face(i), vector=emb[i], model_id=self.model_id, norm=float(norms[i]))
+            FaceEmbedding(
+                face=prep.face(i), vector=emb[i], model_id=self.model_id, norm=float(norms[i]), quality=quals[i]
+            )
             for i in range(len(prep))
         ]
+
+    def assess(self, prepared: PreparedImage, norms: np.ndarray | None = None) -> tuple[FaceQuality, ...]:
+        """Quality of each face of a prepared image (:func:`facematch.quality.assess` with this embedder's card).
+
+        ``norms``: the crops' pre-normalisation feature norms from :meth:`embed_crops` (without
+        them the feature norm, hence the unified score, is not measured).
+        """
+        from .quality import assess
+
+        return assess(prepared, norms, self.embedder_card)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -475,6 +497,8 @@ class FaceMatcher:
             model_id=self.model_id,
             target_fmr=target,
             threshold_extrapolated=target is not None and cal is not None and cal.extrapolates(target),
+            quality1=getattr(embedding1, "quality", None),
+            quality2=getattr(embedding2, "quality", None),
         )
 
     def similarity(self, embedding1: FaceEmbedding | np.ndarray, embedding2: FaceEmbedding | np.ndarray) -> float:
@@ -559,6 +583,7 @@ class FaceMatcher:
         ``chunk`` images are prepared and embedded at a time, so memory stays bounded.
         """
         from .batch import distinct_images, embedded_images, verify_pairs
+        from .quality import assess_each
 
         self.resolve_threshold(threshold, fmr)  # refuse bad options before any work
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -568,8 +593,12 @@ class FaceMatcher:
         for start in range(0, len(images), chunk):
             prepared = self.prepare_each(images[start : start + chunk], aligned=aligned)
             crops = [p.crops[:1] for p in prepared if isinstance(p, PreparedImage)]
-            emb = self.embed_crops(np.concatenate(crops))[0] if crops else np.zeros((0, self.dim), np.float32)
-            embedded += embedded_images(prepared, emb, self.model_id)
+            if crops:
+                emb, norms = self.embed_crops(np.concatenate(crops))
+            else:
+                emb, norms = np.zeros((0, self.dim), np.float32), np.zeros((0,), np.float32)
+            quals = assess_each(self, prepared, norms) if self.quality else None
+            embedded += embedded_images(prepared, emb, self.model_id, quals)
         return verify_pairs(self, index_pairs, embedded, threshold=threshold, fmr=fmr)
 
 

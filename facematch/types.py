@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from .errors import FacematchError
+
+if TYPE_CHECKING:
+    from .quality import FaceQuality
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -227,6 +230,7 @@ class FaceEmbedding:
     vector: FloatArray = field(repr=False)
     model_id: str
     norm: float | None = None  # pre-normalisation feature norm, a quality signal
+    quality: FaceQuality | None = None  # the face's quality components and unified score
 
     def __post_init__(self) -> None:
         vec = np.asarray(self.vector, dtype=np.float32).reshape(-1)
@@ -246,6 +250,8 @@ class FaceEmbedding:
         }
         if self.norm is not None:
             out["norm"] = round(float(self.norm), 4)
+        if self.quality is not None:
+            out["quality"] = self.quality.to_dict()
         if include_vector:
             out["vector"] = [float(v) for v in self.vector]
         return out
@@ -263,6 +269,8 @@ class VerifyResult:
     model_id: str = ""
     target_fmr: float | None = None  # the false-match rate the threshold was chosen for, if any
     threshold_extrapolated: bool = False  # the FMR threshold lies beyond the calibration's measured range
+    quality1: FaceQuality | None = None  # quality of face1 (None: not measured, e.g. bare vectors)
+    quality2: FaceQuality | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -274,6 +282,8 @@ class VerifyResult:
             "model_id": self.model_id,
             "face1": self.face1.to_dict() if self.face1 is not None else None,
             "face2": self.face2.to_dict() if self.face2 is not None else None,
+            "quality1": self.quality1.to_dict() if self.quality1 is not None else None,
+            "quality2": self.quality2.to_dict() if self.quality2 is not None else None,
         }
 
 
@@ -349,6 +359,7 @@ class IdentifyResult:
     threshold_extrapolated: bool = False  # the FPIR threshold lies beyond the calibration's measured range
     comparisons: int = 0  # templates a probe is compared with: the N of the FPIR -> per-comparison FMR scaling
     fmr_resolution: float | None = None  # the finest FMR the calibration resolves (1 / impostor pairs)
+    quality: FaceQuality | None = None  # the probe face's quality (None: not measured)
 
     @property
     def best(self) -> Candidate | None:
@@ -373,6 +384,7 @@ class IdentifyResult:
             "comparisons": self.comparisons,
             "fmr_resolution": self.fmr_resolution,
             "face": self.face.to_dict() if self.face is not None else None,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 

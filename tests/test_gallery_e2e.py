@@ -12,6 +12,7 @@ import pytest
 from facematch.calibration import Calibration
 from facematch.errors import InvalidImageError, NoFaceError
 from facematch.gallery import Gallery
+from facematch.quality import LowQualityError
 
 HELD_OUT_EVERY = 4  # every 4th identity (sorted) stays out of the gallery: 6 of 24
 TARGET_FPIR = 0.1
@@ -123,5 +124,11 @@ def test_enroll_images_reports_each_image(tmp_path: Path, package_images, matche
             assert [o.status for o in rep.outcomes] == ["multiple_faces", "enrolled"]
             assert rep.outcomes[0].faces_found > 1
         with Gallery(tmp_path / "largest.fmg", matcher=matcher) as g:
-            rep = g.enroll("team", [players])
+            # the largest of the players is a small face (about 21 px between the eyes): the strict
+            # enrolment quality policy refuses it, naming why ...
+            with pytest.raises(LowQualityError) as low:
+                g.enroll("team", [players])
+            assert "inter_ocular_px" in {r["component"] for r in low.value.details["reasons"]}  # type: ignore[union-attr]
+            # ... and without the gate the multi-face rule (enrol the largest) is what decides
+            rep = g.enroll("team", [players], quality=None)
             assert rep.ok and rep.outcomes[0].faces_found > 1

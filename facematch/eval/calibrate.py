@@ -117,13 +117,26 @@ def write_calibration(
 ) -> Path:
     """Write ``card`` with ``calibration`` to ``out`` (default: :func:`card_destination`) and check it reloads.
 
-    The written card must still find the card's model file (a card copied to the user's
-    folder finds the default pack's file through its ``source``); for an ONNX model with its
-    card in ``metadata_props`` the calibrated card goes to the sidecar ``<stem>.card.json``:
-    rewriting the ONNX file would change the sha256 its card records.
+    For an ONNX model with its card in ``metadata_props`` the calibrated card goes to the
+    sidecar ``<stem>.card.json``, which takes precedence when the model is loaded: rewriting
+    the ONNX file would change the sha256 its card records.
+    """
+    path = write_card_field(card, "calibration", calibration, out, in_place=in_place)
+    logger.info("wrote calibration on %r into %s", calibration.set, path)
+    return path
+
+
+def write_card_field(
+    card: ModelCard, name: str, value: Any, out: Path | None = None, *, in_place: bool = False
+) -> Path:
+    """Write ``card`` with its block ``name`` set to ``value`` to ``out`` (default: :func:`card_destination`).
+
+    The written card must still find the card's model file (a card copied to the user's folder
+    finds the default pack's file through its ``source``), or nothing is written; it is read back
+    and must hold the same block, or ``ModelError``.
     """
     path = Path(out) if out is not None else card_destination(card, in_place=in_place)
-    updated = card.model_copy(update={"calibration": calibration, "card_path": path.resolve()})
+    updated = card.model_copy(update={name: value, "card_path": path.resolve()})
     try:
         model_file = resolve_model_path(card)
     except ModelError:
@@ -144,10 +157,9 @@ def write_calibration(
     except OSError as exc:
         raise ModelError(f"cannot write the card to {path}: {exc.strerror or exc}; give --out") from exc
     reloaded = load_card(path)
-    if reloaded.calibration != calibration:
-        raise ModelError(f"the card written to {path} does not read back with the new calibration")
-    logger.info("wrote calibration on %r into %s", calibration.set, path)
+    if getattr(reloaded, name) != value:
+        raise ModelError(f"the card written to {path} does not read back with the new {name} block")
     return path
 
 
-__all__ = ["CalibrationRun", "card_destination", "measure_calibration", "write_calibration"]
+__all__ = ["CalibrationRun", "card_destination", "measure_calibration", "write_calibration", "write_card_field"]

@@ -40,6 +40,18 @@ AlignedOpt = Annotated[
     ),
 ]  # one flag, spelled the same in every command; the default differs per command
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the whole report as JSON (errors too).")]
+ErcOpt = Annotated[
+    bool,
+    typer.Option(
+        "--erc/--no-erc",
+        help="Face quality's error-versus-reject section: FNMR at the FMR-1e-3 threshold after rejecting the "
+        "lowest-quality 0-30 %% of the images, for the unified score, each component and random rejection.",
+    ),
+]
+MirrorOpt = Annotated[
+    bool, typer.Option("--mirror", help="Add mirror consistency to the ERC (one extra embedding per image).")
+]
+Pose106Opt = Annotated[bool, typer.Option("--pose106", help="Add the 106-point pose to the ERC (2d106det).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 
 
@@ -102,9 +114,13 @@ def aligned_cmd(
     no_cache: NoCacheOpt = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     no_progress: QuietOpt = False,
+    erc: ErcOpt = True,
+    mirror: MirrorOpt = False,
+    pose106: Pose106Opt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verification (ROC, EER, TAR@FMR), identification (rank-k, DIR@FPIR), fairness and hypersphere health."""
+    """Verification (ROC, EER, TAR@FMR), identification (rank-k, DIR@FPIR), fairness, hypersphere health and
+    face quality (error versus reject)."""
     from .report import to_jsonable
     from .runner import DEFAULT_TARGET_FMR, run_aligned
 
@@ -128,6 +144,9 @@ def aligned_cmd(
         seed=seed,
         plots=not no_plots,
         progress=not no_progress,
+        erc=erc,
+        mirror=mirror,
+        pose106=pose106,
     )
     if as_json:
         echo_json(to_jsonable(rep))
@@ -158,6 +177,19 @@ def _at_fmr(points: Any) -> str:
     )
 
 
+def _erc_line(section: Any) -> str:
+    """One line of the ERC: FNMR cut at 10 % rejection by the unified score, the feature norm and random."""
+    parts = []
+    for name in ("unified", "feature_norm", "random"):
+        c = section.curve(name)
+        if c is not None:
+            parts.append(f"{name} {'n/a' if c.cut_10 is None else format(c.cut_10, '.1%')}")
+    return (
+        f"quality ERC (FNMR {_pct(section.fnmr_at_0)} at threshold {section.threshold:.4f}): rejecting 10% cuts it by "
+        + ", ".join(parts)
+    )
+
+
 def aligned_summary(rep: Any, out: Path) -> str:
     """The few numbers of an ``eval aligned`` report, rounded for reading (all of them: report.json)."""
     v, i, d = rep.verification, rep.identification, rep.dataset
@@ -179,6 +211,8 @@ def aligned_summary(rep: Any, out: Path) -> str:
             f"  fairness by {rep.fairness.column} at threshold {f.shared_threshold:.4f}: "
             + "; ".join(f"{g.group} FNMR {_pct(g.fnmr)} FMR {_sci(g.fmr)}" for g in f.groups)
         )
+    if rep.erc is not None:
+        lines.append("  " + _erc_line(rep.erc))
     if d.failures:
         lines.append(f"  {len(d.failures)} image(s) without an embedding (listed in the report)")
     plots = [name for kind, name in rep.files.items()]
@@ -199,6 +233,8 @@ def pairs_summary(rep: Any, out: Path) -> str:
         lines += [f"    {fl.path}: {fl.status}" for fl in rep.failures]
     if rep.excluded_entries:
         lines.append(f"  {len(rep.excluded_entries)} entr(y/ies) gave no pairs (listed in the report)")
+    if rep.erc is not None:
+        lines.append("  " + _erc_line(rep.erc))
     if "pairs_csv" in rep.files:
         lines.append(f"  every pair with its decisions: {out / rep.files['pairs_csv']}")
     plots = [name for kind, name in rep.files.items() if kind != "pairs_csv"]
@@ -223,9 +259,13 @@ def pairs_cmd(
     no_cache: NoCacheOpt = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     no_progress: QuietOpt = False,
+    erc: ErcOpt = True,
+    mirror: MirrorOpt = False,
+    pose106: Pose106Opt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """10-fold accuracy, AUC, EER and TAR@FMR on a list of pairs; images without a face reported apart."""
+    """10-fold accuracy, AUC, EER and TAR@FMR on a list of pairs; images without a face reported apart;
+    face quality's error versus reject over the genuine pairs."""
     from .report import to_jsonable
     from .runner import run_pairs
 
@@ -241,6 +281,9 @@ def pairs_cmd(
         seed=seed,
         plots=not no_plots,
         progress=not no_progress,
+        erc=erc,
+        mirror=mirror,
+        pose106=pose106,
     )
     if as_json:
         echo_json(to_jsonable(rep))
@@ -365,4 +408,129 @@ def calibrate(
         typer.echo(f"dry run: pass --write to store it in {where}")
 
 
-__all__ = ["calibrate", "eval_app"]
+def quality_fit(
+    directory: Annotated[
+        Path, typer.Argument(help="Calibration set: one folder per identity (aligned crops, or photos with --detect).")
+    ],
+    model: ModelOpt = None,
+    set_name: Annotated[str | None, typer.Option(help="Name of the set (default: the folder name).")] = None,
+    feature: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--feature",
+            help="A feature of the logistic model (repeatable; default: log_feature_norm log_sharpness contrast "
+            "brightness_deviation clipped_fraction). See facematch.quality.FEATURES.",
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, help="Folds of identities for the held-out evaluation.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the identity folds and of the random baseline.")] = 0,
+    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty on the weights (in average-image units).")] = 1.0,
+    fmr: Annotated[float, typer.Option(help="The FMR whose threshold defines success (the label).")] = 1e-3,
+    aligned: AlignedOpt = True,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Measure mirror consistency (one extra embedding per image).")
+    ] = False,
+    pose106: Annotated[bool, typer.Option("--pose106", help="Measure the pose with the 106-point model.")] = False,
+    card_out: Annotated[Path | None, typer.Option("--out", help="Write the card with the fitted block here.")] = None,
+    in_place: Annotated[
+        bool, typer.Option("--in-place", help="Write the block into the card file the model was loaded from.")
+    ] = False,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    no_progress: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the unified quality score (a logistic model on quality components) and store it in the model card.
+
+    The label is each image's share of genuine comparisons that succeed at the FMR threshold; the
+    held-out result is a k-fold by identity cross-validation. Without --out or --in-place nothing is written.
+    """
+    from ..calibration import check_rate
+    from ..errors import InvalidArgumentError
+    from . import metrics as M
+    from .calibrate import card_destination
+    from .data import list_identity_dir
+    from .quality import DEFAULT_FEATURES, fit_quality, write_quality
+    from .report import to_jsonable
+    from .runner import embed_identity_set
+
+    check_rate(fmr, "--fmr")
+    if in_place and card_out is not None:
+        raise InvalidArgumentError("give --out PATH or --in-place, not both")
+    features = tuple(feature) if feature else DEFAULT_FEATURES
+    name = set_name or directory.resolve().name
+    argv = ["facematch", "quality-fit", str(directory)]
+    if model:
+        argv += ["--model", model]
+    if set_name:
+        argv += ["--set-name", set_name]
+    for f in feature or []:
+        argv += ["--feature", f]
+    options = (("--folds", folds, 5), ("--seed", seed, 0), ("--l2", l2, 1.0), ("--fmr", fmr, 1e-3))
+    for flag, value, default in options:
+        if value != default:
+            argv += [flag, f"{value:g}"]
+    argv += [*(["--detect"] if not aligned else []), *(["--mirror"] if mirror else [])]
+    argv += ["--pose106"] if pose106 else []
+    matcher = _matcher(model)
+    ids = list_identity_dir(directory)
+    emb, x, y = embed_identity_set(
+        matcher, ids, detect=not aligned, cache_dir=_cache_dir(cache_dir, no_cache), progress=not no_progress
+    )
+    impostor = M.all_pair_scores(x, y).impostor
+    card = matcher.embedder_card
+    dest = card_out if card_out is not None else (card_destination(card, in_place=True) if in_place else None)
+    if dest is not None:
+        argv += ["--out", str(card_out)] if card_out is not None else ["--in-place"]
+    fit = fit_quality(
+        matcher,
+        emb,
+        ids.labels,
+        impostor,
+        set_name=name,
+        command=shlex.join(argv),
+        features=features,
+        detect=not aligned,
+        mirror=mirror,
+        pose106=pose106,
+        fmr=fmr,
+        folds=folds,
+        seed=seed,
+        l2=l2,
+    )
+    written = write_quality(matcher.embedder_card, fit.block, dest) if dest is not None else None
+    if as_json:
+        out = {
+            "model": matcher.model_id,
+            "quality": fit.block.model_dump(),
+            "held_out_erc": fit.oof_erc,
+            "n_images": fit.n_images,
+            "n_failed": fit.n_failed,
+            "written_to": str(written) if written else None,
+        }
+        echo_json(to_jsonable(out))
+        return
+    b, h = fit.block, fit.block.held_out
+    typer.echo(f"{matcher.model_id} on {name!r}: {b.n_images} images of {b.n_identities} identities")
+    for f, w in zip(b.features, b.weights, strict=True):
+        typer.echo(f"  {f:<22} weight {w:+.4f}")
+    typer.echo(f"  bias {b.bias:+.4f}; label threshold {b.threshold:.6f} (FMR {b.fmr:g})")
+    if h is not None:
+        base = h.fnmr[0]
+        for share in (0.1, 0.2):
+            k = h.reject.index(share)
+            cut = 1 - h.fnmr[k] / base if base > 0 else float("nan")
+            norm = ""
+            if h.fnmr_feature_norm is not None and base > 0:
+                norm = f", feature norm alone {1 - h.fnmr_feature_norm[k] / base:.1%}"
+            typer.echo(
+                f"  held out ({b.fold_scheme.split(':')[0]}): rejecting {share:.0%} cuts FNMR by {cut:.1%} "
+                f"({base:.4f} -> {h.fnmr[k]:.4f}{norm}; random {1 - h.fnmr_random[k] / base:.1%})"
+            )
+    if written is not None:
+        typer.echo(f"wrote the quality block into {written}")
+    else:
+        typer.echo("dry run: pass --out PATH (or --in-place) to store it in a card")
+
+
+__all__ = ["calibrate", "eval_app", "quality_fit"]

@@ -344,11 +344,45 @@ def calibration_plot(
     return path
 
 
+def erc_plot(section: Any, path: Path) -> Path:
+    """Error versus reject: FNMR against the share of lowest-quality images rejected, one line per measure.
+
+    The unified score is drawn thickest, random rejection dashed black (the baseline).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.6, 4.8), dpi=110)
+    x = 100.0 * np.asarray(section.reject, np.float64)
+    others = [c for c in section.curves if c.measure not in ("random",) and not c.measure.startswith("unified")]
+    palette = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(others), 2)))  # red is the unified score
+    for c, colour in zip(others, palette, strict=False):
+        y = np.array([np.nan if v is None else v for v in c.fnmr], np.float64)
+        ax.plot(x, y, lw=1.1, color=colour, label=c.measure)
+    for c in section.curves:
+        y = np.array([np.nan if v is None else v for v in c.fnmr], np.float64)
+        if c.measure == "random":
+            ax.plot(x, y, color="black", ls="--", lw=1.6, label="random rejection (baseline)")
+        elif c.measure.startswith("unified"):
+            style = "-" if c.measure == "unified" else ":"
+            ax.plot(x, y, color="tab:red", ls=style, lw=2.6, label=c.measure + (f"\n({c.note})" if c.note else ""))
+    ax.set_xlabel("images rejected, lowest quality first (%)")
+    ax.set_ylabel(f"FNMR at the FMR {section.fmr:g} threshold ({section.threshold:.3f})")
+    ax.set_title(f"Error versus reject: {section.n_genuine_pairs:,} genuine comparisons, {section.n_images} images")
+    ax.set_xlim(0.0, float(x[-1]))
+    ax.set_ylim(bottom=0.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 __all__ = [
     "calibration_plot",
     "cmc_plot",
     "det_plot",
     "dir_fpir_plot",
+    "erc_plot",
     "fairness_plot",
     "histogram_plot",
     "merge_thresholds",

@@ -22,6 +22,7 @@ from ..calibration import fmr_key
 from . import metrics as M
 from . import protocols as P
 from .embed import ImageFailure
+from .quality import ErcSection
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -108,6 +109,7 @@ class AlignedReport:
     hypersphere: P.Hypersphere
     seconds: dict[str, float]
     files: dict[str, str] = field(default_factory=dict)
+    erc: ErcSection | None = None  # face quality: error versus reject
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class PairsReport:
     excluded_entries: list[tuple[str, str]]
     result: P.PairsResult
     files: dict[str, str] = field(default_factory=dict)
+    erc: ErcSection | None = None  # face quality: error versus reject
 
 
 # ---- plots -------------------------------------------------------------------------------------
@@ -161,6 +164,8 @@ def aligned_plots(report: AlignedReport, scores: M.PairScores, out: Path) -> dic
         files["fairness"] = plots.fairness_plot(
             report.fairness.result, out / "fairness.png", report.fairness.column
         ).name
+    if report.erc is not None:
+        files["erc"] = plots.erc_plot(report.erc, out / "erc.png").name
     return files
 
 
@@ -181,6 +186,8 @@ def pairs_plots(report: PairsReport, scores: M.PairScores, out: Path) -> dict[st
     }
     thr.update({f"card FMR {c.card_fmr}": c.threshold for c in res.card_points})
     files["histogram"] = plots.histogram_plot(scores.genuine, scores.impostor, thr, out / "scores.png").name
+    if report.erc is not None:
+        files["erc"] = plots.erc_plot(report.erc, out / "erc.png").name
     return files
 
 
@@ -416,6 +423,8 @@ def aligned_markdown(r: AlignedReport) -> str:
     else:
         lines.append(f"- feature norm: {h.feature_norm_note}")
     lines.append("")
+    if r.erc is not None:
+        lines += erc_markdown(r.erc, r.files.get("erc"))
     if d.failures:
         lines += [
             "## Images without an embedding",
@@ -425,6 +434,53 @@ def aligned_markdown(r: AlignedReport) -> str:
         ]
     lines += ["All numbers with their sample sizes: `report.json`.", ""]
     return "\n".join(lines)
+
+
+ERC_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3)
+
+
+def erc_markdown(e: ErcSection, plot: str | None) -> list[str]:
+    """The face-quality section: FNMR after rejecting the lowest-quality images, per measure."""
+
+    def at(curve: list[float | None], share: float) -> float | None:
+        keys = [round(x, 6) for x in e.reject]
+        return curve[keys.index(round(share, 6))] if round(share, 6) in keys else None
+
+    extras = [x for x, on in (("mirror consistency", e.mirror), ("106-point pose", e.pose106)) if on]
+    lines = [
+        "## Face quality: error versus reject",
+        "",
+        f"FNMR at the fixed threshold {e.threshold:.4f} ({e.threshold_source}) of the {e.n_genuine_pairs:,} genuine "
+        f"comparisons among {e.n_images} images, after rejecting {e.rejection} "
+        "(a comparison counts when both its images are kept). Cut: the relative FNMR reduction; area: under the "
+        f"curve from 0 to {e.reject[-1]:.0%} (lower is better). Components measured"
+        + (f" with {' and '.join(extras)}." if extras else " without mirror consistency and the 106-point pose."),
+        "",
+    ]
+    if e.unified_note:
+        lines += [f"*Unified score: {e.unified_note}.*", ""]
+    if e.fnmr_at_0 == 0.0:
+        lines += [
+            "*No genuine comparison fails at this threshold: there is no error for a quality measure to predict, "
+            "so every curve is flat at zero and its cuts are undefined.*",
+            "",
+        ]
+    header = ["measure", *[f"FNMR @ {x:.0%}" for x in ERC_SHARES], "cut @ 10%", "cut @ 20%", "area", "note"]
+    rows = [
+        [
+            c.measure,
+            *[pct(at(c.fnmr, x)) for x in ERC_SHARES],
+            pct(c.cut_10, 1),
+            pct(c.cut_20, 1),
+            num(c.area, 5),
+            c.note,
+        ]
+        for c in e.curves
+    ]
+    lines += [table(header, rows), ""]
+    if plot:
+        lines += [f"![ERC]({plot})", ""]
+    return lines
 
 
 def pairs_markdown(r: PairsReport) -> str:
@@ -468,6 +524,8 @@ def pairs_markdown(r: PairsReport) -> str:
             f"Every pair, its similarity and the decision at each threshold above: `{r.files['pairs_csv']}`.",
             "",
         ]
+    if r.erc is not None:
+        lines += erc_markdown(r.erc, r.files.get("erc"))
     if r.failures:
         lines += [
             "## Images without an embedding",
@@ -496,6 +554,7 @@ __all__ = [
     "aligned_markdown",
     "aligned_plots",
     "decision_thresholds",
+    "erc_markdown",
     "num",
     "pairs_markdown",
     "pairs_plots",

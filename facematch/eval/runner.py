@@ -84,8 +84,16 @@ def run_aligned(
     seed: int = 0,
     plots: bool = True,
     progress: bool = True,
+    erc: bool = True,
+    mirror: bool = False,
+    pose106: bool = False,
 ) -> AlignedReport:
-    """Verification, identification, fairness and hypersphere health of a folder-per-identity set."""
+    """Verification, identification, fairness, hypersphere health and (``erc``) face quality's
+    error-versus-reject curves of a folder-per-identity set.
+
+    ``mirror`` adds mirror consistency to the quality components (one extra embedding per
+    image), ``pose106`` the 106-point pose.
+    """
     target_fmr = check_rate(target_fmr, "target_fmr")
     if threshold is not None:
         threshold = check_threshold(threshold)
@@ -133,6 +141,24 @@ def run_aligned(
     )
     norms = emb.norms[emb.ok] if has_norms else None
     health = P.hypersphere(scores, x, y, norms, note)
+    section = None
+    if erc:
+        from .erc import GenuinePairs
+        from .quality import assess_set, erc_section
+
+        quals = assess_set(matcher, emb, detect=detect, mirror=mirror, pose106=pose106)
+        kept = [q for q in quals if q is not None]
+        section = erc_section(
+            card,
+            kept,
+            GenuinePairs.of(x, y),
+            scores.impostor,
+            labels=y,
+            set_name=Path(root).resolve().name,
+            mirror=mirror,
+            pose106=pose106,
+            seed=seed,
+        )
 
     report = AlignedReport(
         model=model,
@@ -150,6 +176,7 @@ def run_aligned(
         fairness=fair,
         hypersphere=health,
         seconds={"embed": round(t_embed, 3), "total": 0.0},
+        erc=section,
     )
     out.mkdir(parents=True, exist_ok=True)
     if plots:
@@ -187,8 +214,15 @@ def run_pairs(
     seed: int = 0,
     plots: bool = True,
     progress: bool = True,
+    erc: bool = True,
+    mirror: bool = False,
+    pose106: bool = False,
 ) -> PairsReport:
-    """Verify a list of pairs; images without a face are reported and their pairs counted apart."""
+    """Verify a list of pairs; images without a face are reported and their pairs counted apart.
+
+    ``erc``: face quality's error-versus-reject curves over the images of the genuine pairs with
+    faces (at the FMR-1e-3 threshold: the pairs' own when their impostors resolve it, else the card's).
+    """
     pl = read_pairs(pairs_file, root, seed)
     unique = list(dict.fromkeys([*pl.a, *pl.b]))
     index = {p: k for k, p in enumerate(unique)}
@@ -207,6 +241,34 @@ def run_pairs(
         scores, pl.same, valid, pl.folds, fmrs=fmrs, seed=seed, card_thresholds=model.card_thresholds
     )
     failed = [(str(pl.a[k]), str(pl.b[k]), bool(pl.same[k])) for k in np.flatnonzero(~valid)]
+    section = None
+    genuine = valid & pl.same
+    if erc and genuine.any():
+        from .erc import GenuinePairs
+        from .quality import assess_set, erc_section
+
+        quals = assess_set(matcher, emb, detect=detect, mirror=mirror, pose106=pose106)
+        used = np.unique(np.concatenate([ia[genuine], ib[genuine]]))
+        position = {int(u): k for k, u in enumerate(used)}
+        pairs = GenuinePairs.from_pairs(
+            np.array([position[int(v)] for v in ia[genuine]]),
+            np.array([position[int(v)] for v in ib[genuine]]),
+            scores[genuine],
+            len(used),
+        )
+        impostor = scores[valid & ~pl.same]
+        kept = [quals[int(u)] for u in used]
+        section = erc_section(
+            matcher.embedder_card,
+            [q for q in kept if q is not None],
+            pairs,
+            impostor if impostor.size else None,
+            labels=None,
+            set_name=Path(pairs_file).resolve().parent.name,
+            mirror=mirror,
+            pose106=pose106,
+            seed=seed,
+        )
     report = PairsReport(
         model=model,
         pairs_file=str(pairs_file),
@@ -218,6 +280,7 @@ def run_pairs(
         failed_pairs=failed,
         excluded_entries=pl.excluded,
         result=res,
+        erc=section,
     )
     out.mkdir(parents=True, exist_ok=True)
     names_root = Path(root) if root is not None else Path(pairs_file).parent

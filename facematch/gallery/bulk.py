@@ -10,8 +10,10 @@ images that gave no template are tried again.
 Enrolment composes the shared steps: images are prepared side by side over the matcher's workers
 (:meth:`FaceMatcher.prepare_each`, the preparation of
 :func:`~facematch.gallery.enrol.prepare_for_enrolment`), embedded in one ``embed_crops`` call
-per chunk, and committed by :meth:`Gallery.enroll_prepared` (a new identity is created by its
-first chunk that gives a template; metadata is set then, existing identities keep theirs).
+per chunk, assessed (:func:`~facematch.gallery.enrol.assess_enrolment`) and committed by
+:meth:`Gallery.enroll_prepared` under the quality policy (default the strict enrolment one: a
+face below it is a ``low_quality`` outcome) (a new identity is created by its first chunk that
+gives a template; metadata is set then, existing identities keep theirs).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..eval.data import IMAGE_EXTENSIONS
+from ..quality import ENROLMENT_POLICY, QualityPolicy
 from ..types import PreparedImage
-from .enrol import plan_enrolment
+from .enrol import assess_enrolment, plan_enrolment
 from .store import validate_identity_id
 from .types import BulkEnrollReport, BulkImageOutcome, BulkStatus, ImageOutcome
 
@@ -118,13 +121,15 @@ def enroll_bulk(
     report_path: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     chunk: int = 32,
+    quality: QualityPolicy | None = ENROLMENT_POLICY,
 ) -> BulkEnrollReport:
     """Enrol every image of a folder or CSV (or of a :func:`plan`), skipping what is already enrolled.
 
     ``report_path`` gets a CSV row per image (``identity_id,source,status,template_id,faces_found,error``),
     written identity by identity so an interrupted run leaves what it did. ``progress(done, total)`` is
-    called after each chunk. Per-image problems (no face, unreadable file, a refused identity id) are
-    outcomes, not errors; errors about the gallery itself (read-only, another model) propagate.
+    called after each chunk. Per-image problems (no face, unreadable file, a face below the ``quality``
+    policy, a refused identity id) are outcomes, not errors; errors about the gallery itself
+    (read-only, another model) propagate. ``quality=None`` enrols without a quality gate.
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise InvalidArgumentError(f"chunk must be a positive integer, got {chunk!r}")
@@ -140,7 +145,7 @@ def enroll_bulk(
     try:
         for identity, group in by_identity.items():
             rows, was_created, added = _enrol_identity(
-                gallery, identity, group, aligned, chunk, progress, done, len(items)
+                gallery, identity, group, aligned, chunk, progress, done, len(items), quality
             )
             done += len(group)
             outcomes += rows
@@ -165,6 +170,7 @@ def _enrol_identity(
     progress: Progress | None,
     done: int,
     total: int,
+    quality: QualityPolicy | None = ENROLMENT_POLICY,
 ) -> tuple[list[BulkImageOutcome], bool, bool]:
     """The outcomes of one identity's images, whether this created it, and whether it added templates."""
     try:
@@ -189,9 +195,13 @@ def _enrol_identity(
         part = todo[start : start + chunk]
         prepared = matcher.prepare_each([str(i.path) for i in part], "all", max_faces=1, aligned=aligned)
         crops = [p.crops[:1] for p in prepared if isinstance(p, PreparedImage)]
-        embeddings = matcher.embed_crops(np.concatenate(crops))[0] if crops else np.zeros((0, matcher.dim))
+        if crops:
+            embeddings, norms = matcher.embed_crops(np.concatenate(crops))
+        else:
+            embeddings, norms = np.zeros((0, matcher.dim)), np.zeros((0,))
+        qualities = assess_enrolment(matcher, prepared, norms)
         sources = [i.source for i in part]
-        planned, vectors = plan_enrolment(prepared, embeddings, sources, gallery.multi_face)
+        planned, vectors = plan_enrolment(prepared, embeddings, sources, gallery.multi_face, qualities, quality)
         outcomes: Sequence[ImageOutcome] = planned
         if vectors:  # else nothing to write: the planned outcomes say why
             create = not exists
@@ -203,6 +213,8 @@ def _enrol_identity(
                 model_id=matcher.model_id,
                 metadata=part[0].metadata if create else None,
                 create=create,
+                qualities=qualities,
+                quality=quality,
             ).outcomes
             exists = True
             created |= create

@@ -64,16 +64,27 @@ def enroll_cmd(
     aligned: AlignedOpt = False,
     multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
     strict: Annotated[bool, typer.Option(help="Write nothing unless every image gives a template.")] = False,
+    quality_policy: Annotated[
+        str, typer.Option(help="Quality gate: enrolment (strict, the default), probe (lenient) or none.")
+    ] = "enrolment",
+    min_quality: Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")] = None,
+    min_face_size: Annotated[float | None, typer.Option(help="Minimum face box short side, px.")] = None,
+    max_abs_yaw: Annotated[float | None, typer.Option(help="Maximum |yaw|, degrees.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enrol an identity from face images, reporting what each image gave."""
+    """Enrol an identity from face images, reporting what each image gave (low-quality faces are refused)."""
+    from ..quality import policy_named
+
+    gate = policy_named(quality_policy, min_quality=min_quality, min_face_size=min_face_size, max_abs_yaw=max_abs_yaw)
     meta = _json_object(metadata, "--metadata") if metadata else None
     with _open(gallery, read_only=False, create=True, multi_face=multi_face) as g:
         if add:
-            report = g.add_templates(identity, [str(p) for p in images], aligned=aligned, strict=strict)
+            report = g.add_templates(identity, [str(p) for p in images], aligned=aligned, strict=strict, quality=gate)
         else:
             with _duplicate_advice("add templates to it with 'facematch gallery enroll GALLERY ID IMAGE... --add'"):
-                report = g.enroll(identity, [str(p) for p in images], meta, aligned=aligned, strict=strict)
+                report = g.enroll(
+                    identity, [str(p) for p in images], meta, aligned=aligned, strict=strict, quality=gate
+                )
 
     def text() -> str:
         lines = [f"{report.identity_id}: {len(report.template_ids)} template(s) of {len(report.outcomes)} image(s)"]
@@ -222,13 +233,20 @@ def enroll_bulk_cmd(
     aligned: AlignedOpt = False,
     multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr (tqdm if installed).")] = True,
+    quality_policy: Annotated[
+        str, typer.Option(help="Quality gate: enrolment (strict, the default), probe (lenient) or none.")
+    ] = "enrolment",
+    min_quality: Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enrol many identities at once; re-runs skip images already enrolled."""
+    """Enrol many identities at once; re-runs skip images already enrolled; low-quality faces are refused."""
+    from ..quality import policy_named
+
     with _open(gallery, read_only=False, create=True, multi_face=multi_face) as g:
+        gate = policy_named(quality_policy, min_quality=min_quality)
         tick, close = _progress_bar("enrol", "image") if progress else (None, lambda: None)
         try:
-            result = g.enroll_bulk(source, aligned=aligned, report_path=report, progress=tick)
+            result = g.enroll_bulk(source, aligned=aligned, report_path=report, progress=tick, quality=gate)
         finally:
             close()
         summary = result.to_dict()

@@ -38,6 +38,7 @@ import numpy as np
 from ..calibration import Calibration, check_rate
 from ..cards import ModelCard
 from ..errors import FacematchError, GalleryError, InvalidArgumentError
+from ..quality import ENROLMENT_POLICY, QualityPolicy
 from .binding import ModelBinding
 from .config import Aggregation, IndexConfig
 from .enrol import MULTI_FACE_POLICIES, Enrolment, MultiFacePolicy
@@ -268,14 +269,17 @@ class Gallery(Enrolment, Identification, Verification, Portability):
         aligned: bool = False,
         report_path: str | os.PathLike[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        quality: QualityPolicy | None = ENROLMENT_POLICY,
     ) -> BulkEnrollReport:
         """Enrol a folder (one sub-folder per identity) or a CSV (``identity,path[,metadata]``).
 
-        Re-runs skip what is already enrolled; see :func:`facematch.gallery.bulk.enroll_bulk`.
+        Re-runs skip what is already enrolled; faces below the ``quality`` policy (default: the
+        strict enrolment one; ``None`` for none) are ``low_quality`` outcomes. See
+        :func:`facematch.gallery.bulk.enroll_bulk`.
         """
         from .bulk import enroll_bulk
 
-        return enroll_bulk(self, source, aligned=aligned, report_path=report_path, progress=progress)
+        return enroll_bulk(self, source, aligned=aligned, report_path=report_path, progress=progress, quality=quality)
 
     # ---- reads -----------------------------------------------------------------------------
     def get(self, identity_id: str) -> IdentityInfo:

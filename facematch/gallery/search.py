@@ -229,9 +229,10 @@ class Identification:
             except FacematchError as exc:
                 source = source_label(img, i)
                 raise exc.about(source, index=i, source=source) from exc
-        embeddings, _ = matcher.embed_crops(np.concatenate([p.crops[:1] for p in prepared]))
+        embeddings, norms = matcher.embed_crops(np.concatenate([p.crops[:1] for p in prepared]))
         results = self.identify_embeddings(embeddings, matcher.model_id, k=k, threshold=threshold, fpir=fpir)
-        return [replace(r, face=p.face(0)) for r, p in zip(results, prepared, strict=True)]
+        quality = [matcher.assess(p, norms[i : i + 1])[0] if matcher.quality else None for i, p in enumerate(prepared)]
+        return [replace(r, face=p.face(0), quality=q) for r, p, q in zip(results, prepared, quality, strict=True)]
 
     def identify_embeddings(
         self,

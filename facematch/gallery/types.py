@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..types import Face
 
-# "enrolled", or the code of the error the image alone gets (the same code on every route)
+if TYPE_CHECKING:
+    from ..quality import FaceQuality, QualityFailure
+
+# "enrolled", or the code of the error the image alone gets (the same code on every route);
+# "low_quality": the face is below the enrolment quality policy
 OutcomeStatus = Literal[
     "enrolled",
     "no_face",
@@ -17,6 +21,7 @@ OutcomeStatus = Literal[
     "image_too_small",
     "unsupported_media",
     "not_aligned",
+    "low_quality",
 ]
 
 
@@ -31,6 +36,8 @@ class ImageOutcome:
     face: Face | None = None  # the face that was enrolled (None for aligned crops / embeddings)
     faces_found: int = 0
     error: str | None = None
+    quality: FaceQuality | None = None  # the face's quality, when it was measured
+    reasons: tuple[QualityFailure, ...] = ()  # why a low_quality image was refused: component, value, limit
 
     @property
     def ok(self) -> bool:
@@ -45,6 +52,8 @@ class ImageOutcome:
             "faces_found": self.faces_found,
             "face": self.face.to_dict() if self.face is not None else None,
             "error": self.error,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
+            "reasons": [r.to_dict() for r in self.reasons],
         }
 
 
@@ -152,6 +161,7 @@ BulkStatus = Literal[
     "image_too_small",
     "unsupported_media",
     "not_aligned",
+    "low_quality",
     "error",
 ]
 

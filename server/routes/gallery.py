@@ -18,9 +18,10 @@ from pydantic import AfterValidator
 
 from facematch.errors import DuplicateIdentityError, TemplateNotFoundError
 from facematch.gallery import Gallery, IdentityInfo
-from facematch.gallery.enrol import prepare_for_enrolment
+from facematch.gallery.enrol import assess_enrolment, prepare_for_enrolment
 from facematch.gallery.store import validate_identity_id
 from facematch.matcher import FaceMatcher
+from facematch.quality import QualityPolicy
 from facematch.types import PreparedImage
 
 from ..deps import GalleryDep, MatcherDep, StateDep, scoped
@@ -28,6 +29,7 @@ from ..inputs import FileField, json_body, parse_images_request, parse_json_requ
 from ..pipeline import Pipeline, run_in_pool
 from ..schemas import (
     IDENTITY_ID_DESC,
+    AddTemplatesForm,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -36,7 +38,6 @@ from ..schemas import (
     IdentityOut,
     IdentityPage,
     IdentityUpdate,
-    NoParams,
 )
 from ..state import ServerState
 from . import problems
@@ -73,9 +74,10 @@ async def _enrol(
     *,
     metadata: dict[str, Any] | None,
     create: bool,
+    quality: QualityPolicy,
 ) -> EnrollResponse:
     with state.admission.slot():  # taken once the body is read and checked
-        return await _enrol_admitted(state, matcher, gallery, identity_id, images, sources, metadata, create)
+        return await _enrol_admitted(state, matcher, gallery, identity_id, images, sources, metadata, create, quality)
 
 
 async def _enrol_admitted(
@@ -87,15 +89,17 @@ async def _enrol_admitted(
     sources: list[str],
     metadata: dict[str, Any] | None,
     create: bool,
+    quality: QualityPolicy,
 ) -> EnrollResponse:
     pipe = Pipeline(state, matcher)
     ident = await pipe.run(functools.partial(gallery.check_enrollable, identity_id, create=create))
     prepared = await pipe.prepare_each(images, step=functools.partial(prepare_for_enrolment, matcher, aligned=False))
     faces = [p for p in prepared if isinstance(p, PreparedImage)]
     if faces:
-        embeddings = await pipe.embed(np.concatenate([p.crops[:1] for p in faces]))
+        embeddings, norms = await pipe.embed_with_norms(np.concatenate([p.crops[:1] for p in faces]))
     else:
-        embeddings = np.zeros((0, matcher.dim), np.float32)
+        embeddings, norms = np.zeros((0, matcher.dim), np.float32), np.zeros((0,), np.float32)
+    qualities = await pipe.run(assess_enrolment, matcher, prepared, norms)
     report = await pipe.run(
         functools.partial(
             gallery.enroll_prepared,
@@ -106,6 +110,8 @@ async def _enrol_admitted(
             model_id=matcher.model_id,
             metadata=metadata,
             create=create,
+            qualities=qualities,
+            quality=quality,
         )
     )
     return EnrollResponse(**report.to_dict(), timings=pipe.timings())
@@ -124,15 +130,21 @@ async def create_identity(
     request: Request, state: StateDep, matcher: MatcherDep, gallery: GalleryDep
 ) -> EnrollResponse:
     """Each image gives one template (its largest face); the report says what each image gave.
-    Images without a usable face are reported, not enrolled. When no image gives a template,
-    nothing is written and the answer is 422 (`no_face` / `invalid_image`) with the report in
-    `details.report`; 409 `duplicate_identity` when the id exists. The 201 is sent only after
-    the enrolment is committed to disk."""
+    Images without a usable face, or whose face is below the enrolment quality policy (strict
+    by default; `quality_policy`, `min_quality`, `min_face_size`, ... override it), are reported,
+    not enrolled (`low_quality` outcomes list each failing component, its value and its limit).
+    When no image gives a template, nothing is written and the answer is 422 (`low_quality` with
+    `details.reasons`, `no_face`, `invalid_image`) with the report in `details.report`; 409
+    `duplicate_identity` when the id exists. The 201 is sent only after the enrolment is
+    committed to disk."""
     parsed = await parse_images_request(request, state.settings, IMAGES, EnrollForm, EnrollJSON)
     p = parsed.params
+    gate = p.quality_gate("enrolment")
     images, names = parsed.images["images"], parsed.names["images"]  # names: upload file names, else "#i"
     try:
-        return await _enrol(state, matcher, gallery, p.identity_id, images, names, metadata=p.metadata, create=True)
+        return await _enrol(
+            state, matcher, gallery, p.identity_id, images, names, metadata=p.metadata, create=True, quality=gate
+        )
     except DuplicateIdentityError as exc:  # the SDK's message, with the action named as this API spells it
         raise DuplicateIdentityError(
             f"identity {p.identity_id!r} already exists; add templates to it with "
@@ -144,9 +156,10 @@ async def create_identity(
 async def _add_templates(
     identity_id: str, request: Request, state: ServerState, matcher: FaceMatcher, gallery: Gallery
 ) -> EnrollResponse:
-    parsed = await parse_images_request(request, state.settings, IMAGES, NoParams, AddTemplatesJSON)
+    parsed = await parse_images_request(request, state.settings, IMAGES, AddTemplatesForm, AddTemplatesJSON)
     images, names = parsed.images["images"], parsed.names["images"]
-    return await _enrol(state, matcher, gallery, identity_id, images, names, metadata=None, create=False)
+    gate = parsed.params.quality_gate("enrolment")
+    return await _enrol(state, matcher, gallery, identity_id, images, names, metadata=None, create=False, quality=gate)
 
 
 @router.post(
@@ -156,7 +169,7 @@ async def _add_templates(
     operation_id="addTemplates",
     response_model=EnrollResponse,
     responses=problems(*WRITE_ERRORS),
-    openapi_extra=request_body(IMAGES, NoParams, AddTemplatesJSON),
+    openapi_extra=request_body(IMAGES, AddTemplatesForm, AddTemplatesJSON),
 )
 async def add_templates(
     identity_id: IdentityPath,
@@ -166,7 +179,7 @@ async def add_templates(
     gallery: GalleryDep,
 ) -> EnrollResponse:
     """Add one template per image to an existing identity (404 `identity_not_found` otherwise), with a
-    per-image report."""
+    per-image report; the same quality gate as creating an identity."""
     return await _add_templates(identity_id, request, state, matcher, gallery)
 
 

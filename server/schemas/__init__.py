@@ -12,9 +12,20 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 from __future__ import annotations
 
 from .batch import PairErrorOut, PairOut, VerifyBatchForm, VerifyBatchJSON, VerifyBatchResponse
-from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
+from .common import (
+    B64_EXAMPLE,
+    FaceOut,
+    ImageSize,
+    Problem,
+    QualityFailureOut,
+    QualityOut,
+    QualityParams,
+    Timings,
+    ValidationIssue,
+)
 from .gallery import (
     IDENTITY_ID_DESC,
+    AddTemplatesForm,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -33,6 +44,7 @@ from .gallery import (
 from .match import (
     CandidateOut,
     DetectJSON,
+    DetectParams,
     DetectResponse,
     EmbeddingOut,
     EmbedJSON,
@@ -52,10 +64,12 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 __all__ = [
     "B64_EXAMPLE",
     "IDENTITY_ID_DESC",
+    "AddTemplatesForm",
     "AddTemplatesJSON",
     "CandidateOut",
     "DeletedTemplate",
     "DetectJSON",
+    "DetectParams",
     "DetectResponse",
     "EmbedJSON",
     "EmbedParams",
@@ -83,6 +97,9 @@ __all__ = [
     "PairErrorOut",
     "PairOut",
     "Problem",
+    "QualityFailureOut",
+    "QualityOut",
+    "QualityParams",
     "ReadyResponse",
     "TemplateScoreOut",
     "ThresholdParams",

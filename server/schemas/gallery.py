@@ -17,6 +17,9 @@ from .common import (
     _TIMINGS_EXAMPLE,
     B64_EXAMPLE,
     FaceOut,
+    QualityFailureOut,
+    QualityOut,
+    QualityParams,
     Timings,
     _examples,
     _In,
@@ -35,15 +38,15 @@ IdentityId = Annotated[
 ]
 
 
-class EnrollForm(_In):
-    """Text fields of a multipart enrolment."""
+class EnrollForm(QualityParams):
+    """Text fields of a multipart enrolment (with the quality gate: the strict enrolment policy by default)."""
 
     identity_id: IdentityId
     metadata: Json[dict[str, Any]] | None = Field(default=None, description="JSON object stored with the identity")
 
 
-class EnrollJSON(_In):
-    """POST /gallery/identities as JSON: the images base64-encoded."""
+class EnrollJSON(QualityParams):
+    """POST /gallery/identities as JSON: the images base64-encoded (with the quality gate's options)."""
 
     identity_id: IdentityId
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
@@ -58,7 +61,11 @@ class NoParams(_In):
     """No options besides the image(s)."""
 
 
-class AddTemplatesJSON(_In):
+class AddTemplatesForm(QualityParams):
+    """Text fields of a multipart template addition: the quality gate's options."""
+
+
+class AddTemplatesJSON(QualityParams):
     """POST /gallery/identities/{identity_id}/templates as JSON: the images base64-encoded."""
 
     images: list[str] = Field(min_length=1, description="base64-encoded face images, one template each")
@@ -80,6 +87,10 @@ class ImageOutcomeOut(_Out):
     faces_found: int = Field(description="faces the detector found in the image")
     face: FaceOut | None = Field(default=None, description="the face enrolled (the largest)")
     error: str | None = Field(default=None, description="why the image gave no template, in words")
+    quality: QualityOut | None = Field(default=None, description="the face's quality, when it was measured")
+    reasons: list[QualityFailureOut] = Field(
+        default_factory=list, description="low_quality: each failing component, its value and its limit"
+    )
 
     model_config = _examples(_OUTCOME_EXAMPLE)
 
@@ -239,6 +250,7 @@ class IdentityVerifyResponse(_Out):
 
 __all__ = [
     "IDENTITY_ID_DESC",
+    "AddTemplatesForm",
     "AddTemplatesJSON",
     "DeletedTemplate",
     "EnrollForm",

@@ -16,6 +16,8 @@ from .common import (
     B64_EXAMPLE,
     FaceOut,
     ImageSize,
+    QualityFailureOut,
+    QualityParams,
     Timings,
     _examples,
     _In,
@@ -39,8 +41,8 @@ class ThresholdParams(_In):
     )
 
 
-class VerifyParams(ThresholdParams):
-    """Options of POST /verify (multipart text fields or JSON members)."""
+class VerifyParams(ThresholdParams, QualityParams):
+    """Options of POST /verify (multipart text fields or JSON members), with the probes' quality gate."""
 
     far: float | None = Field(
         default=None,
@@ -103,7 +105,7 @@ class VerifyResponse(_Out):
 
     @classmethod
     def of(cls, result: VerifyResult, timings: Timings) -> VerifyResponse:
-        face1, face2 = FaceOut.of(result.face1), FaceOut.of(result.face2)
+        face1, face2 = FaceOut.of(result.face1, result.quality1), FaceOut.of(result.face2, result.quality2)
         assert face1 is not None and face2 is not None  # the server always detects
         return cls(
             is_match=result.is_match,
@@ -119,8 +121,8 @@ class VerifyResponse(_Out):
 
 
 # ---- identify -------------------------------------------------------------------------------
-class IdentifyParams(_In):
-    """Options of POST /identify."""
+class IdentifyParams(QualityParams):
+    """Options of POST /identify, with the probe's quality gate."""
 
     k: int = Field(default=5, ge=1, le=1000, description="candidates to return per face (at most the server's max_k)")
     threshold: float | None = Field(
@@ -207,6 +209,10 @@ class FaceIdentification(_Out):
     candidates: list[CandidateOut] = Field(
         description="the top-k identities ranked by similarity, whether or not they reach the threshold"
     )
+    refused: list[QualityFailureOut] = Field(
+        default_factory=list,
+        description="faces=all: why this face was not searched (below the probe quality policy); empty when searched",
+    )
 
     model_config = _examples(
         {
@@ -231,7 +237,7 @@ class FaceIdentification(_Out):
             cut = r.threshold if floor is None else min(r.threshold, floor)
             cands = tuple(c for c in cands if c.similarity >= cut)
         return cls(
-            face=FaceOut.of(r.face),
+            face=FaceOut.of(r.face, r.quality),
             identity_id=r.identity_id,
             is_unknown=r.is_unknown,
             threshold=r.threshold,
@@ -278,7 +284,17 @@ class IdentifyResponse(_Out):
 
 
 # ---- detect / embed -------------------------------------------------------------------------
-class DetectJSON(_In):
+class DetectParams(_In):
+    """Options of POST /detect."""
+
+    quality: bool = Field(
+        default=True,
+        description="measure each face's quality (aligns and embeds every face: one embedding per face); "
+        "false: boxes, scores and landmarks only",
+    )
+
+
+class DetectJSON(DetectParams):
     """POST /detect as JSON: the image base64-encoded."""
 
     image: str = Field(min_length=1, description="base64-encoded image")
@@ -353,6 +369,7 @@ class EmbedResponse(_Out):
 __all__ = [
     "CandidateOut",
     "DetectJSON",
+    "DetectParams",
     "DetectResponse",
     "EmbedJSON",
     "EmbedParams",
