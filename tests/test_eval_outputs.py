@@ -77,7 +77,7 @@ def test_eval_aligned_draws_det_cmc_dir_and_fairness(small_set: Path, tmp_path: 
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     files = report["files"]
-    assert set(files) == {"roc", "det", "histogram", "cmc", "dir_fpir", "fairness"}
+    assert set(files) == {"roc", "det", "histogram", "cmc", "dir_fpir", "fairness", "erc"}
     md = (out / "report.md").read_text()
     for name in files.values():
         with Image.open(out / name) as im:
