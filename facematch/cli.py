@@ -391,20 +391,67 @@ def _file_status(card: Any) -> dict[str, Any]:
 @models_app.command("check")
 def models_check(
     model: Annotated[list[str] | None, typer.Argument(help="Card ids or paths (default: the default pack).")] = None,
+    providers: Annotated[
+        str | None,
+        typer.Option(
+            help="Load each model on these providers (comma-separated: cuda,cpu / tensorrt / torch-cuda) and "
+            "fail unless they are the ones running (default: FACEMATCH_PROVIDERS, else TensorRT > CUDA > CPU, "
+            "reported without failing)."
+        ),
+    ] = None,
+    load: Annotated[bool, typer.Option(help="Load each model and print the providers it runs on.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify that model files exist and match their cards' sha256 (exit 1 when one does not)."""
+    """Verify that model files exist and match their cards' sha256, and show what each model runs on.
+
+    Exit 1 when one is missing or corrupt (or, with --providers, does not run on them).
+    """
     from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS
     from .model_files import load_card
 
+    wanted = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     rows = []
     for ref in model or [DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS]:
         card = load_card(ref)
-        rows.append({"id": card.id, **_file_status(card)})
-    emit(as_json, rows, lambda: "\n".join(f"{r['id']}: {r['status']} {r.get('path') or r.get('error')}" for r in rows))
+        row = {"id": card.id, **_file_status(card)}
+        if row["status"] == "ok" and load:
+            row["providers"] = _running_providers(card, wanted)
+        rows.append(row)
+
+    def text() -> str:
+        lines = []
+        for r in rows:
+            line = f"{r['id']}: {r['status']} {r.get('path') or r.get('error')}"
+            if "providers" in r:
+                line += f"  providers={r['providers']}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    emit(as_json, rows, text)
     bad = sum(r["status"] != "ok" for r in rows)
     if bad:
         check_failed(f"{bad} of {len(rows)} model(s) missing or corrupt")
+
+
+def _running_providers(card: Any, wanted: list[str] | None) -> list[str]:
+    """What a model really runs on (raises ProviderUnavailableError when explicit providers did not load)."""
+    from .model_files import resolve_model_path
+    from .runtime import create_session, split_torch_providers
+
+    device, ort_providers = split_torch_providers(wanted)
+    if device is not None and card.task == "embedding":
+        from .zoo.torch_embedder import TorchEmbedder
+
+        return TorchEmbedder.load(card, device=device).providers
+    if device is not None:  # the torch runtime embeds; other models stay on ONNX Runtime
+        ort_providers = ort_providers or ["cpu"]
+    session = create_session(
+        resolve_model_path(card),
+        providers=ort_providers,
+        card=card,
+        dynamic_batch=card.task == "embedding" and card.input.dynamic_batch,
+    )
+    return list(session.get_providers())
 
 
 @app.command()

@@ -185,11 +185,29 @@ class GalleryCorruptError(GalleryError):
     http_status = 500
 
 
+class StoreUnavailableError(GalleryError):
+    """The gallery's database (PostgreSQL) cannot be reached right now; the same call can be retried."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
 class BackendUnavailableError(FacematchError):
     """An optional backend (FAISS-GPU, Milvus, TensorRT, torch) is not installed or usable."""
 
     code = "backend_unavailable"
     http_status = 501
+
+
+class ProviderUnavailableError(BackendUnavailableError):
+    """An execution provider that was asked for explicitly is not the one running the model.
+
+    ONNX Runtime falls back to CPU when a provider's libraries cannot load (a CUDA major
+    the wheel was not built for, no cuDNN, no TensorRT); facematch compares what runs with
+    what was requested and raises this instead of serving on the wrong device.
+    """
+
+    code = "provider_unavailable"
 
 
 __all__ = [
@@ -213,7 +231,9 @@ __all__ = [
     "NoFaceError",
     "NoTemplatesError",
     "NotAlignedError",
+    "ProviderUnavailableError",
     "RateOutOfRangeError",
+    "StoreUnavailableError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
 ]

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .io import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image
 from .model_files import file_sha256, load_card, resolve_model_path, verify_file
-from .runtime import THREADS_ENV, create_session
+from .runtime import THREADS_ENV, active_providers, create_session, split_torch_providers
 from .similarity import unit_rows
 from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyBatchResult, VerifyResult
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .quality import FaceQuality
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
+from .zoo.torch_embedder import TorchEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ ALIGNED_ASPECT_TOLERANCE = 0.05  # an "aligned" crop of another size must keep t
 
 
 def _load_model(
-    ref: ModelRef, task: str, providers: Sequence[str] | None, threads: int | None
+    ref: ModelRef, task: str, providers: Sequence[str] | None, threads: int | None, max_batch: int = 32
 ) -> tuple[ModelCard, Any]:
     card = load_card(ref)
     if card.task != task:
@@ -65,6 +66,8 @@ def _load_model(
         providers=providers,
         threads=threads,
         dynamic_batch=task == "embedding" and card.input.dynamic_batch,
+        card=card,
+        max_batch=max_batch,
         sha256=file_sha256(path),  # hashed (and cached) by verify_file
     )
     logger.info("loaded %s model %s from %s", task, card.id, path)
@@ -78,7 +81,11 @@ class FaceMatcher:
         detector: detector card id, card path, model path with card, ``ModelCard``,
             a ready ``SCRFD`` wrapper, or ``None`` for the default pack.
         embedder: the same for the embedding model (``FaceMatcher(embedder="my_r50.onnx")``).
-        providers: ONNX Runtime providers in priority order (default TensorRT → CUDA → CPU).
+        providers: ONNX Runtime providers in priority order (default TensorRT → CUDA → CPU;
+            ``FACEMATCH_PROVIDERS`` overrides the default). A provider asked for that does not
+            load raises ``ProviderUnavailableError``. ``"torch-cuda"`` (or ``"torch-cpu"``) runs
+            the embedder on PyTorch (:class:`~facematch.zoo.torch_embedder.TorchEmbedder`) and
+            the detector on the remaining providers, CPU when none remain.
         threads: intra-op threads per session (default: the CPU count divided by ``workers``,
             so concurrent images do not fight over cores; ``FACEMATCH_THREADS`` overrides).
         workers: images one call processes concurrently (``verify`` runs its two images side
@@ -104,7 +111,7 @@ class FaceMatcher:
     def __init__(
         self,
         detector: ModelRef | SCRFD | None = None,
-        embedder: ModelRef | ArcFaceEmbedder | None = None,
+        embedder: ModelRef | ArcFaceEmbedder | TorchEmbedder | None = None,
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
@@ -132,15 +139,21 @@ class FaceMatcher:
             raise InvalidArgumentError(f"det_size must be in [32, 4096], got {det_size}")
         if det_threshold is not None and not (0.0 <= det_threshold <= 1.0):
             raise InvalidArgumentError(f"det_threshold must be in [0, 1], got {det_threshold}")
+        torch_device, ort_providers = split_torch_providers(providers)
+        if torch_device is not None:  # the embedder on torch; the detector on what is left, else CPU
+            providers = ort_providers or ["CPUExecutionProvider"]
         if isinstance(detector, SCRFD):
             self.detector = detector
         else:
             card, sess = _load_model(detector or DEFAULT_DETECTOR, "detection", providers, threads)
             self.detector = SCRFD(sess, card)
-        if isinstance(embedder, ArcFaceEmbedder):
+        self.embedder: ArcFaceEmbedder | TorchEmbedder
+        if isinstance(embedder, (ArcFaceEmbedder, TorchEmbedder)):
             self.embedder = embedder
+        elif torch_device is not None:
+            self.embedder = TorchEmbedder.load(embedder or DEFAULT_EMBEDDER, device=torch_device, max_batch=max_batch)
         else:
-            card, sess = _load_model(embedder or DEFAULT_EMBEDDER, "embedding", providers, threads)
+            card, sess = _load_model(embedder or DEFAULT_EMBEDDER, "embedding", providers, threads, max_batch)
             self.embedder = ArcFaceEmbedder(sess, card, max_batch=max_batch)
         self.det_size = det_size
         self.det_threshold = det_threshold
@@ -162,6 +175,11 @@ class FaceMatcher:
     @property
     def detector_card(self) -> ModelCard:
         return self.detector.card
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        """What each model really runs on: ``{"detector": [...], "embedder": [...]}`` (checked at load)."""
+        return {"detector": active_providers(self.detector), "embedder": active_providers(self.embedder)}
 
     @property
     def model_id(self) -> str:

@@ -19,9 +19,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address. Anything but loopback needs API keys.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
     gallery: Annotated[
-        Path | None, typer.Option(help="Gallery directory to serve (created when absent). None: no gallery routes.")
+        str | None,
+        typer.Option(
+            help="Gallery directory to serve (created when absent), or a postgresql:// URI shared by several "
+            "replicas. None: no gallery routes."
+        ),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes (>1 needs a read-only gallery).", min=1)] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (>1 needs a read-only or a PostgreSQL gallery).", min=1)
+    ] = 1,
     env_file: Annotated[
         Path | None, typer.Option("--env-file", help="File of FACEMATCH_* settings (dotenv format).")
     ] = None,
@@ -33,7 +39,7 @@ def serve(
     """Serve /verify, /identify, /detect, the gallery routes and /healthz, /readyz, /metrics."""
     overrides = {"FACEMATCH_HOST": host, "FACEMATCH_PORT": str(port)}
     if gallery is not None:
-        overrides["FACEMATCH_GALLERY"] = str(gallery)
+        overrides["FACEMATCH_GALLERY"] = gallery
     if read_only:
         overrides["FACEMATCH_GALLERY_READ_ONLY"] = "true"
     if env_file is not None:
@@ -47,8 +53,13 @@ def serve(
         settings.check_exposure()
     except ValueError as exc:  # SettingsError: one line naming the variable and its format, never the value
         raise InvalidArgumentError(f"invalid settings: {exc}") from None
-    if workers > 1 and settings.gallery is not None and not settings.gallery_read_only:
-        raise InvalidArgumentError("a gallery has one writer; use --workers 1, or --read-only for several workers")
+    from facematch.gallery.postgres_store import is_postgres_uri
+
+    shared = is_postgres_uri(settings.gallery)  # every worker is a replica of a PostgreSQL gallery
+    if workers > 1 and settings.gallery is not None and not settings.gallery_read_only and not shared:
+        raise InvalidArgumentError(
+            "a gallery directory has one writer; use --workers 1, --read-only, or a PostgreSQL gallery"
+        )
 
     import copy
 

@@ -98,9 +98,15 @@ class Settings(BaseSettings):
     # models and gallery
     detector: str | None = None
     embedder: str | None = None
-    gallery: Path | None = None
+    gallery: str | None = None  # a directory, or a postgresql:// URI shared by several replicas
     gallery_read_only: bool = False
     gallery_refresh_s: float = Field(2.0, ge=0.0)  # read-only handles pick up other writers' changes
+    # PostgreSQL galleries: catch up with the change log at least this often (the LISTEN/NOTIFY fallback)
+    gallery_poll_s: float = Field(1.0, gt=0.0, le=3600.0)
+    gallery_listen: bool = True  # false behind a connection pooler in transaction mode (no LISTEN)
+    gallery_pool_size: int = Field(10, ge=1, le=1000)  # database connections per replica
+    gallery_backend: Literal["faiss", "milvus"] | None = None  # None: the one the gallery was created with
+    milvus_uri: str | None = None  # the Milvus server of a PostgreSQL + Milvus gallery
     default_fpir: float = Field(0.01, gt=0.0, lt=1.0)
 
     # security
@@ -136,6 +142,12 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1, le=100_000)  # requests admitted to inference at once; more get 429
     inference_threads: int = Field(4, ge=1, le=256)  # thread pool for decode/detect/align and embedding
     retry_after_s: int = Field(1, ge=1, le=3600)
+
+    @field_validator("gallery", mode="before")
+    @classmethod
+    def _gallery_path(cls, value: Any) -> Any:
+        """A ``pathlib.Path`` (SDK callers) is a directory path like any other."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("api_keys")
     @classmethod
@@ -216,7 +228,8 @@ class Settings(BaseSettings):
 _FORMATS: dict[str, str] = {
     "api_keys": API_KEYS_FORMAT,
     "host": "a host name or IP address",
-    "gallery": "a directory path",
+    "gallery": "a directory path or a postgresql:// URI",
+    "gallery_backend": "faiss or milvus",
     "candidate_floor": "a cosine similarity in [-1, 1]",
     "cors_origins": "a JSON list or comma-separated origins, e.g. https://a.example,https://b.example (or *)",
 }

@@ -88,3 +88,35 @@ def matcher():  # type: ignore[no-untyped-def]
     from facematch import FaceMatcher
 
     return FaceMatcher()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """A throwaway PostgreSQL server for the whole session (tests/_pg_util.py); skips when none can start.
+
+    Under ``FACEMATCH_REQUIRE_POSTGRES=1`` (CI) not being able to start it is a failure.
+    """
+    from _pg_util import cluster_or_skip
+
+    cluster = cluster_or_skip()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_uri(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """The URI (with password) of a fresh, empty database on the session's PostgreSQL server."""
+    return str(pg_cluster.uri(pg_cluster.new_database()))
+
+
+@pytest.fixture(scope="session")
+def celeb24_embeddings(celeb24_dir: Path, matcher):  # type: ignore[no-untyped-def]
+    """identity -> (n, dim) embeddings of its celeb24 crops (sorted by file name), by the real embedder."""
+    import cv2
+    import numpy as np
+
+    out = {}
+    for d in sorted(p for p in celeb24_dir.iterdir() if p.is_dir()):
+        crops = [cv2.imread(str(f)) for f in sorted(d.glob("*.png"))]
+        out[d.name] = matcher.embed_aligned(np.stack(crops))
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -19,12 +18,8 @@ TARGET_FPIR = 0.1
 
 
 @pytest.fixture(scope="module")
-def celeb_embeddings(celeb24_dir: Path, matcher) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    out = {}
-    for d in sorted(p for p in celeb24_dir.iterdir() if p.is_dir()):
-        crops = [cv2.imread(str(f)) for f in sorted(d.glob("*.png"))]
-        out[d.name] = matcher.embed_aligned(np.stack(crops))
-    return out
+def celeb_embeddings(celeb24_embeddings) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    return dict(celeb24_embeddings)  # embedded once per session (conftest), shared with test_gallery_pg
 
 
 def _impostor_calibration(embeddings: dict[str, np.ndarray], names: list[str]) -> Calibration:

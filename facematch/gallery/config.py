@@ -11,11 +11,13 @@ from ..errors import InvalidArgumentError
 IndexKind = Literal["flat", "ivf", "hnsw"]
 Storage = Literal["fp32", "fp16", "sq8"]
 Device = Literal["auto", "cpu", "gpu"]
+Engine = Literal["faiss", "torch"]
 Aggregation = Literal["max", "mean", "topk_mean"]
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 STORAGES = ("fp32", "fp16", "sq8")
 DEVICES = ("auto", "cpu", "gpu")
+ENGINES = ("faiss", "torch")
 AGGREGATIONS = ("max", "mean", "topk_mean")
 
 
@@ -29,6 +31,11 @@ class IndexConfig:
     against the fp32 embeddings kept in SQLite. Kinds that need training (IVF, SQ8)
     use an exact flat index until the gallery holds ``min_train`` templates, then the
     index is rebuilt and trained on the stored embeddings.
+
+    ``engine``: ``faiss`` (default; a FAISS-GPU mirror when ``device`` allows and the GPU
+    probe passes) or ``torch`` (:class:`~facematch.gallery.torch_index.TorchIndex`: a flat
+    matrix on a CUDA GPU through PyTorch, for machines without FAISS-GPU; ``device`` ``auto``
+    uses CUDA when torch sees it). See docs/gpu.md.
     """
 
     kind: IndexKind = "flat"
@@ -42,6 +49,7 @@ class IndexConfig:
     rerank_factor: int = 4  # the shortlist holds rerank_factor x the templates asked for
     min_train: int = 2048
     device: Device = "auto"
+    engine: Engine = "faiss"
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -50,6 +58,10 @@ class IndexConfig:
             raise InvalidArgumentError(f"index storage must be one of {STORAGES}, got {self.storage!r}")
         if self.device not in DEVICES:
             raise InvalidArgumentError(f"index device must be one of {DEVICES}, got {self.device!r}")
+        if self.engine not in ENGINES:
+            raise InvalidArgumentError(f"index engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "torch" and self.kind != "flat":
+            raise InvalidArgumentError(f"engine='torch' is a flat (exact) index; kind={self.kind!r} needs FAISS")
         for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search", "rerank_factor", "min_train"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -63,7 +75,7 @@ class IndexConfig:
 
     @property
     def needs_training(self) -> bool:
-        return self.kind == "ivf" or self.storage == "sq8"
+        return self.engine == "faiss" and (self.kind == "ivf" or self.storage == "sq8")
 
     @property
     def exact(self) -> bool:
@@ -93,6 +105,8 @@ class IndexConfig:
             parts.append(f"M={self.hnsw_m},efSearch={self.ef_search}")
         if self.rerank:
             parts.append("rerank")
+        if self.engine != "faiss":
+            parts.insert(0, self.engine)
         return "/".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,4 +135,4 @@ class IndexConfig:
         }
 
 
-__all__ = ["AGGREGATIONS", "Aggregation", "Device", "IndexConfig", "IndexKind", "Storage"]
+__all__ = ["AGGREGATIONS", "ENGINES", "Aggregation", "Device", "Engine", "IndexConfig", "IndexKind", "Storage"]

@@ -121,6 +121,16 @@ class SQLiteStore(Store):
         with self._transaction() as c:
             c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", list(values.items()))
 
+    def init_meta(self, values: Mapping[str, str]) -> dict[str, str]:
+        if not values:
+            return {}
+        with self._transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)", list(values.items()))
+            rows = c.execute(
+                f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(values))})", list(values)
+            ).fetchall()
+        return {str(k): str(v) for k, v in rows}
+
     # ---- identities ------------------------------------------------------------------------
     def identity_key(self, identity_id: str) -> int | None:
         with self._lock:

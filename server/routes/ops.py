@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..deps import StateDep
 from ..schemas import GallerySummary, HealthResponse, ReadyResponse
+from ..schemas.ops import ModelProviders
 from ..security import presented_key
 from . import problems
 
@@ -37,14 +38,19 @@ async def healthz(state: StateDep) -> Response:
 async def readyz(state: StateDep) -> Response:
     """200 when the models (and the gallery, if configured) are loaded; 503 until then."""
     gallery = None
+    index = None
     if state.ready and state.gallery is not None:
         g = state.gallery
         gallery = GallerySummary(identities=len(g), templates=g.num_templates, read_only=g.read_only)
+        index = g.info().index
+    providers = ModelProviders(**state.matcher.providers) if state.matcher is not None else None
     body = ReadyResponse(
         ready=state.ready,
         status=state.status,
         model_id=state.matcher.model_id if state.matcher is not None else None,
         gallery=gallery,
+        providers=providers,
+        index=index,
         detail=state.error,
     )
     return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
