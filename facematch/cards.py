@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .calibration import Calibration
 from .errors import ModelError
+from .paths import MODEL_DIR_ENV
 
 CARD_METADATA_KEY = "facematch.card"
 CARD_SCHEMA_VERSION = 1
 DEFAULT_DETECTOR = "scrfd_500m_bnkps"
 DEFAULT_EMBEDDER = "w600k_mbf"
 DEFAULT_LANDMARKS = "2d106det"
-MODEL_DIR_ENV = "FACEMATCH_MODEL_DIR"
 
 
 class _Strict(BaseModel):

@@ -159,6 +159,7 @@ def _identification(d: dict[str, Any], gallery_size: int) -> IdentifyResult:
                 estimated_fmr=c.get("estimated_fmr"),
                 template_id=c.get("template_id"),
                 metadata=dict(c.get("metadata") or {}),
+                estimated_fmr_below_resolution=bool(c.get("estimated_fmr_below_resolution", False)),
             )
             for c in d["candidates"]
         ),
@@ -168,6 +169,8 @@ def _identification(d: dict[str, Any], gallery_size: int) -> IdentifyResult:
         target_fpir=d.get("target_fpir"),
         gallery_size=gallery_size,
         threshold_extrapolated=bool(d.get("threshold_extrapolated", False)),
+        comparisons=int(d.get("comparisons", 0)),
+        fmr_resolution=d.get("fmr_resolution"),
     )
 
 

@@ -30,7 +30,7 @@ from .errors import (
     NotAlignedError,
 )
 from .io import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image
-from .model_files import load_card, resolve_model_path, verify_file
+from .model_files import file_sha256, load_card, resolve_model_path, verify_file
 from .runtime import THREADS_ENV, active_providers, create_session, split_torch_providers
 from .similarity import unit_rows
 from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyBatchResult, VerifyResult
@@ -69,6 +69,7 @@ def _load_model(
         dynamic_batch=task == "embedding" and card.input.dynamic_batch,
         card=card,
         max_batch=max_batch,
+        sha256=file_sha256(path),  # hashed (and cached) by verify_file
     )
     logger.info("loaded %s model %s from %s", task, card.id, path)
     return card, session
@@ -542,8 +543,12 @@ class FaceMatcher:
             raise InvalidArgumentError(f"{name} must be a finite, non-zero vector of dimension {self.dim}")
         return vec
 
-    def _first_embedding(self, image: ImageInput | DecodedImage, aligned: bool) -> FaceEmbedding:
-        return self.embed(image, aligned=aligned)[0]
+    def _first_embedding(self, image: ImageInput | DecodedImage, aligned: bool, label: str) -> FaceEmbedding:
+        """The selected face's embedding; an error names the image (its path, else ``label``)."""
+        try:
+            return self.embed(image, aligned=aligned)[0]
+        except FacematchError as exc:
+            raise exc.about(os.fspath(image) if isinstance(image, (str, os.PathLike)) else label) from exc
 
     def verify(
         self,
@@ -564,14 +569,14 @@ class FaceMatcher:
         fmr = _deprecated_far(fmr, far)
         self.resolve_threshold(threshold, fmr)  # refuse bad options before any work
         if aligned or self.workers < 2:
-            e1 = self._first_embedding(image1, aligned)
-            e2 = self._first_embedding(image2, aligned)
+            e1 = self._first_embedding(image1, aligned, "image1")
+            e2 = self._first_embedding(image2, aligned, "image2")
         else:
             # Side by side: the second image in a pool thread, the first in this one. ONNX
             # Runtime and OpenCV release the GIL, so on a CPU this nearly halves the latency.
-            second = self._thread_pool().submit(self._first_embedding, image2, aligned)
+            second = self._thread_pool().submit(self._first_embedding, image2, aligned, "image2")
             try:
-                e1 = self._first_embedding(image1, aligned)
+                e1 = self._first_embedding(image1, aligned, "image1")
             except BaseException:
                 second.cancel()  # image1's error wins, as in sequential order
                 raise

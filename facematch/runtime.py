@@ -54,9 +54,9 @@ def _ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise BackendUnavailableError(
-            "onnxruntime is not installed: pip install 'facematch[cpu]' (or 'facematch[gpu]' for onnxruntime-gpu)"
-        ) from exc
+        from .extras import missing_module
+
+        raise missing_module("onnxruntime") from exc
     return ort
 
 
@@ -134,6 +134,9 @@ def make_batch_dynamic(model_bytes: bytes) -> bytes:
     any batch; ONNX Runtime then warns on each batched call and may plan buffers for
     batch 1. The stale intermediate shapes are dropped (ONNX Runtime infers them
     again). Only declared shapes change, never the weights.
+
+    This needs ``onnx`` (about a second to import); :func:`batch_dynamic_model` does it
+    once per model file and caches the result.
     """
     import onnx
 
@@ -147,6 +150,64 @@ def make_batch_dynamic(model_bytes: bytes) -> bytes:
             dims[0].dim_param = "batch"
             changed = True
     return model.SerializeToString() if changed else model_bytes
+
+
+BATCH_REWRITE_VERSION = 1  # bump when make_batch_dynamic changes what it writes
+
+
+def batch_model_cache_dir() -> Path:
+    """Where models rewritten by :func:`make_batch_dynamic` are kept: ``<user cache>/models``."""
+    from .paths import user_cache_dir
+
+    return user_cache_dir() / "models"
+
+
+def batch_dynamic_model(path: str | os.PathLike[str], sha256: str | None = None) -> str | bytes:
+    """The model file at ``path`` with a symbolic batch dimension, as ONNX Runtime should load it.
+
+    The rewrite (:func:`make_batch_dynamic`) runs once per model content: its result is cached
+    in :func:`batch_model_cache_dir` as ``<sha256>.batch-v<N>.onnx``, written atomically, or
+    marked ``<sha256>.batch-v<N>.same`` when the model needs no change. Later loads read the
+    cached path and never import ``onnx``. ``sha256`` is the file's (verified) hash; computed
+    when not given. Returns a path to load, or the rewritten bytes when the cache cannot be
+    written (a read-only home, say).
+    """
+    src = Path(path)
+    if sha256 is None:
+        from .model_files import file_sha256
+
+        sha256 = file_sha256(src)
+    cache = batch_model_cache_dir()
+    stem = f"{sha256}.batch-v{BATCH_REWRITE_VERSION}"
+    rewritten, same = cache / f"{stem}.onnx", cache / f"{stem}.same"
+    if same.is_file():
+        return str(src)
+    if rewritten.is_file() and rewritten.stat().st_size > 0:
+        return str(rewritten)
+    raw = src.read_bytes()
+    data = make_batch_dynamic(raw)
+    target, payload = (same, b"") if data is raw else (rewritten, data)
+    try:
+        _write_atomic(target, payload)
+    except OSError as exc:
+        logger.info("cannot cache the batch-dynamic copy of %s in %s (%s); rewriting it on each load", src, cache, exc)
+        return str(src) if data is raw else data
+    logger.info("declared a dynamic batch for %s once; cached as %s", src, target)
+    return str(src) if data is raw else str(rewritten)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- provider options ----------------------------------------------------------------------------
@@ -381,12 +442,15 @@ def create_session(
     dynamic_batch: bool = False,
     card: ModelCard | None = None,
     max_batch: int = 32,
+    sha256: str | None = None,
 ) -> Any:
     """Create an ``onnxruntime.InferenceSession`` for a model path or serialized bytes.
 
     The providers it really runs are checked against the request (:func:`check_providers`).
     With TensorRT among them, ``card`` (and ``max_batch`` for embedders) give it the input
     shape range (:func:`shape_profile`), so no input in that range rebuilds the engine.
+    ``dynamic_batch`` declares a symbolic batch dimension (:func:`batch_dynamic_model`, cached
+    per model file; ``sha256`` is the file's hash when the caller has verified it already).
     """
     ort = _ort()
     data: str | bytes
@@ -397,8 +461,7 @@ def create_session(
         data = str(Path(model))
         label = Path(model).name
     if dynamic_batch:
-        raw = data if isinstance(data, bytes) else Path(data).read_bytes()
-        data = make_batch_dynamic(raw)
+        data = make_batch_dynamic(data) if isinstance(data, bytes) else batch_dynamic_model(data, sha256)
     explicit = requested_providers(providers) is not None
     chosen = choose_providers(providers)
     preload_cuda_libraries(ort, chosen)
@@ -421,12 +484,15 @@ def create_session(
 
 
 __all__ = [
+    "BATCH_REWRITE_VERSION",
     "PREFERRED_PROVIDERS",
     "TORCH_PROVIDERS",
     "RuntimeOptions",
     "ShapeProfile",
     "active_providers",
     "available_providers",
+    "batch_dynamic_model",
+    "batch_model_cache_dir",
     "check_providers",
     "choose_providers",
     "create_session",

@@ -8,6 +8,7 @@ embeddings are biometric data and only leave the process when asked for.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
@@ -288,22 +289,54 @@ class VerifyResult:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One gallery identity proposed for a probe, with its aggregated similarity."""
+    """One gallery identity proposed for a probe, with its aggregated similarity.
+
+    ``estimated_fmr`` is the calibration's per-comparison false-match rate at this
+    similarity (``None`` without a calibration). Above the highest impostor score the
+    calibration measured, the rate is finer than it resolves (``1 / impostor pairs``):
+    then ``estimated_fmr_below_resolution`` is true and ``estimated_fmr`` holds that
+    resolution as an upper bound (the rate is *below* it), never an extrapolated number.
+    """
 
     identity_id: str
     similarity: float
-    estimated_fmr: float | None  # per-comparison false-match rate at this similarity (None: no calibration)
+    estimated_fmr: float | None
     template_id: int | None = None  # best-scoring template of this identity
     metadata: dict[str, Any] = field(default_factory=dict)
+    estimated_fmr_below_resolution: bool = False
+
+    def fmr_text(self, digits: int = 2) -> str:
+        """``estimated_fmr`` for people: ``3.1e-4``, or ``< 2.4e-6`` (the bound rounded up) below resolution."""
+        if self.estimated_fmr is None:
+            return "n/a"
+        if self.estimated_fmr_below_resolution:
+            return "< " + _exp(ceil_sig(self.estimated_fmr, digits), digits)
+        return _exp(self.estimated_fmr, digits)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "identity_id": self.identity_id,
             "similarity": round(float(self.similarity), 6),
             "estimated_fmr": None if self.estimated_fmr is None else float(self.estimated_fmr),
+            "estimated_fmr_below_resolution": self.estimated_fmr_below_resolution,
             "template_id": self.template_id,
             "metadata": dict(self.metadata),
         }
+
+
+def _exp(x: float, digits: int) -> str:
+    """``x`` in short scientific notation: ``2.4e-6``."""
+    mantissa, _, exponent = f"{x:.{digits - 1}e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def ceil_sig(x: float, digits: int = 2) -> float:
+    """``x`` rounded up to ``digits`` significant digits (a bound stays a bound): 2.35e-6 -> 2.4e-6."""
+    if x <= 0 or not math.isfinite(x):
+        return x
+    scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    up = math.ceil(round(x / scale, 9)) * scale
+    return float(f"{up:.{digits - 1}e}")
 
 
 @dataclass(frozen=True)
@@ -312,7 +345,9 @@ class IdentifyResult:
 
     ``candidates`` are all the top-k identities ranked by similarity, whether or
     not they pass the threshold; ``is_unknown`` is true when the best one is below
-    ``threshold`` (or the gallery is empty).
+    ``threshold`` (or the gallery is empty). A threshold from ``target_fpir`` is the
+    calibration's threshold at the per-comparison FMR ``1 - (1 - FPIR)^(1/N)`` with
+    ``N = comparisons``, the gallery's template count (``gallery_size`` counts identities).
     """
 
     candidates: tuple[Candidate, ...]
@@ -320,8 +355,10 @@ class IdentifyResult:
     is_unknown: bool
     face: Face | None = None
     target_fpir: float | None = None
-    gallery_size: int = 0
+    gallery_size: int = 0  # identities in the gallery
     threshold_extrapolated: bool = False  # the FPIR threshold lies beyond the calibration's measured range
+    comparisons: int = 0  # templates a probe is compared with: the N of the FPIR -> per-comparison FMR scaling
+    fmr_resolution: float | None = None  # the finest FMR the calibration resolves (1 / impostor pairs)
     quality: FaceQuality | None = None  # the probe face's quality (None: not measured)
 
     @property
@@ -344,6 +381,8 @@ class IdentifyResult:
             "target_fpir": self.target_fpir,
             "threshold_extrapolated": self.threshold_extrapolated,
             "gallery_size": self.gallery_size,
+            "comparisons": self.comparisons,
+            "fmr_resolution": self.fmr_resolution,
             "face": self.face.to_dict() if self.face is not None else None,
             "quality": self.quality.to_dict() if self.quality is not None else None,
             "candidates": [c.to_dict() for c in self.candidates],
@@ -493,4 +532,5 @@ __all__ = [
     "TemplateScore",
     "VerifyBatchResult",
     "VerifyResult",
+    "ceil_sig",
 ]

@@ -1,4 +1,7 @@
-"""``facematch serve``: run the REST server under uvicorn (light module: uvicorn loads in the command)."""
+"""``facematch serve``: run the REST server under uvicorn (light module: uvicorn loads in the command).
+
+Errors (bad settings, a missing ``[server]`` extra) are reported in the command line's one style.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from facematch._cliutil import run_command
+from facematch.errors import InvalidArgumentError
 
 
 def serve(
@@ -46,17 +52,14 @@ def serve(
         settings = Settings.load()
         settings.check_exposure()
     except ValueError as exc:  # SettingsError: one line naming the variable and its format, never the value
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise InvalidArgumentError(f"invalid settings: {exc}") from None
     from facematch.gallery.postgres_store import is_postgres_uri
 
     shared = is_postgres_uri(settings.gallery)  # every worker is a replica of a PostgreSQL gallery
     if workers > 1 and settings.gallery is not None and not settings.gallery_read_only and not shared:
-        typer.echo(
-            "error: a gallery directory has one writer; use --workers 1, --read-only, or a PostgreSQL gallery",
-            err=True,
+        raise InvalidArgumentError(
+            "a gallery directory has one writer; use --workers 1, --read-only, or a PostgreSQL gallery"
         )
-        raise typer.Exit(2)
 
     import copy
 
@@ -79,8 +82,8 @@ def serve(
 
 
 def main() -> None:
-    """Standalone entry point (``python -m facematch.server``)."""
-    typer.run(serve)
+    """Standalone entry point (``python -m facematch.server``), with the command line's error style."""
+    run_command(serve, "serve")
 
 
 __all__ = ["main", "serve"]

@@ -51,7 +51,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.gallery = gallery
         self.log_path = tmp / f"server-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_") or k == "FACEMATCH_SHARED"}
+        keep = ("FACEMATCH_SHARED", "FACEMATCH_CACHE_DIR", "FACEMATCH_CONFIG_DIR")  # data, and the per-user folders
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_") or k in keep}
         env["FACEMATCH_THREADS"] = env.get("FACEMATCH_THREADS", "2")
         if keys:
             env["FACEMATCH_API_KEYS"] = API_KEYS_JSON

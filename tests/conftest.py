@@ -19,6 +19,24 @@ CELEB24 = SHARED / "data" / "celeb24"
 WILD = SHARED / "data" / "wild"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_dirs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The per-user folders (model cache, calibrated cards) in session temp dirs, for this process and the
+    commands it starts: tests never write to ~/.cache/facematch or ~/.config/facematch."""
+    env = {
+        "FACEMATCH_CACHE_DIR": str(tmp_path_factory.mktemp("user-cache")),
+        "FACEMATCH_CONFIG_DIR": str(tmp_path_factory.mktemp("user-config")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _require(path: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (the shared data set lives beside the repository as ../shared)")

@@ -131,6 +131,12 @@ def test_gallery_round_trip(client: Client, server: Server, matcher, wild_dir: P
     ident = client.identify(probe, k=2)
     assert isinstance(ident, IdentifyResult) and ident.identity_id == "alice" and ident.gallery_size == 2
     assert [c.identity_id for c in ident.candidates] == ["alice", "bob"]
+    with Gallery(server.gallery, read_only=True, matcher=matcher) as local:  # the identify numbers survive HTTP
+        want_ident = local.identify(probe, k=2)
+    assert ident.comparisons == want_ident.comparisons > 0 and ident.fmr_resolution == want_ident.fmr_resolution
+    assert [(c.estimated_fmr_below_resolution, c.estimated_fmr) for c in ident.candidates] == [
+        (c.estimated_fmr_below_resolution, pytest.approx(c.estimated_fmr)) for c in want_ident.candidates
+    ]
     faces = client.identify_faces(wild_dir / "group_obama_biden.jpg", k=1)
     assert len(faces) >= 2 and all(isinstance(f, IdentifyResult) for f in faces)
     # errors: the SDK's classes

@@ -135,7 +135,7 @@ def test_cli_export_import(source: Gallery, tmp_path: Path) -> None:
     r = runner.invoke(gallery_app, ["import", str(tmp_path / "new.fmg"), str(out)])
     assert r.exit_code == 0 and r.output.startswith("30 identities"), r.output
     r = runner.invoke(gallery_app, ["import", str(tmp_path / "new.fmg"), str(out)])
-    assert r.exit_code == 1 and "duplicate_identity" in r.output
+    assert r.exit_code == 2 and "duplicate_identity" in r.output and "pass --skip-existing" in r.output
     r = runner.invoke(gallery_app, ["import", str(tmp_path / "new.fmg"), str(out), "--skip-existing", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["skipped"] == 30
 

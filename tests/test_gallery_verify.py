@@ -130,4 +130,4 @@ def test_cli_gallery_verify(gallery: Gallery, wild_dir: Path) -> None:
     r = runner.invoke(gallery_app, ["verify", str(path), "biden", str(wild_dir / "obama3.jpg")])
     assert r.exit_code == 0 and r.output.startswith("NO MATCH biden")
     r = runner.invoke(gallery_app, ["verify", str(path), "nobody", str(wild_dir / "obama3.jpg")])
-    assert r.exit_code == 1 and "identity_not_found" in r.output
+    assert r.exit_code == 2 and "identity_not_found" in r.output

@@ -136,14 +136,14 @@ def test_cli_quality_and_detect_json(wild_dir: Path, blurred: Path) -> None:
 def test_cli_gallery_enroll_applies_and_overrides_the_gate(tmp_path: Path, wild_dir: Path, blurred: Path) -> None:
     g = tmp_path / "cli.fmg"
     r = _cli("gallery", "enroll", str(g), "obama", str(blurred), "--json")
-    assert r.returncode == 1 and "low_quality" in r.stderr
+    assert r.returncode == 2 and "low_quality" in r.stderr  # 2: the input (a low-quality face)
     r = _cli("gallery", "enroll", str(g), "obama", str(blurred), "--quality-policy", "none", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["outcomes"][0]["status"] == "enrolled"
     r = _cli("gallery", "enroll", str(g), "biden", str(wild_dir / "biden.jpg"), "--min-face-size", "5000")
-    assert r.returncode == 1 and "face_size_px" in r.stderr
+    assert r.returncode == 2 and "face_size_px" in r.stderr
     r = _cli("gallery", "enroll", str(g), "biden", str(wild_dir / "biden.jpg"), "--min-quality", "101")
-    assert r.returncode == 1 and "min_quality" in r.stderr
+    assert r.returncode == 2 and "min_quality" in r.stderr
 
 
 def test_enrolment_policy_passes_the_ordinary_portraits(matcher: FaceMatcher, wild_dir: Path) -> None:

@@ -23,6 +23,7 @@ from .cache import EmbeddingCache
 from .data import IdentitySet, list_identity_dir, read_groups, read_pairs
 from .embed import EmbeddedSet, embed_files, norms_available
 from .report import (
+    PAIRS_CSV,
     AlignedReport,
     DatasetInfo,
     FairnessInfo,
@@ -30,6 +31,7 @@ from .report import (
     PairsReport,
     aligned_plots,
     pairs_plots,
+    write_pairs_csv,
     write_report,
 )
 
@@ -297,6 +299,9 @@ def run_pairs(
         erc=section,
     )
     out.mkdir(parents=True, exist_ok=True)
+    names_root = Path(root) if root is not None else Path(pairs_file).parent
+    write_pairs_csv(out / PAIRS_CSV, pl.a, pl.b, pl.same, scores, valid, emb.failures, res, root=names_root)
+    report.files["pairs_csv"] = PAIRS_CSV
     if plots:
         report.files.update(pairs_plots(report, M.PairScores(scores[valid & pl.same], scores[valid & ~pl.same]), out))
     write_report(report, out)

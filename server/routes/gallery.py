@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AfterValidator
 
-from facematch.errors import TemplateNotFoundError
+from facematch.errors import DuplicateIdentityError, TemplateNotFoundError
 from facematch.gallery import Gallery, IdentityInfo
 from facematch.gallery.enrol import assess_enrolment, prepare_for_enrolment
 from facematch.gallery.store import validate_identity_id
@@ -141,9 +141,16 @@ async def create_identity(
     p = parsed.params
     gate = p.quality_gate("enrolment")
     images, names = parsed.images["images"], parsed.names["images"]  # names: upload file names, else "#i"
-    return await _enrol(
-        state, matcher, gallery, p.identity_id, images, names, metadata=p.metadata, create=True, quality=gate
-    )
+    try:
+        return await _enrol(
+            state, matcher, gallery, p.identity_id, images, names, metadata=p.metadata, create=True, quality=gate
+        )
+    except DuplicateIdentityError as exc:  # the SDK's message, with the action named as this API spells it
+        raise DuplicateIdentityError(
+            f"identity {p.identity_id!r} already exists; add templates to it with "
+            f"POST /gallery/identities/{p.identity_id}/templates",
+            **exc.details,
+        ) from exc
 
 
 async def _add_templates(

@@ -34,7 +34,8 @@ def _examples(*examples: dict[str, Any], strict: bool = False) -> ConfigDict:
 _CANDIDATE_EXAMPLE: dict[str, Any] = {
     "identity_id": "obama",
     "similarity": 0.74,
-    "estimated_fmr": 2.3e-6,
+    "estimated_fmr": 2.35e-6,
+    "estimated_fmr_below_resolution": True,
     "template_id": 12,
     "metadata": {"team": "red"},
 }

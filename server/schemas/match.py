@@ -155,7 +155,15 @@ class CandidateOut(_Out):
     similarity: float = Field(
         description="the identity's score: its template similarities aggregated by the gallery's rule, in [-1, 1]"
     )
-    estimated_fmr: float | None = Field(default=None, description="per-comparison false-match rate at this similarity")
+    estimated_fmr: float | None = Field(
+        default=None,
+        description="per-comparison false-match rate at this similarity, from the calibration; with "
+        "estimated_fmr_below_resolution, an upper bound (the calibration's 1 / impostor pairs)",
+    )
+    estimated_fmr_below_resolution: bool = Field(
+        default=False,
+        description="true when the rate is finer than the calibration resolves: it is below estimated_fmr",
+    )
     template_id: int | None = Field(default=None, description="the identity's best-scoring template")
     metadata: dict[str, Any] | None = Field(
         default=None, description="the identity's stored metadata; null for keys without the enroll scope"
@@ -190,6 +198,14 @@ class FaceIdentification(_Out):
         description="true when the FPIR threshold lies beyond the calibration's measured range "
         "(extrapolated from the impostor tail, conservatively)",
     )
+    comparisons: int = Field(
+        default=0,
+        description="templates the probe is compared with: the N by which the fpir target is scaled to a "
+        "per-comparison FMR, 1 - (1 - fpir)^(1/N)",
+    )
+    fmr_resolution: float | None = Field(
+        default=None, description="the finest FMR the calibration resolves (1 / its impostor pairs)"
+    )
     candidates: list[CandidateOut] = Field(
         description="the top-k identities ranked by similarity, whether or not they reach the threshold"
     )
@@ -206,6 +222,8 @@ class FaceIdentification(_Out):
             "threshold": 0.3751,
             "target_fpir": 0.01,
             "threshold_extrapolated": False,
+            "comparisons": 7,
+            "fmr_resolution": 2.35e-6,
             "candidates": [{**_CANDIDATE_EXAMPLE, "similarity": 0.21, "estimated_fmr": 0.018}],
         }
     )
@@ -225,6 +243,8 @@ class FaceIdentification(_Out):
             threshold=r.threshold,
             target_fpir=r.target_fpir,
             threshold_extrapolated=r.threshold_extrapolated,
+            comparisons=r.comparisons,
+            fmr_resolution=r.fmr_resolution,
             candidates=[CandidateOut.of(c, metadata=full) for c in cands],
         )
 
@@ -233,7 +253,9 @@ class IdentifyResponse(_Out):
     results: list[FaceIdentification] = Field(description="one per face, largest first")
     faces_total: int = Field(description="faces found in the image")
     truncated: bool = Field(description="true when more faces were found than max_faces_per_image")
-    gallery_size: int = Field(description="identities in the gallery at the time of the search")
+    gallery_size: int = Field(
+        description="identities in the gallery at the time of the search (each result's comparisons counts templates)"
+    )
     model_id: str = Field(description="embedder card id")
     timings: Timings = Field(description="server-side time spent on the request")
 
@@ -247,6 +269,8 @@ class IdentifyResponse(_Out):
                     "threshold": 0.3751,
                     "target_fpir": 0.01,
                     "threshold_extrapolated": False,
+                    "comparisons": 7,
+                    "fmr_resolution": 2.35e-6,
                     "candidates": [_CANDIDATE_EXAMPLE],
                 }
             ],
