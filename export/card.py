@@ -19,6 +19,7 @@ from typing import Any
 from facematch.cards import (
     CARD_METADATA_KEY,
     EmbeddingSpec,
+    ExplainSpec,
     InputSpec,
     License,
     ModelCard,
@@ -87,6 +88,7 @@ def embedding_card(
     license: License | None = None,
     input_spec: InputSpec | None = None,
     upstream: str | None = None,
+    explain: ExplainSpec | None = None,
 ) -> ModelCard:
     """A card for an exported embedding model (sha256 is filled in when the file is written)."""
     spec = input_spec or InputSpec(size=(input_size, input_size))
@@ -103,6 +105,7 @@ def embedding_card(
         alignment_template="arcface_112",
         embedding=EmbeddingSpec(dim=dim, normalized_output=normalized, norm_output_index=norm_output_index),
         calibration=None,
+        explain=explain,
         arch=arch,
         opset=opset,
         precision=precision,  # type: ignore[arg-type]

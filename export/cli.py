@@ -1,7 +1,9 @@
 """``facematch export ...``: checkpoints → ONNX (fp32/fp16/int8) → TensorRT, each checked numerically.
 
 A typer sub-app; torch, onnxruntime and tensorrt are imported inside the commands only.
-Exit status 0 on success; 1 with a one-line ``error [code]: ...`` message otherwise.
+Errors are reported by the command line's group in its one style (``facematch._cliutil``):
+exit status 0 on success, 1 when an export fails (a check below its bar, a missing package),
+2 for bad options or inputs.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from facematch._cliutil import reported_errors
+from facematch._cliutil import check_failed, new_app
 
 if TYPE_CHECKING:
     from .onnx_export import ExportResult
     from .validate import ValidationReport
 
-export_app = typer.Typer(
-    help="Export trained face-embedding checkpoints to ONNX / fp16 / int8 / TensorRT, each checked against its source.",
-    no_args_is_help=True,
+export_app = new_app(
+    "Export trained face-embedding checkpoints to ONNX / fp16 / int8 / TensorRT, each checked against its source."
 )
 
 IMAGES_ENV = "FACEMATCH_EXPORT_IMAGES"
@@ -36,7 +37,7 @@ ImagesOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write the artifact even when its check fails.")]
 CardOpt = Annotated[str | None, typer.Option("--card", help="Card of the input model when it carries none.")]
 IdOpt = Annotated[str | None, typer.Option("--id", help="Card id of the output (default: the file stem).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (errors too).")]
 
 
 def _channels(text: str, what: str) -> tuple[float, float, float]:
@@ -125,33 +126,32 @@ def onnx_cmd(
     set --color-order/--mean/--std for checkpoints trained otherwise: they go into the card,
     which the SDK follows.
     """
-    with reported_errors():
-        from facematch.cards import InputSpec
-        from facematch.errors import InvalidArgumentError
+    from facematch.cards import InputSpec
+    from facematch.errors import InvalidArgumentError
 
-        from .onnx_export import export_onnx
+    from .onnx_export import export_onnx
 
-        if color_order not in ("RGB", "BGR"):
-            raise InvalidArgumentError(f"--color-order must be RGB or BGR, got {color_order!r}")
-        spec = InputSpec(color_order=color_order, mean=_channels(mean, "mean"), std=_channels(std, "std"))  # type: ignore[arg-type]
+    if color_order not in ("RGB", "BGR"):
+        raise InvalidArgumentError(f"--color-order must be RGB or BGR, got {color_order!r}")
+    spec = InputSpec(color_order=color_order, mean=_channels(mean, "mean"), std=_channels(std, "std"))  # type: ignore[arg-type]
 
-        res = export_onnx(
-            arch,
-            checkpoint,
-            out,
-            input_size=input_size,
-            opset=opset,
-            batch=batch,
-            normalize=normalize,
-            with_norm=with_norm,
-            faces=_faces(images, input_size),
-            force=force,
-            card_id=card_id,
-            key=key,
-            prefer_ema=ema,
-            input_spec=spec,
-        )
-        _report(res, as_json)
+    res = export_onnx(
+        arch,
+        checkpoint,
+        out,
+        input_size=input_size,
+        opset=opset,
+        batch=batch,
+        normalize=normalize,
+        with_norm=with_norm,
+        faces=_faces(images, input_size),
+        force=force,
+        card_id=card_id,
+        key=key,
+        prefer_ema=ema,
+        input_spec=spec,
+    )
+    _report(res, as_json)
 
 
 @export_app.command("fp16")
@@ -165,10 +165,9 @@ def fp16_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert an fp32 ONNX model to fp16 and check it (min cosine >= 0.999)."""
-    with reported_errors():
-        from .fp16 import convert_fp16
+    from .fp16 import convert_fp16
 
-        _report(convert_fp16(src, out, faces=_faces(images), force=force, card=card, card_id=card_id), as_json)
+    _report(convert_fp16(src, out, faces=_faces(images), force=force, card=card, card_id=card_id), as_json)
 
 
 @export_app.command("quantize")
@@ -187,23 +186,22 @@ def quantize_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Static int8 quantisation (ONNX Runtime QDQ) calibrated on aligned faces, checked (min cosine >= 0.99)."""
-    with reported_errors():
-        from .quantize import quantize_int8
+    from .quantize import quantize_int8
 
-        res = quantize_int8(
-            src,
-            out,
-            calib,
-            calib_count=calib_count,
-            method=method,
-            percentile=percentile,
-            keep_float=keep_float,
-            faces=_faces(images),
-            force=force,
-            card=card,
-            card_id=card_id,
-        )
-        _report(res, as_json)
+    res = quantize_int8(
+        src,
+        out,
+        calib,
+        calib_count=calib_count,
+        method=method,
+        percentile=percentile,
+        keep_float=keep_float,
+        faces=_faces(images),
+        force=force,
+        card=card,
+        card_id=card_id,
+    )
+    _report(res, as_json)
 
 
 @export_app.command("trt")
@@ -225,26 +223,25 @@ def trt_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a TensorRT engine (needs tensorrt and an NVIDIA GPU) and check it against the ONNX source."""
-    with reported_errors():
-        from .trt import build_engine
+    from .trt import build_engine
 
-        res = build_engine(
-            src,
-            out,
-            precision=precision,
-            min_batch=min_batch,
-            opt_batch=opt_batch,
-            max_batch=max_batch,
-            calib_dir=calib,
-            calib_count=calib_count,
-            timing_cache=timing_cache,
-            workspace_gib=workspace_gib,
-            faces=_faces(images),
-            force=force,
-            card=card,
-            card_id=card_id,
-        )
-        _report(res, as_json)
+    res = build_engine(
+        src,
+        out,
+        precision=precision,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        calib_dir=calib,
+        calib_count=calib_count,
+        timing_cache=timing_cache,
+        workspace_gib=workspace_gib,
+        faces=_faces(images),
+        force=force,
+        card=card,
+        card_id=card_id,
+    )
+    _report(res, as_json)
 
 
 @export_app.command("validate")
@@ -262,14 +259,13 @@ def validate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare two models on real aligned faces: min/mean cosine and the TAR@FMR change. Exit 1 below the bar."""
-    with reported_errors():
-        if far is not None:
-            typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
-            fmr = far
-        report = _validate(reference, candidate, images, arch=arch, card=card, fmr=fmr, min_cos=min_cos)
-        typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
-        if not report.passed:
-            raise typer.Exit(1)
+    if far is not None:
+        typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
+        fmr = far
+    report = _validate(reference, candidate, images, arch=arch, card=card, fmr=fmr, min_cos=min_cos)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+    if not report.passed:
+        check_failed(f"{candidate} does not reproduce {reference} within the bar (see the report above)")
 
 
 def _validate(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facematch.cards import InputSpec, ModelCard
+from facematch.cards import ExplainSpec, InputSpec, ModelCard
 from facematch.errors import InvalidArgumentError
 
 from .card import card_id_for, embedding_card, library_versions, tool_version, write_onnx_with_card
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 NORM_NAME = "norm"
+FEATURES_NAME = "features"  # the last feature map, the head's input: the card's explain block names it
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,12 @@ class ExportResult:
     report: ValidationReport
 
 
-def wrap_head(backbone: Any, *, normalize: bool, with_norm: bool, eps: float = 1e-12) -> Any:
-    """``backbone`` followed by optional L2 normalisation and an optional norm output."""
+def wrap_head(backbone: Any, *, normalize: bool, with_norm: bool, features: bool = True, eps: float = 1e-12) -> Any:
+    """``backbone`` followed by optional L2 normalisation, an optional norm output and, last, its feature map.
+
+    With ``features`` the module also returns the tensor its head reads (``forward_features``), so
+    the exported graph has it as an output for :mod:`facematch.explain`.
+    """
     import torch
     from torch import nn
 
@@ -46,22 +51,29 @@ def wrap_head(backbone: Any, *, normalize: bool, with_norm: bool, eps: float = 1
             self.backbone = backbone
 
         def forward(self, x: torch.Tensor) -> Any:
-            feats = self.backbone(x)
-            if not normalize:
-                return feats
-            norm = torch.linalg.vector_norm(feats, ord=2, dim=1, keepdim=True)
-            emb = feats / norm.clamp_min(eps)
-            return (emb, norm.squeeze(1)) if with_norm else emb
+            fmap = self.backbone.forward_features(x)
+            feats = self.backbone.forward_head(fmap)
+            outs: tuple[torch.Tensor, ...] = (feats,)
+            if normalize:
+                norm = torch.linalg.vector_norm(feats, ord=2, dim=1, keepdim=True)
+                outs = (feats / norm.clamp_min(eps), *((norm.squeeze(1),) if with_norm else ()))
+            if features:
+                outs = (*outs, fmap)
+            return outs if len(outs) > 1 else outs[0]
 
     return EmbeddingHead().eval()
 
 
-def torch_to_onnx(module: Any, *, input_size: int, opset: int, fixed_batch: int | None, with_norm: bool) -> Any:
+def torch_to_onnx(
+    module: Any, *, input_size: int, opset: int, fixed_batch: int | None, with_norm: bool, features: bool = True
+) -> Any:
     """Trace ``module`` to an ``onnx.ModelProto`` with stable tensor names (TorchScript exporter)."""
     import onnx
     import torch
 
     outputs = [OUTPUT_NAME, NORM_NAME] if with_norm else [OUTPUT_NAME]
+    if features:
+        outputs.append(FEATURES_NAME)
     dynamic = None if fixed_batch else {name: {0: "batch"} for name in [INPUT_NAME, *outputs]}
     dummy = torch.zeros(fixed_batch or 2, 3, input_size, input_size)
     with (
@@ -86,8 +98,52 @@ def torch_to_onnx(module: Any, *, input_size: int, opset: int, fixed_batch: int 
         except Exception as exc:
             raise InvalidArgumentError(f"ONNX export failed at opset {opset}: {type(exc).__name__}: {exc}") from exc
         model = onnx.load(str(path))
+    if features:
+        separate_output(model, FEATURES_NAME)
     onnx.checker.check_model(model)
     return model
+
+
+def separate_output(model: Any, name: str) -> None:
+    """Make graph output ``name`` an Identity of the tensor the graph reads internally (``<name>_map``), in place.
+
+    A tensor that is both an output and an input of later nodes trips converters that retype
+    outputs: fp16's ``keep_io_types`` casts the output back to float32 and the head's fp16 nodes
+    then read the float32 copy. With the Identity, the internal consumers keep their own tensor.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    internal = f"{name}_map"
+    if not any(name in n.input for n in graph.node):
+        return
+    for node in graph.node:
+        for k, v in enumerate(node.output):
+            if v == name:
+                node.output[k] = internal
+        for k, v in enumerate(node.input):
+            if v == name:
+                node.input[k] = internal
+    graph.node.append(helper.make_node("Identity", [internal], [name], name=f"{name}_output"))
+
+
+def explain_spec(proto: Any, head: str, *, normalize: bool) -> ExplainSpec:
+    """The card's explain block of an exported graph: its ``features`` output and the head's output.
+
+    The feature shape is read from the traced graph. When the graph L2-normalises, the head ends at
+    the tensor the normalisation divides (the pre-normalisation embedding), found in the graph we built.
+    """
+    out = {o.name: o for o in proto.graph.output}
+    dims = out[FEATURES_NAME].type.tensor_type.shape.dim
+    shape = (int(dims[1].dim_value), int(dims[2].dim_value), int(dims[3].dim_value))
+    embedding_output = None
+    if normalize:
+        producer = next(n for n in proto.graph.node if OUTPUT_NAME in n.output)
+        if producer.op_type != "Div":  # pragma: no cover - wrap_head divides by the norm
+            raise InvalidArgumentError(f"unexpected normalisation node {producer.op_type} in the exported graph")
+        embedding_output = producer.input[0]
+        head = f"{head}; then L2 normalisation (not part of the decomposed head)"
+    return ExplainSpec(feature=FEATURES_NAME, feature_shape=shape, head=head, embedding_output=embedding_output)
 
 
 def export_onnx(
@@ -126,6 +182,7 @@ def export_onnx(
     module = wrap_head(backbone, normalize=normalize, with_norm=with_norm)
     proto = torch_to_onnx(module, input_size=input_size, opset=opset, fixed_batch=fixed_batch, with_norm=with_norm)
     dim = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    explain = explain_spec(proto, ARCHS[name].head, normalize=normalize)
     options = {
         "arch": name,
         "checkpoint": Path(checkpoint).name,
@@ -154,6 +211,7 @@ def export_onnx(
         export={"tool": tool_version(), "libraries": library_versions(), "command": "onnx", "options": options},
         input_spec=input_spec,
         upstream=f"PyTorch checkpoint in the {ARCHS[name].layout} layout",
+        explain=explain,
     )
     candidate = OnnxRunner(proto.SerializeToString(), card)
     report = compare(TorchRunner(backbone, card.input), candidate, precision="fp32", faces=faces)
@@ -164,4 +222,15 @@ def export_onnx(
     return ExportResult(out, written, report)
 
 
-__all__ = ["INPUT_NAME", "NORM_NAME", "OUTPUT_NAME", "ExportResult", "export_onnx", "torch_to_onnx", "wrap_head"]
+__all__ = [
+    "FEATURES_NAME",
+    "INPUT_NAME",
+    "NORM_NAME",
+    "OUTPUT_NAME",
+    "ExportResult",
+    "explain_spec",
+    "export_onnx",
+    "separate_output",
+    "torch_to_onnx",
+    "wrap_head",
+]

@@ -2,7 +2,8 @@
 
 - one optimisation profile (min/opt/max batch) on the input;
 - fp16 (``BuilderFlag.FP16``), or int8 with an entropy calibrator (``IInt8EntropyCalibrator2``)
-  over a folder of aligned faces (fp16 kernels allowed as fallback);
+  over a folder of aligned faces, fed in batches of the profile's opt batch (fp16 kernels
+  allowed as fallback);
 - a timing cache file, loaded when present and saved after the build;
 - the engine file holds exactly ``build_serialized_network``'s bytes (no custom header); its card
   is the sidecar ``<stem>.card.json``;
@@ -10,11 +11,21 @@
 
 It needs ``tensorrt``, an NVIDIA GPU, and a CUDA build of torch (device buffers); without them it
 fails with :class:`~facematch.errors.BackendUnavailableError` before doing anything.
+
+TensorRT versions (:func:`trt_api`): **10.x** builds fp32, fp16 and int8. **11.x** removed
+``platform_has_fast_fp16/int8``, ``BuilderFlag.FP16/INT8``, ``int8_calibrator`` and
+``set_calibration_profile`` (weakly typed precision flags and implicit calibration are gone), so
+on 11.x only ``--precision fp32`` is built and fp16/int8 are refused with that reason; anything
+older than 10 or newer than 11 is refused. The engine is for TensorRT runtimes (Triton,
+``trtexec``, DeepStream, :class:`TrtRunner`); facematch itself serves ONNX models, with
+TensorRT through ONNX Runtime's TensorRT provider and its engine cache (docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +64,78 @@ def require_tensorrt() -> tuple[Any, Any]:
     return trt, torch
 
 
+SUPPORTED_MAJORS = (10, 11)
+
+
 def _major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
-class TrtRunner:
-    """Runs a serialized engine on the GPU (input/output as host float32 arrays)."""
+@dataclass(frozen=True)
+class TrtApi:
+    """What the installed TensorRT's Python API offers (see the module docstring)."""
 
-    def __init__(self, engine_bytes: bytes, card: ModelCard) -> None:
-        trt, torch = require_tensorrt()
+    version: str
+    major: int
+    precisions: tuple[str, ...]  # what this facematch builds with it
+
+    def check_precision(self, precision: str) -> None:
+        if precision in self.precisions:
+            return
+        raise BackendUnavailableError(
+            f"TensorRT {self.version} cannot build --precision {precision}: TensorRT 11 removed "
+            "BuilderFlag.FP16/INT8, int8_calibrator and set_calibration_profile. Build --precision fp32 "
+            "with it, or install TensorRT 10.x (pip install 'tensorrt-cu12>=10,<11') for fp16/int8"
+        )
+
+
+def trt_api(trt: Any) -> TrtApi:
+    """The API branch of a ``tensorrt`` module: 10.x (fp32/fp16/int8) or 11.x (fp32); other majors refused."""
+    version = str(getattr(trt, "__version__", "?"))
+    try:
+        major = _major(trt)
+    except ValueError:
+        raise BackendUnavailableError(f"cannot read the TensorRT version {version!r}") from None
+    if major not in SUPPORTED_MAJORS:
+        raise BackendUnavailableError(
+            f"TensorRT {version} is not supported: export trt is written for TensorRT 10.x and 11.x "
+            "(pip install 'tensorrt-cu12>=10,<12')"
+        )
+    flags = getattr(trt, "BuilderFlag", None)
+    fp16 = hasattr(flags, "FP16")
+    int8 = fp16 and hasattr(flags, "INT8") and hasattr(trt, "IInt8EntropyCalibrator2")
+    if major == 10 and not (fp16 and int8):
+        raise BackendUnavailableError(f"TensorRT {version} lacks BuilderFlag.FP16/INT8; is the install complete?")
+    precisions = ("fp32", "fp16", "int8") if major == 10 else ("fp32",)
+    return TrtApi(version, major, precisions)
+
+
+def batch_plan(n: int, lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, run_batch)`` chunks covering ``n`` rows inside an engine profile ``[lo, hi]``.
+
+    Chunks are at most ``hi`` rows; one smaller than ``lo`` is padded up to ``lo``.
+    """
+    for start in range(0, n, hi):
+        stop = min(n, start + hi)
+        yield start, stop, max(stop - start, lo)
+
+
+class TrtRunner:
+    """Runs a serialized engine on the GPU (input/output as host float32 arrays), any batch size.
+
+    A batch outside the engine's profile is split into chunks of at most its max batch, and a
+    chunk below its min batch is padded, so validation at batch 1, 7 and 32 works on a narrow
+    profile (``--max-batch 8``). ``fixed_batch`` is the profile's batch when min == max.
+    """
+
+    def __init__(
+        self, engine_bytes: bytes, card: ModelCard, *, modules: tuple[Any, Any] | None = None, device: str = "cuda"
+    ) -> None:
+        trt, torch = modules or require_tensorrt()
         self._torch = torch
+        self._device = device
         self.spec: InputSpec = card.input
         self.name = card.id
-        self.fixed_batch: int | None = None
         self.norm_index = card.embedding.norm_output_index if card.embedding else None
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(engine_bytes)
@@ -75,22 +145,42 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        lo, _opt, hi = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.fixed_batch: int | None = self.min_batch if self.min_batch == self.max_batch else None
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        embs, norms = [], []
+        for start, stop, size in batch_plan(len(x), self.min_batch, self.max_batch):
+            chunk = np.ascontiguousarray(x[start:stop], np.float32)
+            if size > len(chunk):
+                chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)])
+            emb, norm = self._run_chunk(chunk)
+            embs.append(emb[: stop - start])
+            if norm is not None:
+                norms.append(norm[: stop - start])
+        return np.concatenate(embs), (np.concatenate(norms) if norms else None)
+
+    def _run_chunk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         torch = self._torch
-        inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).cuda()
-        self.context.set_input_shape(self.inputs[0], tuple(inp.shape))
+        inp = torch.from_numpy(x).to(self._device)
+        if not self.context.set_input_shape(self.inputs[0], tuple(inp.shape)):
+            raise ModelError(
+                f"TensorRT refused input shape {tuple(inp.shape)}: the engine's profile takes batch "
+                f"{self.min_batch}..{self.max_batch}"
+            )
         self.context.set_tensor_address(self.inputs[0], inp.data_ptr())
         outs = []
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
-            buf = torch.empty(shape, dtype=torch.float32, device="cuda")
+            buf = torch.empty(shape, dtype=torch.float32, device=self._device)
             self.context.set_tensor_address(name, buf.data_ptr())
             outs.append(buf)
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        stream = torch.cuda.current_stream() if self._device == "cuda" else None
+        if not self.context.execute_async_v3(stream.cuda_stream if stream is not None else 0):
             raise ModelError("TensorRT execution failed")
-        stream.synchronize()
+        if stream is not None:
+            stream.synchronize()
         emb = outs[0].cpu().numpy().reshape(len(x), -1)
         norm = outs[self.norm_index].cpu().numpy().reshape(-1) if self.norm_index is not None else None
         return emb, norm
@@ -104,6 +194,7 @@ def _calibrator(trt: Any, torch: Any, batches: list[np.ndarray], cache: Path | N
             super().__init__()
             self._batches = iter(batches)
             self._size = len(batches[0])
+            self.count = sum(len(b) for b in batches)
             self._device = torch.empty(batches[0].shape, dtype=torch.float32, device="cuda")
 
         def get_batch_size(self) -> int:
@@ -124,6 +215,62 @@ def _calibrator(trt: Any, torch: Any, batches: list[np.ndarray], cache: Path | N
                 cache.write_bytes(bytes(data))
 
     return EntropyCalibrator()
+
+
+def check_platform(builder: Any, precision: str) -> None:
+    """Refuse fp16/int8 on a GPU without fast kernels for them (10.x; 11.x has no such query and no such builds)."""
+    if precision == "fp16" and not getattr(builder, "platform_has_fast_fp16", True):
+        raise InvalidArgumentError("this GPU has no fast fp16; refusing to build an fp16 engine (use --precision fp32)")
+    if precision == "int8" and not getattr(builder, "platform_has_fast_int8", True):
+        raise InvalidArgumentError("this GPU has no fast int8; refusing to build an int8 engine")
+
+
+def calibration_batches(x: np.ndarray, opt_batch: int) -> list[np.ndarray]:
+    """Full batches of the profile's opt batch (what TensorRT calibrates the calibration profile at)."""
+    batches = [x[i : i + opt_batch] for i in range(0, len(x) - opt_batch + 1, opt_batch)]
+    if not batches:
+        raise InvalidArgumentError(
+            f"int8 calibration runs at the profile's opt batch ({opt_batch}): need at least {opt_batch} "
+            f"calibration faces, found {len(x)} (lower --opt-batch or add faces)"
+        )
+    return batches
+
+
+def configure_builder(
+    trt: Any,
+    builder: Any,
+    network: Any,
+    *,
+    precision: str,
+    shape: tuple[int, int, int],
+    batches: tuple[int, int, int],
+    workspace_gib: float,
+    calibrator: Any = None,
+) -> tuple[Any, dict[str, Any] | None]:
+    """The builder config: workspace, one batch profile, precision flags, int8 calibration (10.x API).
+
+    Returns the config and the calibration record for the card (``None`` unless int8).
+    """
+    api = trt_api(trt)
+    api.check_precision(precision)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    inp = network.get_input(0)
+    lo, opt, hi = batches
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (lo, *shape), (opt, *shape), (hi, *shape))
+    config.add_optimization_profile(profile)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision != "int8":
+        return config, None
+    if calibrator is None or calibrator.get_batch_size() != opt:
+        raise InvalidArgumentError(f"int8 calibration must feed batches of the profile's opt batch ({opt})")
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    config.set_calibration_profile(profile)
+    used = {"count": calibrator.count, "batch": opt, "calibrator": "IInt8EntropyCalibrator2"}
+    return config, used
 
 
 def build_engine(
@@ -159,40 +306,35 @@ def build_engine(
         source_batch=None if has_dynamic_batch(model) else declared_batch(model),
     )
     trt, torch = require_tensorrt()
+    api = trt_api(trt)
+    api.check_precision(precision)
     log = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(log)
-    if precision == "fp16" and not builder.platform_has_fast_fp16:
-        raise InvalidArgumentError("this GPU has no fast fp16; refusing to build an fp16 engine (use --precision fp32)")
-    if precision == "int8" and not builder.platform_has_fast_int8:
-        raise InvalidArgumentError("this GPU has no fast int8; refusing to build an int8 engine")
-    flags = 0 if _major(trt) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    check_platform(builder, precision)
+    network = builder.create_network(0)  # explicit batch is the only mode in 10.x and 11.x
     parser = trt.OnnxParser(network, log)
     if not parser.parse(model.SerializeToString()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelError(f"TensorRT cannot parse {src.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    inp = network.get_input(0)
     w, h = base.input.size or (112, 112)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (min_batch, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w))
-    config.add_optimization_profile(profile)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    calib_used = None
+    batches = None
     if precision == "int8":
         assert calib_dir is not None
         calib = load_faces(calib_dir, (w, h), limit=calib_count)
         x = to_blob(calib.crops, base.input, (w, h)).astype(np.float32, copy=False)  # the calibrator's buffer
-        step = min(opt_batch, 32)
-        batches = [x[i : i + step] for i in range(0, len(x) - step + 1, step)]
-        if not batches:
-            raise InvalidArgumentError(f"need at least {step} calibration faces, found {len(x)}")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, torch, batches, out.with_suffix(".calib.cache"))
-        config.set_calibration_profile(profile)
-        calib_used = {"dir": str(calib_dir), "count": len(batches) * step, "calibrator": "IInt8EntropyCalibrator2"}
+        batches = calibration_batches(x, opt_batch)
+    config, calib_used = configure_builder(
+        trt,
+        builder,
+        network,
+        precision=precision,
+        shape=(3, h, w),
+        batches=(min_batch, opt_batch, max_batch),
+        workspace_gib=workspace_gib,
+        calibrator=_calibrator(trt, torch, batches, out.with_suffix(".calib.cache")) if batches else None,
+    )
+    if calib_used is not None:
+        calib_used["dir"] = str(calib_dir)
     cache_path = Path(timing_cache) if timing_cache else out.with_suffix(".timing.cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -239,4 +381,14 @@ def build_engine(
     return ExportResult(out, written, report)
 
 
-__all__ = ["TrtRunner", "build_engine", "require_tensorrt"]
+__all__ = [
+    "SUPPORTED_MAJORS",
+    "TrtApi",
+    "TrtRunner",
+    "batch_plan",
+    "build_engine",
+    "calibration_batches",
+    "configure_builder",
+    "require_tensorrt",
+    "trt_api",
+]

@@ -4,7 +4,8 @@
     >>> facematch.verify("a.jpg", "b.jpg")            # doctest: +SKIP
     VerifyResult(is_match=True, similarity=0.71, ...)
 
-Nothing heavy is imported here: models load on first use.
+Nothing heavy is imported here (not even numpy): the result types, the matcher and the
+gallery are imported on first use, and models load when a matcher is created.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import (
     CalibrationMissingError,
     ChecksumMismatchError,
     DuplicateIdentityError,
+    ExplanationUnavailableError,
     FacematchError,
     GalleryError,
     GalleryLockedError,
@@ -30,19 +32,30 @@ from .errors import (
     MultipleFacesError,
     NoFaceError,
     NotAlignedError,
+    NoTemplatesError,
+    RateOutOfRangeError,
     TemplateNotFoundError,
     UnsupportedMediaError,
 )
-from .types import Candidate, Detections, Face, FaceEmbedding, IdentifyResult, PreparedImage, VerifyResult
 
 if TYPE_CHECKING:
+    from .explain import Explanation
     from .gallery import Gallery
     from .matcher import FaceMatcher
+    from .types import Candidate, Detections, Face, FaceEmbedding, IdentifyResult, PreparedImage, VerifyResult
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Candidate": ("facematch.types", "Candidate"),
+    "Detections": ("facematch.types", "Detections"),
+    "Face": ("facematch.types", "Face"),
+    "FaceEmbedding": ("facematch.types", "FaceEmbedding"),
+    "IdentifyResult": ("facematch.types", "IdentifyResult"),
+    "PreparedImage": ("facematch.types", "PreparedImage"),
+    "VerifyResult": ("facematch.types", "VerifyResult"),
     "FaceMatcher": ("facematch.matcher", "FaceMatcher"),
+    "Explanation": ("facematch.explain", "Explanation"),
     "default_matcher": ("facematch.matcher", "default_matcher"),
     "cosine_similarity": ("facematch.similarity", "cosine_similarity"),
     "Gallery": ("facematch.gallery", "Gallery"),
@@ -58,6 +71,10 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'facematch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def verify(image1: Any, image2: Any, **kwargs: Any) -> VerifyResult:
@@ -92,6 +109,8 @@ __all__ = [
     "ChecksumMismatchError",
     "Detections",
     "DuplicateIdentityError",
+    "Explanation",
+    "ExplanationUnavailableError",
     "Face",
     "FaceEmbedding",
     "FaceMatcher",
@@ -110,8 +129,10 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NoTemplatesError",
     "NotAlignedError",
     "PreparedImage",
+    "RateOutOfRangeError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
     "VerifyResult",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .errors import CalibrationMissingError, InvalidArgumentError
+from .errors import CalibrationMissingError, InvalidArgumentError, RateOutOfRangeError
 
 TAIL_MIN_EVENTS = 30  # impostor pairs at the finest point of the tail fit
 
@@ -112,25 +112,43 @@ class Calibration(BaseModel):
             return None
         return float(intercept), float(slope)
 
+    def extrapolates(self, fmr: float) -> bool:
+        """Whether the threshold at ``fmr`` lies beyond the measured curve (finer than ``1 / impostor pairs``)."""
+        return fmr < self.min_fmr
+
     def threshold_for(self, fmr: float, *, extrapolate: bool = False) -> float:
         """Similarity threshold whose observed impostor rate is at most ``fmr``.
 
-        A rate finer than ``1 / impostor pairs`` cannot be read off the calibration: it is
-        refused with :class:`CalibrationMissingError`, or with ``extrapolate=True`` taken from
-        the exponential tail fit (:meth:`tail_fit`), never below the finest measured threshold.
+        The one rule for every target rate (``verify``'s FMR, and ``identify``'s FPIR through
+        its per-comparison FMR): inside the measured curve, read off it; finer than
+        ``1 / impostor pairs`` (:meth:`extrapolates`), with ``extrapolate=True``, taken from the
+        exponential tail fit (:meth:`tail_fit`; never below the finest measured threshold).
+        :class:`~facematch.errors.RateOutOfRangeError` (422 ``rate_out_of_range``) when no
+        threshold can be established: no extrapolation asked for or possible, or one above 1.
         """
         if not (0.0 < fmr < 1.0) or not math.isfinite(fmr):
             raise InvalidArgumentError(f"target false-match rate must be in (0, 1), got {fmr}")
-        if fmr < self.min_fmr:
+        if self.extrapolates(fmr):
             fit = self.tail_fit() if extrapolate else None
             if fit is None:
-                raise CalibrationMissingError(
+                raise RateOutOfRangeError(
                     f"FMR {fmr:g} is finer than this calibration resolves "
                     f"(1/{self.n_impostor_pairs} impostor pairs on {self.set!r}); calibrate on a larger set "
-                    "or give an explicit threshold"
+                    "or give an explicit threshold",
+                    rate=fmr,
+                    min_fmr=self.min_fmr,
                 )
             intercept, slope = fit
-            return max(float(self.curve_similarity[-1]), _ceil6((math.log(fmr) - intercept) / slope))
+            threshold = max(float(self.curve_similarity[-1]), _ceil6((math.log(fmr) - intercept) / slope))
+            if threshold > 1.0:
+                raise RateOutOfRangeError(
+                    f"FMR {fmr:g} needs a similarity threshold of {threshold:.3g}, above 1 (extrapolated from "
+                    f"the impostor tail of {self.set!r}); no comparison can reach it: ask for a coarser rate "
+                    "or give an explicit threshold",
+                    rate=fmr,
+                    min_fmr=self.min_fmr,
+                )
+            return threshold
         key = fmr_key(fmr)
         if key in self.thresholds and math.isclose(float(key), fmr, rel_tol=1e-9):
             return float(self.thresholds[key])
@@ -216,6 +234,29 @@ class Calibration(BaseModel):
         )
 
 
+def verification_threshold(
+    threshold: object, fmr: object, calibration: Calibration | None, *, model_id: str | None
+) -> tuple[float, float | None]:
+    """(threshold, target FMR or None) of a 1:1 decision: the caller's threshold, else the calibration's at ``fmr``.
+
+    The one 1:1 rule (two images, or a probe against one enrolled identity): with neither
+    given, the calibration's ``default_fmr`` is the target. Without a calibration only an
+    explicit threshold works (``CalibrationMissingError`` otherwise). A rate finer than the
+    calibration resolves is extrapolated or refused by :meth:`Calibration.threshold_for`, as for
+    identification.
+    """
+    thr, rate = threshold_or_rate(threshold, fmr, "fmr")
+    if thr is not None:
+        return thr, None
+    if calibration is None:
+        raise CalibrationMissingError(
+            f"model {model_id!r} has no calibration; run `facematch calibrate DIR --model {model_id} --write` "
+            "or pass an explicit threshold"
+        )
+    target = rate if rate is not None else calibration.default_fmr
+    return calibration.threshold_for(target, extrapolate=True), target
+
+
 def thresholds_at_fmr(
     impostor: np.ndarray | Sequence[float], fmrs: Sequence[float] | np.ndarray, *, presorted: bool = False
 ) -> np.ndarray:
@@ -264,4 +305,5 @@ __all__ = [
     "threshold_at_fmr",
     "threshold_or_rate",
     "thresholds_at_fmr",
+    "verification_threshold",
 ]

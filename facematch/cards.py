@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .calibration import Calibration
 from .errors import ModelError
+from .paths import MODEL_DIR_ENV
 
 CARD_METADATA_KEY = "facematch.card"
 CARD_SCHEMA_VERSION = 1
 DEFAULT_DETECTOR = "scrfd_500m_bnkps"
 DEFAULT_EMBEDDER = "w600k_mbf"
 DEFAULT_LANDMARKS = "2d106det"
-MODEL_DIR_ENV = "FACEMATCH_MODEL_DIR"
 
 
 class _Strict(BaseModel):
@@ -90,9 +90,104 @@ class DetectionSpec(_Strict):
         return self
 
 
+class ExplainSpec(_Strict):
+    """Where :mod:`facematch.explain` reads the model for the exact similarity decomposition.
+
+    ``feature`` names the tensor that feeds the embedding head (the last feature map, shape
+    ``(N, C, H, W)`` with ``feature_shape = (C, H, W)``); ``head`` says, for people, what follows
+    it up to the embedding (the decomposition checks itself on every pair: docs/explain.md).
+    ``embedding_output`` names the head's output when it is not the graph's first output, e.g.
+    the pre-normalisation embedding of a graph that L2-normalises.
+    """
+
+    feature: str = Field(min_length=1)
+    feature_shape: tuple[int, int, int]
+    head: str = ""
+    embedding_output: str | None = Field(default=None, min_length=1)
+
+    @field_validator("feature_shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1:
+            raise ValueError(f"feature_shape must be three positive sizes (C, H, W), got {list(v)}")
+        return v
+
+
 class LandmarkSpec(_Strict):
     num_points: int
     box_scale: float = 1.5  # the crop around the detection box is this many box sizes wide
+
+
+class QualityHeldOut(_Strict):
+    """How the fitted unified score did on identities held out of the fit (out-of-fold scores, pooled).
+
+    ``fnmr[k]`` is the FNMR at the label's threshold after rejecting the ``reject[k]`` share of
+    images with the lowest score; ``fnmr_random`` the same for random rejection (the mean of
+    several seeded draws), ``fnmr_feature_norm`` for the feature norm alone.
+    """
+
+    reject: tuple[float, ...]
+    fnmr: tuple[float, ...]
+    fnmr_random: tuple[float, ...]
+    fnmr_feature_norm: tuple[float, ...] | None = None
+    n_genuine_pairs: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityHeldOut:
+        n = len(self.reject)
+        curves = [self.fnmr, self.fnmr_random, *([self.fnmr_feature_norm] if self.fnmr_feature_norm else [])]
+        if n == 0 or any(len(c) != n for c in curves):
+            raise ValueError("held_out curves need one value per rejected share")
+        if any(not (0.0 <= v <= 1.0) for c in (self.reject, *curves) for v in c):
+            raise ValueError("held_out shares and FNMRs must lie in [0, 1]")
+        return self
+
+
+class QualityBlock(_Strict):
+    """A fitted unified quality score: ``100 * sigmoid(bias + weights · (features - mean) / std)``.
+
+    ``features`` are names from :data:`facematch.quality.FEATURES` (functions of the quality
+    components). The model predicts ``label`` (by default: the share of an image's genuine
+    comparisons that succeed at the threshold of false-match rate ``fmr``), fitted by
+    ``command`` on ``set`` with ``fold_scheme``; ``held_out`` is its error-versus-reject
+    result on identities left out of the fit.
+    """
+
+    features: tuple[str, ...] = Field(min_length=1)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    label: str
+    fmr: float = Field(gt=0, lt=1)
+    threshold: float = Field(ge=-1, le=1)
+    set: str
+    command: str
+    fold_scheme: str
+    l2: float = Field(1.0, ge=0)  # the fit's L2 penalty (a held-out refit uses it too)
+    n_images: int = Field(gt=0)
+    n_identities: int = Field(gt=0)
+    held_out: QualityHeldOut | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityBlock:
+        import math
+
+        from .quality import FEATURES
+
+        n = len(self.features)
+        if not (len(self.mean) == len(self.std) == len(self.weights) == n):
+            raise ValueError("quality features, mean, std and weights need one value per feature")
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown quality features {unknown} (known: {', '.join(FEATURES)})")
+        if len(set(self.features)) != n:
+            raise ValueError("quality features must be distinct")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, *self.weights, self.bias)):
+            raise ValueError("quality model parameters must be finite")
+        if any(v <= 0 for v in self.std):
+            raise ValueError("quality feature stds must be positive")
+        return self
 
 
 class ModelCard(_Strict):
@@ -112,6 +207,8 @@ class ModelCard(_Strict):
     detection: DetectionSpec | None = None
     landmarks: LandmarkSpec | None = None
     calibration: Calibration | None = None
+    explain: ExplainSpec | None = None  # embedding cards: the feature tensor of the exact decomposition
+    quality: QualityBlock | None = None  # the fitted unified quality score (embedding cards)
     arch: str | None = None
     opset: int | None = None
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
@@ -135,11 +232,19 @@ class ModelCard(_Strict):
             raise ValueError("a detection card needs 'detection'")
         if self.task == "landmarks" and (self.landmarks is None or self.input.size is None):
             raise ValueError("a landmarks card needs 'landmarks' and 'input.size'")
+        if self.explain is not None and self.task != "embedding":
+            raise ValueError("only an embedding card can have an 'explain' block")
+        if self.quality is not None and self.task != "embedding":
+            raise ValueError("only an embedding card holds a quality block (norms and scores are the embedder's)")
         return self
 
     # ---- thresholds -------------------------------------------------------------------
     def threshold_for(self, fmr: float | None = None) -> float:
-        """Similarity threshold for a target false-match rate (the card's default when None)."""
+        """Similarity threshold for a target false-match rate (the card's default when None).
+
+        Rates finer than the calibration resolves are extrapolated from its impostor tail,
+        or refused (``RateOutOfRangeError``), by the calibration's one rule.
+        """
         from .errors import CalibrationMissingError
 
         if self.calibration is None:
@@ -147,7 +252,7 @@ class ModelCard(_Strict):
                 f"model {self.id!r} has no calibration; run `facematch calibrate DIR --model {self.id} --write` "
                 "or pass an explicit threshold"
             )
-        return self.calibration.threshold_for(self.calibration.default_fmr if fmr is None else fmr)
+        return self.calibration.threshold_for(self.calibration.default_fmr if fmr is None else fmr, extrapolate=True)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True)
@@ -204,10 +309,13 @@ __all__ = [
     "Calibration",
     "DetectionSpec",
     "EmbeddingSpec",
+    "ExplainSpec",
     "InputSpec",
     "LandmarkSpec",
     "License",
     "ModelCard",
+    "QualityBlock",
+    "QualityHeldOut",
     "Source",
     "parse_card",
     "read_onnx_card",

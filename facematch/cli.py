@@ -1,54 +1,79 @@
-"""The ``facematch`` command line: verify, detect, embed, models, demo (+ gallery, eval, calibrate, serve, export).
+"""The ``facematch`` command line: verify, explain, detect, embed, models, demo (+ gallery, eval, calibrate, serve,
+export).
 
-Exit status 0 when the command ran; otherwise non-zero with a one-line message on stderr.
-Heavy modules are imported inside commands, so ``facematch --help`` is instant.
+Every error is one line on stderr, ``error [code]: <image or path>: message``, with a
+JSON error object on stdout as well under ``--json``, and a documented exit status
+(:data:`facematch._cliutil.EXIT_CODES_HELP`). The sub-commands of the other rooms are
+listed in :data:`LAZY_COMMANDS` and imported only when used, so start-up stays short.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from .errors import FacematchError
-
-app = typer.Typer(
-    name="facematch",
-    help="Face matching on hyperspherical embeddings (ArcFace family): detect, align, embed, verify, identify.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from ._cliutil import (
+    EXIT_CODES_HELP,
+    CheckFailedError,
+    LazyCommand,
+    LazyGroup,
+    OutputError,
+    check_failed,
+    emit,
+    new_app,
+    usage_error,
 )
-models_app = typer.Typer(help="Model cards and the installed model pack.", no_args_is_help=True)
+from .errors import FacematchError, InvalidArgumentError
+
+# Sub-commands imported on first use: name -> module, attribute (a typer app or a command
+# function) and the one-line help `facematch --help` lists (tests check it matches the command).
+LAZY_COMMANDS: dict[str, LazyCommand] = {
+    "gallery": LazyCommand(
+        "facematch.gallery.cli", "gallery_app", "Enrol faces into a gallery and identify probes (open-set)."
+    ),
+    "eval": LazyCommand(
+        "facematch.eval.cli",
+        "eval_app",
+        "Measure accuracy, identification, fairness and embedding health on labelled images.",
+    ),
+    "calibrate": LazyCommand(
+        "facematch.eval.cli",
+        "calibrate",
+        "Measure genuine/impostor scores on a calibration set and store thresholds + the FMR curve in a model card.",
+    ),
+    "quality-fit": LazyCommand(
+        "facematch.eval.cli",
+        "quality_fit",
+        "Fit the unified quality score (a logistic model on quality components) and store it in the model card.",
+    ),
+    "export": LazyCommand(
+        "facematch.export.cli",
+        "export_app",
+        "Export trained face-embedding checkpoints to ONNX / fp16 / int8 / TensorRT, each checked against its source.",
+    ),
+    "serve": LazyCommand(
+        "facematch.server.cli",
+        "serve",
+        "Serve /verify, /identify, /detect, the gallery routes and /healthz, /readyz, /metrics.",
+    ),
+}
+
+
+class _RootGroup(LazyGroup):
+    lazy_commands = LAZY_COMMANDS
+
+
+app = new_app(
+    "Face matching on hyperspherical embeddings (ArcFace family): detect, align, embed, verify, identify.",
+    cls=_RootGroup,
+    name="facematch",
+    epilog=EXIT_CODES_HELP,
+)
+models_app = new_app("Model cards and the installed model pack.")
 app.add_typer(models_app, name="models")
-
-
-def _register_subcommands() -> None:
-    """Sub-apps of the other rooms; their modules are light (heavy imports live inside commands)."""
-    from .eval.cli import calibrate, eval_app
-    from .export.cli import export_app
-    from .gallery.cli import gallery_app
-    from .server.cli import serve
-
-    app.add_typer(gallery_app, name="gallery")
-    app.add_typer(eval_app, name="eval")
-    app.add_typer(export_app, name="export")
-    app.command("serve")(serve)
-    app.command("calibrate")(calibrate)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print a one-line error and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
 
 
 def _matcher(detector: str | None, embedder: str | None, det_size: int | None = None, **kw: Any) -> Any:
@@ -57,9 +82,22 @@ def _matcher(detector: str | None, embedder: str | None, det_size: int | None = 
     return FaceMatcher(detector=detector, embedder=embedder, det_size=det_size, **kw)
 
 
+def _about(image: Path, exc: FacematchError) -> FacematchError:
+    """``exc`` naming ``image`` (unless it already names an input)."""
+    return exc if "image" in exc.details else exc.about(str(image))
+
+
 DetectorOpt = Annotated[str | None, typer.Option(help="Detector card id, card JSON, or model file with a card.")]
 EmbedderOpt = Annotated[str | None, typer.Option(help="Embedder card id, card JSON, or model file with a card.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help='Print JSON (errors too, as {"error": ...}).')]
+AlignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aligned/--detect",
+        help="--aligned: the images are aligned 112x112 face crops (no detection); --detect: photos, "
+        "the largest face is detected and aligned first.",
+    ),
+]  # spelled as in eval, gallery and calibrate
 
 
 @app.callback()
@@ -71,52 +109,251 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
 
 @app.command()
 def verify(
-    image1: Annotated[Path, typer.Argument(help="First image.")],
-    image2: Annotated[Path, typer.Argument(help="Second image.")],
+    image1: Annotated[Path | None, typer.Argument(metavar="IMAGE1", help="First image (or give --pairs).")] = None,
+    image2: Annotated[Path | None, typer.Argument(metavar="IMAGE2", help="Second image.")] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(help="CSV of image pairs (columns image1,image2 or the first two); needs --out."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Results CSV for --pairs: appended to, pairs already in it are skipped.")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Folder relative pair paths start from (default: the CSV's).")
+    ] = None,
+    chunk: Annotated[int, typer.Option(help="Pairs per batch with --pairs (flushed to --out after each).")] = 512,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr with --pairs (tqdm if installed).")] = True,
     threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
     fmr: Annotated[
         float | None, typer.Option(help="Target false-match rate (threshold from the model card's calibration).")
     ] = None,
     far: Annotated[float | None, typer.Option(hidden=True, help="Deprecated alias of --fmr.")] = None,
+    aligned: AlignedOpt = False,
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Are the faces in two images the same person? (largest face of each)
+
+    With --pairs, every pair of a CSV, each distinct image processed once; results go to --out,
+    and a re-run skips the pairs already there (append-safe, resumable).
+    """
+    if far is not None:
+        typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
+        if fmr is not None:
+            raise InvalidArgumentError("give --fmr (or its deprecated alias --far), not both")
+        fmr = far
+    if pairs is not None:
+        if image1 is not None or image2 is not None:
+            raise usage_error("give two images or --pairs, not both")
+        if out is None:
+            raise usage_error("--pairs needs --out (the results CSV)")
+        from .batch_cli import run_pairs
+
+        summary = run_pairs(
+            _matcher(detector, embedder),
+            pairs,
+            out,
+            root=root,
+            threshold=threshold,
+            fmr=fmr,
+            aligned=aligned,
+            chunk=chunk,
+            progress=progress,
+        )
+        emit(
+            as_json,
+            summary,
+            lambda: (
+                f"{summary['verified']} pair(s) verified ({summary['matches']} match, {summary['errors']} error), "
+                f"{summary['skipped']} already in {out}"
+            ),
+        )
+        return
+    if image1 is None:
+        raise usage_error("Missing argument 'IMAGE1' (or give --pairs FILE --out FILE)")
+    if image2 is None:
+        raise usage_error("Missing argument 'IMAGE2'")
+    res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, fmr=fmr, aligned=aligned)
+    target = f" (FMR {res.target_fmr:g})" if res.target_fmr is not None else ""
+    emit(
+        as_json,
+        res.to_dict(),
+        lambda: (
+            f"{'MATCH' if res.is_match else 'NO MATCH'}  similarity={res.similarity:.4f}  "
+            f"threshold={res.threshold:.4f}{target}"
+        ),
+    )
+
+
+@app.command()
+def explain(
+    image1: Annotated[Path, typer.Argument(help="First image.")],
+    image2: Annotated[Path, typer.Argument(help="Second image.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the figure here (PNG): both faces with their maps, the verdict.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="auto (decomposition, else occlusion), decomposition, or occlusion.")
+    ] = "auto",
+    threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
+    fmr: Annotated[
+        float | None, typer.Option(help="Target false-match rate (threshold from the model card's calibration).")
+    ] = None,
     aligned: Annotated[bool, typer.Option(help="Inputs are aligned 112x112 crops: skip detection.")] = False,
     detector: DetectorOpt = None,
     embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Are the faces in two images the same person? (largest face of each)"""
-    if far is not None:
-        typer.echo("warning: --far is deprecated; use --fmr (the false-match rate)", err=True)
-        if fmr is not None:
-            fail("give --fmr (or its deprecated alias --far), not both", 2)
-        fmr = far
-    res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, fmr=fmr, aligned=aligned)
-    if as_json:
-        _echo_json(res.to_dict())
-    else:
-        verdict = "MATCH" if res.is_match else "NO MATCH"
-        typer.echo(f"{verdict}  similarity={res.similarity:.4f}  threshold={res.threshold:.4f}")
+    """Why are two faces (not) a match? Similarity maps of both faces and their region shares."""
+    from .explain import check_method
+
+    m = _matcher(detector, embedder)
+    expl = m.explain(image1, image2, method=check_method(method), threshold=threshold, fmr=fmr, aligned=aligned)
+    if out is not None:
+        from .explain_render import figure
+
+        try:
+            figure(expl, out, photos=(m.load(image1), m.load(image2)), labels=(image1.name, image2.name))
+        except OSError as exc:  # an unwritable path
+            raise OutputError(f"cannot write it: {exc.strerror or exc}", path=str(out)) from exc
+        except ValueError as exc:  # a format matplotlib does not know
+            raise OutputError(f"cannot write it: {exc}", path=str(out)) from exc
+
+    def text() -> str:
+        verdict = "MATCH" if expl.is_match else "NO MATCH"
+        how = f"{expl.method} (residual {expl.residual:.1e})" if expl.residual is not None else expl.method
+        lines = [f"{verdict}  similarity={expl.similarity:.4f}  threshold={expl.threshold:.4f}  method={how}"]
+        if expl.fallback_reason:
+            lines.append(f"  (decomposition unavailable: {expl.fallback_reason})")
+        for path, side in zip((image1, image2), expl.faces, strict=True):
+            shares = "  ".join(f"{r.region} {100 * r.share:+.0f}%" for r in side.regions)
+            lines.append(f"  {path.name}: {shares}")
+        if out is not None:
+            lines.append(f"figure: {out}")
+        return "\n".join(lines)
+
+    emit(as_json, {**expl.to_dict(), "figure": str(out) if out is not None else None}, text)
 
 
 @app.command()
 def detect(
-    image: Annotated[Path, typer.Argument(help="Image to search for faces.")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image to search for faces.")],
     draw: Annotated[Path | None, typer.Option(help="Write a copy of the image with boxes and landmarks.")] = None,
     det_size: Annotated[int | None, typer.Option(help="Detector input long side (default: from the image).")] = None,
+    quality: Annotated[bool, typer.Option(help="Measure each face's quality (aligns and embeds every face).")] = True,
     detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Find every face: box, score and 5 landmarks in original image coordinates."""
-    m = _matcher(detector, None, det_size=det_size)
-    dets = m.detect(image)
+    """Find every face: box, score, 5 landmarks in original image coordinates, and its quality."""
+    m = _matcher(detector, embedder, det_size=det_size)
+    try:
+        decoded = m.load(image)
+        if quality:
+            from .errors import NoFaceError
+
+            try:  # the shared step: detect, every face largest first, aligned; then embed for the norms
+                prep = m.prepare(decoded, "all")
+            except NoFaceError:
+                dets, qualities = m.detect(decoded), []
+            else:
+                dets = prep.faces
+                qualities = list(m.assess(prep, m.embed_crops(prep.crops)[1]))
+        else:
+            dets = m.detect(decoded).sorted_by_area()
+            qualities = [None] * len(dets)
+    except FacematchError as exc:
+        raise _about(image, exc) from exc
     if draw is not None:
-        _draw(m.load(image).pixels, dets, m.load(image).scale, draw)
-    if as_json:
-        _echo_json({"faces": dets.to_list(), "count": len(dets)})
-    else:
-        typer.echo(f"{len(dets)} face(s)")
-        for i, f in enumerate(dets):
+        _draw(decoded.pixels, dets, decoded.scale, draw)
+    faces = [
+        {**f.to_dict(), "quality": q.to_dict() if q is not None else None} for f, q in zip(dets, qualities, strict=True)
+    ]
+
+    def text() -> str:
+        lines = [f"{len(dets)} face(s)"]
+        for i, (f, q) in enumerate(zip(dets, qualities, strict=True)):
             x1, y1, x2, y2 = (round(float(v)) for v in f.box)
-            typer.echo(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}")
+            extra = "" if q is None else f" quality={_unified_text(q)}"
+            lines.append(f"  #{i}: box=({x1},{y1},{x2},{y2}) score={f.score:.3f}{extra}")
+        return "\n".join(lines)
+
+    emit(as_json, {"faces": faces, "count": len(dets)}, text)
+
+
+def _unified_text(q: Any) -> str:
+    return f"{q.unified:.1f}" if q.unified is not None else f"n/a ({q.unified_status})"
+
+
+@app.command("quality")
+def quality_cmd(
+    image: Annotated[
+        Path,
+        typer.Argument(metavar="IMAGE", help="Image holding one or more faces (or an aligned crop with --aligned)."),
+    ],
+    all_faces: Annotated[
+        bool, typer.Option("--all-faces", help="Every face, largest first (default: the largest).")
+    ] = False,
+    aligned: AlignedOpt = False,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also measure mirror consistency (one extra embedding per face).")
+    ] = False,
+    pose106: Annotated[
+        bool, typer.Option("--pose106", help="Measure the pose with the 106-point landmark model (2d106det).")
+    ] = False,
+    policy: Annotated[
+        str, typer.Option(help="Check the faces against a quality policy: enrolment, probe or none.")
+    ] = "enrolment",
+    detector: DetectorOpt = None,
+    embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality of the face(s) in an image: every component with its unit, the unified score, a policy check.
+
+    Exit status 0 whatever the verdict; the verdict is printed (and in the JSON).
+    """
+    from .quality import COMPONENTS, UNIFIED_UNIT, assess_image, policy_named
+
+    gate = policy_named(policy)
+    m = _matcher(detector, embedder)
+    try:
+        prep, found = assess_image(
+            m, image, faces="all" if all_faces else "largest", aligned=aligned, mirror=mirror, pose106=pose106
+        )
+    except FacematchError as exc:
+        raise _about(image, exc) from exc
+    checks = [gate.check(q) for q in found]
+    rows = []
+    for i, (q, check) in enumerate(zip(found, checks, strict=True)):
+        face = prep.face(i)
+        rows.append(
+            {
+                "face": face.to_dict() if face is not None else None,
+                "quality": q.to_dict(),
+                "policy": gate.name,
+                "passes": check.passed,
+                "failures": [f.to_dict() for f in check.failures],
+                "unchecked": list(check.unchecked),
+            }
+        )
+
+    def text() -> str:
+        lines = []
+        for i, (q, check) in enumerate(zip(found, checks, strict=True)):
+            lines.append(f"face #{i}: unified quality {_unified_text(q)} ({UNIFIED_UNIT}; model {q.model_id})")
+            if q.missing:
+                lines.append(f"  missing components: {', '.join(q.missing)}")
+            for name, value in q.components.items():
+                shown = "not measured" if value is None else f"{value:.4g} {COMPONENTS[name].unit}"
+                lines.append(f"  {name:<20} {shown}")
+            if q.pose_method:
+                lines.append(f"  (pose from the {q.pose_method} landmarks)")
+            verdict = "passes" if check.passed else "FAILS"
+            lines.append(f"  {verdict} the {gate.name} policy" + "".join(f"\n    {f.message}" for f in check.failures))
+        return "\n".join(lines)
+
+    emit(as_json, {"image": str(image), "faces_total": prep.faces_total, "faces": rows}, text)
 
 
 def _draw(pixels: Any, dets: Any, scale: tuple[float, float], out: Path) -> None:
@@ -135,32 +372,47 @@ def _draw(pixels: Any, dets: Any, scale: tuple[float, float], out: Path) -> None
     except cv2.error:  # OpenCV raises, rather than returning False, for an unknown extension
         written = False
     if not written:
-        fail(f"cannot write {out} (unknown image extension or unwritable path)")
+        raise OutputError("cannot write it (unknown image extension or unwritable path)", path=str(out))
 
 
 @app.command()
 def embed(
-    image: Annotated[Path, typer.Argument(help="Image holding a face (or an aligned crop with --aligned).")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image holding a face (or an aligned crop).")],
     out: Annotated[Path | None, typer.Option(help="Write the embeddings as a .npy array (N x dim).")] = None,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Embed every face, largest first.")] = False,
-    aligned: Annotated[bool, typer.Option(help="Input is an aligned crop: skip detection.")] = False,
+    aligned: AlignedOpt = False,
     detector: DetectorOpt = None,
     embedder: EmbedderOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Embed faces onto the unit hypersphere. Embeddings are biometric data: they are only written to --out."""
     import numpy as np
 
-    embs = _matcher(detector, embedder).embed(image, aligned=aligned, faces="all" if all_faces else None)
+    m = _matcher(detector, embedder)
+    try:
+        embs = m.embed(image, aligned=aligned, faces="all" if all_faces else None)
+    except FacematchError as exc:
+        raise _about(image, exc) from exc
     if out is not None:
         out = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")  # what np.save writes
         try:
             np.save(out, np.stack([e.vector for e in embs]))
         except OSError as exc:
-            fail(f"cannot write {out}: {exc.strerror or exc}")
+            raise OutputError(f"cannot write it: {exc.strerror or exc}", path=str(out)) from exc
     summary = {"count": len(embs), "faces": [e.to_dict() for e in embs], "out": str(out) if out else None}
-    _echo_json(summary)
-    if out is None:
-        typer.echo("(embeddings not printed: pass --out FILE.npy to save them)", err=True)
+
+    def text() -> str:
+        lines = [f"{len(embs)} face(s) embedded by {m.model_id} ({m.dim}-D)"]
+        for i, e in enumerate(embs):
+            box = (
+                "aligned crop" if e.face is None else "box=({},{},{},{})".format(*(round(float(v)) for v in e.face.box))
+            )
+            norm = f" norm={e.norm:.2f}" if e.norm is not None else ""
+            lines.append(f"  #{i}: {box}{norm}")
+        lines.append(f"wrote {out}" if out is not None else "(vectors not printed: pass --out FILE.npy to save them)")
+        return "\n".join(lines)
+
+    emit(as_json, summary, text)
 
 
 @models_app.command("list")
@@ -168,14 +420,12 @@ def models_list(as_json: JsonOpt = False) -> None:
     """List the known model cards and whether their files are installed and intact."""
     from .model_files import list_cards
 
-    rows = []
-    for card in list_cards():
-        rows.append({"id": card.id, "task": card.task, **_file_status(card)})
-    if as_json:
-        _echo_json(rows)
-    else:
-        for r in rows:
-            typer.echo(f"{r['id']:<20} {r['task']:<10} {r['status']:<10} {r.get('path', '')}")
+    rows = [{"id": card.id, "task": card.task, **_file_status(card)} for card in list_cards()]
+    emit(
+        as_json,
+        rows,
+        lambda: "\n".join(f"{r['id']:<20} {r['task']:<10} {r['status']:<10} {r.get('path', '')}" for r in rows),
+    )
 
 
 def _file_status(card: Any) -> dict[str, Any]:
@@ -192,19 +442,67 @@ def _file_status(card: Any) -> dict[str, Any]:
 @models_app.command("check")
 def models_check(
     model: Annotated[list[str] | None, typer.Argument(help="Card ids or paths (default: the default pack).")] = None,
+    providers: Annotated[
+        str | None,
+        typer.Option(
+            help="Load each model on these providers (comma-separated: cuda,cpu / tensorrt / torch-cuda) and "
+            "fail unless they are the ones running (default: FACEMATCH_PROVIDERS, else TensorRT > CUDA > CPU, "
+            "reported without failing)."
+        ),
+    ] = None,
+    load: Annotated[bool, typer.Option(help="Load each model and print the providers it runs on.")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Verify that model files exist and match their cards' sha256."""
+    """Verify that model files exist and match their cards' sha256, and show what each model runs on.
+
+    Exit 1 when one is missing or corrupt (or, with --providers, does not run on them).
+    """
     from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS
     from .model_files import load_card
 
-    bad = 0
+    wanted = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
+    rows = []
     for ref in model or [DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS]:
         card = load_card(ref)
-        st = _file_status(card)
-        typer.echo(f"{card.id}: {st['status']} {st.get('path') or st.get('error')}")
-        bad += st["status"] != "ok"
+        row = {"id": card.id, **_file_status(card)}
+        if row["status"] == "ok" and load:
+            row["providers"] = _running_providers(card, wanted)
+        rows.append(row)
+
+    def text() -> str:
+        lines = []
+        for r in rows:
+            line = f"{r['id']}: {r['status']} {r.get('path') or r.get('error')}"
+            if "providers" in r:
+                line += f"  providers={r['providers']}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    emit(as_json, rows, text)
+    bad = sum(r["status"] != "ok" for r in rows)
     if bad:
-        fail(f"{bad} model(s) missing or corrupt")
+        check_failed(f"{bad} of {len(rows)} model(s) missing or corrupt")
+
+
+def _running_providers(card: Any, wanted: list[str] | None) -> list[str]:
+    """What a model really runs on (raises ProviderUnavailableError when explicit providers did not load)."""
+    from .model_files import resolve_model_path
+    from .runtime import create_session, split_torch_providers
+
+    device, ort_providers = split_torch_providers(wanted)
+    if device is not None and card.task == "embedding":
+        from .zoo.torch_embedder import TorchEmbedder
+
+        return TorchEmbedder.load(card, device=device).providers
+    if device is not None:  # the torch runtime embeds; other models stay on ONNX Runtime
+        ort_providers = ort_providers or ["cpu"]
+    session = create_session(
+        resolve_model_path(card),
+        providers=ort_providers,
+        card=card,
+        dynamic_batch=card.task == "embedding" and card.input.dynamic_batch,
+    )
+    return list(session.get_providers())
 
 
 @app.command()
@@ -222,6 +520,8 @@ def demo(as_json: JsonOpt = False) -> None:
     thr = m.threshold_for()
     best = max(range(len(sims)), key=sims.__getitem__)
     matches = [i for i, s in enumerate(sims) if s >= thr]
+    if len(matches) != 1:
+        raise CheckFailedError(f"expected exactly one face of {probe.name} in {group.name}, found {len(matches)}")
     result = {
         "probe": str(probe),
         "group": str(group),
@@ -231,46 +531,19 @@ def demo(as_json: JsonOpt = False) -> None:
         "best_similarity": round(sims[best], 6),
         "matching_faces": len(matches),
     }
-    if as_json:
-        _echo_json(result)
-    else:
-        typer.echo(
+    emit(
+        as_json,
+        result,
+        lambda: (
             f"{len(faces)} faces in {group.name}; {len(matches)} match {probe.name} "
             f"(best similarity {sims[best]:.3f}, threshold {thr:.3f})"
-        )
-    if len(matches) != 1:
-        fail(f"expected exactly one matching face, found {len(matches)}")
-
-
-_register_subcommands()
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning facematch errors into one-line messages."""
-    try:
-        # Outside standalone mode click *returns* the code of a ``typer.Exit`` instead of exiting.
-        exit_code = app(args=argv, standalone_mode=False)
-    except FacematchError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except OSError as exc:  # a missing or unreadable file named on the command line
-        where = f": {exc.filename}" if exc.filename else ""
-        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
-        sys.exit(1)
-    except Exception as exc:  # usage errors from click (typer may vendor it), aborts, bugs
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
-        exit_code = getattr(exc, "exit_code", None)
-        show = getattr(exc, "show", None)
-        if callable(show) and isinstance(exit_code, int):
-            show()
-            sys.exit(exit_code)
-        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
-    if isinstance(exit_code, int) and exit_code != 0:
-        sys.exit(exit_code)
+    """Entry point (``facematch``): run the app; its group reports errors and sets the exit status."""
+    app(args=argv, prog_name="facematch")
 
 
 if __name__ == "__main__":  # pragma: no cover

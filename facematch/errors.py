@@ -111,6 +111,18 @@ class CalibrationMissingError(ModelError):
     http_status = 422
 
 
+class RateOutOfRangeError(CalibrationMissingError):
+    """No threshold can be established for a target rate (FMR or FPIR) on a calibrated model.
+
+    The rate is finer than the calibration resolves and the impostor tail cannot be
+    extrapolated to it, or the extrapolated threshold would be above 1 (outside the cosine
+    range). The same rule for ``verify`` (FMR) and ``identify`` (FPIR).
+    """
+
+    code = "rate_out_of_range"
+    http_status = 422
+
+
 class InvalidArgumentError(FacematchError, ValueError):
     """An argument is out of range or the combination of arguments is invalid."""
 
@@ -136,6 +148,13 @@ class TemplateNotFoundError(IdentityNotFoundError):
     """The face template id does not exist in the gallery."""
 
     code = "template_not_found"
+
+
+class NoTemplatesError(GalleryError):
+    """The identity exists but holds no template to compare with (all were removed)."""
+
+    code = "no_templates"
+    http_status = 409
 
 
 class DuplicateIdentityError(GalleryError):
@@ -166,6 +185,20 @@ class GalleryCorruptError(GalleryError):
     http_status = 500
 
 
+class ExplanationUnavailableError(FacematchError):
+    """The requested explanation method cannot run on this model (no ``explain`` block, a non-affine head)."""
+
+    code = "explanation_unavailable"
+    http_status = 422
+
+
+class StoreUnavailableError(GalleryError):
+    """The gallery's database (PostgreSQL) cannot be reached right now; the same call can be retried."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
 class BackendUnavailableError(FacematchError):
     """An optional backend (FAISS-GPU, Milvus, TensorRT, torch) is not installed or usable."""
 
@@ -173,11 +206,23 @@ class BackendUnavailableError(FacematchError):
     http_status = 501
 
 
+class ProviderUnavailableError(BackendUnavailableError):
+    """An execution provider that was asked for explicitly is not the one running the model.
+
+    ONNX Runtime falls back to CPU when a provider's libraries cannot load (a CUDA major
+    the wheel was not built for, no cuDNN, no TensorRT); facematch compares what runs with
+    what was requested and raises this instead of serving on the wrong device.
+    """
+
+    code = "provider_unavailable"
+
+
 __all__ = [
     "BackendUnavailableError",
     "CalibrationMissingError",
     "ChecksumMismatchError",
     "DuplicateIdentityError",
+    "ExplanationUnavailableError",
     "FacematchError",
     "GalleryCorruptError",
     "GalleryError",
@@ -192,7 +237,11 @@ __all__ = [
     "ModelNotFoundError",
     "MultipleFacesError",
     "NoFaceError",
+    "NoTemplatesError",
     "NotAlignedError",
+    "ProviderUnavailableError",
+    "RateOutOfRangeError",
+    "StoreUnavailableError",
     "TemplateNotFoundError",
     "UnsupportedMediaError",
 ]

@@ -12,25 +12,39 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
 from .align import norm_crops
-from .calibration import threshold_or_rate
+from .calibration import verification_threshold
 from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, ModelCard
-from .errors import InvalidArgumentError, ModelMismatchError, MultipleFacesError, NoFaceError, NotAlignedError
+from .errors import (
+    FacematchError,
+    InvalidArgumentError,
+    ModelMismatchError,
+    MultipleFacesError,
+    NoFaceError,
+    NotAlignedError,
+)
 from .io import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image
-from .model_files import load_card, resolve_model_path, verify_file
-from .runtime import THREADS_ENV, create_session
+from .model_files import file_sha256, load_card, resolve_model_path, verify_file
+from .runtime import THREADS_ENV, active_providers, create_session, split_torch_providers
 from .similarity import unit_rows
-from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyResult
+from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyBatchResult, VerifyResult
+
+if TYPE_CHECKING:
+    from .explain import Explanation
+    from .quality import FaceQuality
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
+from .zoo.torch_embedder import TorchEmbedder
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ModelRef = str | os.PathLike[str] | ModelCard
 FacePolicy = Literal["largest", "best", "reject"]
@@ -41,7 +55,7 @@ ALIGNED_ASPECT_TOLERANCE = 0.05  # an "aligned" crop of another size must keep t
 
 
 def _load_model(
-    ref: ModelRef, task: str, providers: Sequence[str] | None, threads: int | None
+    ref: ModelRef, task: str, providers: Sequence[str] | None, threads: int | None, max_batch: int = 32
 ) -> tuple[ModelCard, Any]:
     card = load_card(ref)
     if card.task != task:
@@ -49,7 +63,13 @@ def _load_model(
     path = resolve_model_path(card)
     verify_file(card, path)
     session = create_session(
-        path, providers=providers, threads=threads, dynamic_batch=task == "embedding" and card.input.dynamic_batch
+        path,
+        providers=providers,
+        threads=threads,
+        dynamic_batch=task == "embedding" and card.input.dynamic_batch,
+        card=card,
+        max_batch=max_batch,
+        sha256=file_sha256(path),  # hashed (and cached) by verify_file
     )
     logger.info("loaded %s model %s from %s", task, card.id, path)
     return card, session
@@ -62,7 +82,11 @@ class FaceMatcher:
         detector: detector card id, card path, model path with card, ``ModelCard``,
             a ready ``SCRFD`` wrapper, or ``None`` for the default pack.
         embedder: the same for the embedding model (``FaceMatcher(embedder="my_r50.onnx")``).
-        providers: ONNX Runtime providers in priority order (default TensorRT → CUDA → CPU).
+        providers: ONNX Runtime providers in priority order (default TensorRT → CUDA → CPU;
+            ``FACEMATCH_PROVIDERS`` overrides the default). A provider asked for that does not
+            load raises ``ProviderUnavailableError``. ``"torch-cuda"`` (or ``"torch-cpu"``) runs
+            the embedder on PyTorch (:class:`~facematch.zoo.torch_embedder.TorchEmbedder`) and
+            the detector on the remaining providers, CPU when none remain.
         threads: intra-op threads per session (default: the CPU count divided by ``workers``,
             so concurrent images do not fight over cores; ``FACEMATCH_THREADS`` overrides).
         workers: images one call processes concurrently (``verify`` runs its two images side
@@ -79,12 +103,16 @@ class FaceMatcher:
             ``embed(faces="largest")``), detect first at this input long side; fall back
             to the full size when nothing is found or the largest face is smaller than
             ``min_coarse_face`` detector-input pixels. ``None`` always uses the full size.
+        quality: measure the quality of every face ``embed`` and ``verify`` return
+            (:mod:`facematch.quality`: components and the card's unified score, from the crop,
+            the landmarks and the feature norm; no extra model run, well under a millisecond
+            per face). ``False`` skips it.
     """
 
     def __init__(
         self,
         detector: ModelRef | SCRFD | None = None,
-        embedder: ModelRef | ArcFaceEmbedder | None = None,
+        embedder: ModelRef | ArcFaceEmbedder | TorchEmbedder | None = None,
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
@@ -97,6 +125,7 @@ class FaceMatcher:
         coarse_det_size: int | None = 320,
         min_coarse_face: float = 24.0,
         workers: int | None = None,
+        quality: bool = True,
     ) -> None:
         cpus = os.cpu_count() or 1
         if workers is None:
@@ -111,15 +140,21 @@ class FaceMatcher:
             raise InvalidArgumentError(f"det_size must be in [32, 4096], got {det_size}")
         if det_threshold is not None and not (0.0 <= det_threshold <= 1.0):
             raise InvalidArgumentError(f"det_threshold must be in [0, 1], got {det_threshold}")
+        torch_device, ort_providers = split_torch_providers(providers)
+        if torch_device is not None:  # the embedder on torch; the detector on what is left, else CPU
+            providers = ort_providers or ["CPUExecutionProvider"]
         if isinstance(detector, SCRFD):
             self.detector = detector
         else:
             card, sess = _load_model(detector or DEFAULT_DETECTOR, "detection", providers, threads)
             self.detector = SCRFD(sess, card)
-        if isinstance(embedder, ArcFaceEmbedder):
+        self.embedder: ArcFaceEmbedder | TorchEmbedder
+        if isinstance(embedder, (ArcFaceEmbedder, TorchEmbedder)):
             self.embedder = embedder
+        elif torch_device is not None:
+            self.embedder = TorchEmbedder.load(embedder or DEFAULT_EMBEDDER, device=torch_device, max_batch=max_batch)
         else:
-            card, sess = _load_model(embedder or DEFAULT_EMBEDDER, "embedding", providers, threads)
+            card, sess = _load_model(embedder or DEFAULT_EMBEDDER, "embedding", providers, threads, max_batch)
             self.embedder = ArcFaceEmbedder(sess, card, max_batch=max_batch)
         self.det_size = det_size
         self.det_threshold = det_threshold
@@ -129,6 +164,7 @@ class FaceMatcher:
         self.coarse_det_size = coarse_det_size
         self.min_coarse_face = min_coarse_face
         self.workers = workers
+        self.quality = quality
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -140,6 +176,11 @@ class FaceMatcher:
     @property
     def detector_card(self) -> ModelCard:
         return self.detector.card
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        """What each model really runs on: ``{"detector": [...], "embedder": [...]}`` (checked at load)."""
+        return {"detector": active_providers(self.detector), "embedder": active_providers(self.embedder)}
 
     @property
     def model_id(self) -> str:
@@ -252,6 +293,56 @@ class FaceMatcher:
             image_size=decoded.original_size,
         )
 
+    def prepare_each(
+        self,
+        images: Sequence[ImageInput | DecodedImage],
+        faces: FaceSelection | None = None,
+        *,
+        max_faces: int | None = None,
+        aligned: bool = False,
+    ) -> list[PreparedImage | FacematchError]:
+        """:meth:`prepare` every image, ``workers`` at a time, keeping each image's error in its place.
+
+        The calling thread and ``workers - 1`` pool threads take the images in turn (decode and
+        detection release the GIL). A ``FacematchError`` of one image (``NoFaceError``,
+        ``InvalidImageError``, ...) stands in its place; any other exception propagates.
+        """
+        self._selection(faces)  # refuse a bad option before any work
+        return self._map(lambda image: self.prepare(image, faces, max_faces=max_faces, aligned=aligned), images)
+
+    def _map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T | FacematchError]:
+        """``fn`` over ``items`` on up to ``workers`` threads (this one included), results in order."""
+        n = len(items)
+        results: list[T | FacematchError | None] = [None] * n
+        if n == 0:
+            return []
+        lock = threading.Lock()
+        order = iter(range(n))
+        stop = threading.Event()
+
+        def drain() -> None:
+            while not stop.is_set():
+                with lock:
+                    i = next(order, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = fn(items[i])
+                except FacematchError as exc:
+                    results[i] = exc
+                except BaseException:
+                    stop.set()
+                    raise
+
+        helpers = min(self.workers, n) - 1
+        futures = [self._thread_pool().submit(drain) for _ in range(helpers)] if helpers > 0 else []
+        try:
+            drain()
+        finally:
+            for f in futures:
+                f.result()  # a helper's unexpected error propagates here
+        return [r for r in results if r is not None]
+
     def _selection(self, faces: object) -> FaceSelection:
         if faces is None:
             return self.face_policy
@@ -353,10 +444,23 @@ class FaceMatcher:
         """
         prep = self.prepare(image, faces, max_faces=max_faces, aligned=aligned)
         emb, norms = self.embed_crops(prep.crops)
+        quals = self.assess(prep, norms) if self.quality else (None,) * len(prep)
         return [
-            FaceEmbedding(face=prep.face(i), vector=emb[i], model_id=self.model_id, norm=float(norms[i]))
+            FaceEmbedding(
+                face=prep.face(i), vector=emb[i], model_id=self.model_id, norm=float(norms[i]), quality=quals[i]
+            )
             for i in range(len(prep))
         ]
+
+    def assess(self, prepared: PreparedImage, norms: np.ndarray | None = None) -> tuple[FaceQuality, ...]:
+        """Quality of each face of a prepared image (:func:`facematch.quality.assess` with this embedder's card).
+
+        ``norms``: the crops' pre-normalisation feature norms from :meth:`embed_crops` (without
+        them the feature norm, hence the unified score, is not measured).
+        """
+        from .quality import assess
+
+        return assess(prepared, norms, self.embedder_card)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -380,12 +484,7 @@ class FaceMatcher:
         With neither given, the card's default FMR is used. ``far`` is a deprecated alias of ``fmr``.
         """
         fmr = _deprecated_far(fmr, far)
-        thr, rate = threshold_or_rate(threshold, fmr, "fmr")
-        if thr is not None:
-            return thr, None
-        cal = self.embedder_card.calibration
-        target = rate if rate is not None else (cal.default_fmr if cal is not None else None)
-        return self.threshold_for(target), target
+        return verification_threshold(threshold, fmr, self.embedder_card.calibration, model_id=self.model_id)
 
     def compare(
         self,
@@ -407,6 +506,7 @@ class FaceMatcher:
         """
         thr, target = self.resolve_threshold(threshold, fmr)
         sim = self.similarity(embedding1, embedding2)
+        cal = self.embedder_card.calibration
         return VerifyResult(
             is_match=sim >= thr,
             similarity=sim,
@@ -415,6 +515,9 @@ class FaceMatcher:
             face2=face2 if face2 is not None else getattr(embedding2, "face", None),
             model_id=self.model_id,
             target_fmr=target,
+            threshold_extrapolated=target is not None and cal is not None and cal.extrapolates(target),
+            quality1=getattr(embedding1, "quality", None),
+            quality2=getattr(embedding2, "quality", None),
         )
 
     def similarity(self, embedding1: FaceEmbedding | np.ndarray, embedding2: FaceEmbedding | np.ndarray) -> float:
@@ -440,8 +543,12 @@ class FaceMatcher:
             raise InvalidArgumentError(f"{name} must be a finite, non-zero vector of dimension {self.dim}")
         return vec
 
-    def _first_embedding(self, image: ImageInput | DecodedImage, aligned: bool) -> FaceEmbedding:
-        return self.embed(image, aligned=aligned)[0]
+    def _first_embedding(self, image: ImageInput | DecodedImage, aligned: bool, label: str) -> FaceEmbedding:
+        """The selected face's embedding; an error names the image (its path, else ``label``)."""
+        try:
+            return self.embed(image, aligned=aligned)[0]
+        except FacematchError as exc:
+            raise exc.about(os.fspath(image) if isinstance(image, (str, os.PathLike)) else label) from exc
 
     def verify(
         self,
@@ -462,19 +569,77 @@ class FaceMatcher:
         fmr = _deprecated_far(fmr, far)
         self.resolve_threshold(threshold, fmr)  # refuse bad options before any work
         if aligned or self.workers < 2:
-            e1 = self._first_embedding(image1, aligned)
-            e2 = self._first_embedding(image2, aligned)
+            e1 = self._first_embedding(image1, aligned, "image1")
+            e2 = self._first_embedding(image2, aligned, "image2")
         else:
             # Side by side: the second image in a pool thread, the first in this one. ONNX
             # Runtime and OpenCV release the GIL, so on a CPU this nearly halves the latency.
-            second = self._thread_pool().submit(self._first_embedding, image2, aligned)
+            second = self._thread_pool().submit(self._first_embedding, image2, aligned, "image2")
             try:
-                e1 = self._first_embedding(image1, aligned)
+                e1 = self._first_embedding(image1, aligned, "image1")
             except BaseException:
                 second.cancel()  # image1's error wins, as in sequential order
                 raise
             e2 = second.result()
         return self.compare(e1, e2, threshold=threshold, fmr=fmr)
+
+    def verify_many(
+        self,
+        pairs: Sequence[tuple[ImageInput | DecodedImage, ImageInput | DecodedImage]],
+        *,
+        threshold: float | None = None,
+        fmr: float | None = None,
+        aligned: bool = False,
+        chunk: int = 256,
+    ) -> VerifyBatchResult:
+        """:meth:`verify` for many pairs: one :class:`PairResult` per pair, errors kept per pair.
+
+        Each distinct image (the same path, bytes or object) is prepared once however many
+        pairs use it, ``workers`` images at a time (:meth:`prepare_each`), and embedded in
+        batches (:meth:`embed_crops`); then every pair is decided by :meth:`compare` at one
+        threshold (``threshold``, else the card's at ``fmr``; default the card's default FMR).
+        An image without a usable face fails only the pairs that use it (``pair.error``).
+        ``chunk`` images are prepared and embedded at a time, so memory stays bounded.
+        """
+        from .batch import distinct_images, embedded_images, verify_pairs
+        from .quality import assess_each
+
+        self.resolve_threshold(threshold, fmr)  # refuse bad options before any work
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise InvalidArgumentError(f"chunk must be a positive integer, got {chunk!r}")
+        images, index_pairs = distinct_images(pairs)
+        embedded: list[FaceEmbedding | FacematchError | None] = []
+        for start in range(0, len(images), chunk):
+            prepared = self.prepare_each(images[start : start + chunk], aligned=aligned)
+            crops = [p.crops[:1] for p in prepared if isinstance(p, PreparedImage)]
+            if crops:
+                emb, norms = self.embed_crops(np.concatenate(crops))
+            else:
+                emb, norms = np.zeros((0, self.dim), np.float32), np.zeros((0,), np.float32)
+            quals = assess_each(self, prepared, norms) if self.quality else None
+            embedded += embedded_images(prepared, emb, self.model_id, quals)
+        return verify_pairs(self, index_pairs, embedded, threshold=threshold, fmr=fmr)
+
+    def explain(
+        self,
+        image1: ImageInput | DecodedImage,
+        image2: ImageInput | DecodedImage,
+        *,
+        method: Literal["auto", "decomposition", "occlusion"] = "auto",
+        aligned: bool = False,
+        threshold: float | None = None,
+        fmr: float | None = None,
+    ) -> Explanation:
+        """Why the faces :meth:`verify` compares are (not) a match: one similarity map per face.
+
+        ``decomposition`` splits the cosine exactly over the last feature map (the card's
+        ``explain`` block names it; checked on every pair), ``occlusion`` measures the drop when
+        each cell is covered (any model), ``auto`` tries the first and falls back to the second.
+        See :mod:`facematch.explain`; the graphs it needs are built on first use.
+        """
+        from .explain import explain_images
+
+        return explain_images(self, image1, image2, method=method, aligned=aligned, threshold=threshold, fmr=fmr)
 
 
 def _deprecated_far(fmr: float | None, far: float | None) -> float | None:

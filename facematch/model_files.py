@@ -5,8 +5,10 @@ Cards are found, in order:
 1. a path to a ``.json`` card;
 2. a path to a model file: its ONNX ``metadata_props["facematch.card"]``, else the
    sidecar ``<stem>.card.json`` beside it;
-3. a card id: ``<id>.json`` in ``$FACEMATCH_MODEL_DIR`` or in the packaged
-   ``facematch.model_cards`` (the repository's ``models/`` folder).
+3. a card id: ``<id>.json`` in ``$FACEMATCH_MODEL_DIR``, in the user's cards folder
+   (``~/.config/facematch/models``, where ``facematch calibrate --write`` puts calibrated
+   cards; see :func:`facematch.paths.user_cards_dir`), or in the packaged
+   ``facematch.model_cards`` (the repository's ``models/`` folder), in that order.
 
 Model files are looked up beside their card, in ``$FACEMATCH_MODEL_DIR`` and inside an
 installed distribution (the card's ``source.package``/``source.resource``). Nothing is
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from .cards import CARD_METADATA_KEY, MODEL_DIR_ENV, ModelCard, parse_card, read_onnx_card, sidecar_path
 from .errors import ChecksumMismatchError, ModelError, ModelNotFoundError
+from .paths import user_cards_dir
 
 
 def packaged_cards_dir() -> Path:
@@ -36,6 +39,9 @@ def _search_dirs() -> list[Path]:
     env = os.environ.get(MODEL_DIR_ENV)
     if env:
         dirs.extend(Path(p) for p in env.split(os.pathsep) if p)
+    user = user_cards_dir()
+    if user not in dirs:
+        dirs.append(user)
     dirs.append(packaged_cards_dir())
     return dirs
 

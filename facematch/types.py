@@ -8,12 +8,18 @@ embeddings are biometric data and only leave the process when asked for.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import numpy.typing as npt
+
+from .errors import FacematchError
+
+if TYPE_CHECKING:
+    from .quality import FaceQuality
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -224,6 +230,7 @@ class FaceEmbedding:
     vector: FloatArray = field(repr=False)
     model_id: str
     norm: float | None = None  # pre-normalisation feature norm, a quality signal
+    quality: FaceQuality | None = None  # the face's quality components and unified score
 
     def __post_init__(self) -> None:
         vec = np.asarray(self.vector, dtype=np.float32).reshape(-1)
@@ -243,6 +250,8 @@ class FaceEmbedding:
         }
         if self.norm is not None:
             out["norm"] = round(float(self.norm), 4)
+        if self.quality is not None:
+            out["quality"] = self.quality.to_dict()
         if include_vector:
             out["vector"] = [float(v) for v in self.vector]
         return out
@@ -259,6 +268,9 @@ class VerifyResult:
     face2: Face | None
     model_id: str = ""
     target_fmr: float | None = None  # the false-match rate the threshold was chosen for, if any
+    threshold_extrapolated: bool = False  # the FMR threshold lies beyond the calibration's measured range
+    quality1: FaceQuality | None = None  # quality of face1 (None: not measured, e.g. bare vectors)
+    quality2: FaceQuality | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -266,30 +278,65 @@ class VerifyResult:
             "similarity": round(float(self.similarity), 6),
             "threshold": round(float(self.threshold), 6),
             "target_fmr": self.target_fmr,
+            "threshold_extrapolated": self.threshold_extrapolated,
             "model_id": self.model_id,
             "face1": self.face1.to_dict() if self.face1 is not None else None,
             "face2": self.face2.to_dict() if self.face2 is not None else None,
+            "quality1": self.quality1.to_dict() if self.quality1 is not None else None,
+            "quality2": self.quality2.to_dict() if self.quality2 is not None else None,
         }
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One gallery identity proposed for a probe, with its aggregated similarity."""
+    """One gallery identity proposed for a probe, with its aggregated similarity.
+
+    ``estimated_fmr`` is the calibration's per-comparison false-match rate at this
+    similarity (``None`` without a calibration). Above the highest impostor score the
+    calibration measured, the rate is finer than it resolves (``1 / impostor pairs``):
+    then ``estimated_fmr_below_resolution`` is true and ``estimated_fmr`` holds that
+    resolution as an upper bound (the rate is *below* it), never an extrapolated number.
+    """
 
     identity_id: str
     similarity: float
-    estimated_fmr: float | None  # per-comparison false-match rate at this similarity (None: no calibration)
+    estimated_fmr: float | None
     template_id: int | None = None  # best-scoring template of this identity
     metadata: dict[str, Any] = field(default_factory=dict)
+    estimated_fmr_below_resolution: bool = False
+
+    def fmr_text(self, digits: int = 2) -> str:
+        """``estimated_fmr`` for people: ``3.1e-4``, or ``< 2.4e-6`` (the bound rounded up) below resolution."""
+        if self.estimated_fmr is None:
+            return "n/a"
+        if self.estimated_fmr_below_resolution:
+            return "< " + _exp(ceil_sig(self.estimated_fmr, digits), digits)
+        return _exp(self.estimated_fmr, digits)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "identity_id": self.identity_id,
             "similarity": round(float(self.similarity), 6),
             "estimated_fmr": None if self.estimated_fmr is None else float(self.estimated_fmr),
+            "estimated_fmr_below_resolution": self.estimated_fmr_below_resolution,
             "template_id": self.template_id,
             "metadata": dict(self.metadata),
         }
+
+
+def _exp(x: float, digits: int) -> str:
+    """``x`` in short scientific notation: ``2.4e-6``."""
+    mantissa, _, exponent = f"{x:.{digits - 1}e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def ceil_sig(x: float, digits: int = 2) -> float:
+    """``x`` rounded up to ``digits`` significant digits (a bound stays a bound): 2.35e-6 -> 2.4e-6."""
+    if x <= 0 or not math.isfinite(x):
+        return x
+    scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    up = math.ceil(round(x / scale, 9)) * scale
+    return float(f"{up:.{digits - 1}e}")
 
 
 @dataclass(frozen=True)
@@ -298,7 +345,9 @@ class IdentifyResult:
 
     ``candidates`` are all the top-k identities ranked by similarity, whether or
     not they pass the threshold; ``is_unknown`` is true when the best one is below
-    ``threshold`` (or the gallery is empty).
+    ``threshold`` (or the gallery is empty). A threshold from ``target_fpir`` is the
+    calibration's threshold at the per-comparison FMR ``1 - (1 - FPIR)^(1/N)`` with
+    ``N = comparisons``, the gallery's template count (``gallery_size`` counts identities).
     """
 
     candidates: tuple[Candidate, ...]
@@ -306,8 +355,11 @@ class IdentifyResult:
     is_unknown: bool
     face: Face | None = None
     target_fpir: float | None = None
-    gallery_size: int = 0
+    gallery_size: int = 0  # identities in the gallery
     threshold_extrapolated: bool = False  # the FPIR threshold lies beyond the calibration's measured range
+    comparisons: int = 0  # templates a probe is compared with: the N of the FPIR -> per-comparison FMR scaling
+    fmr_resolution: float | None = None  # the finest FMR the calibration resolves (1 / impostor pairs)
+    quality: FaceQuality | None = None  # the probe face's quality (None: not measured)
 
     @property
     def best(self) -> Candidate | None:
@@ -329,8 +381,141 @@ class IdentifyResult:
             "target_fpir": self.target_fpir,
             "threshold_extrapolated": self.threshold_extrapolated,
             "gallery_size": self.gallery_size,
+            "comparisons": self.comparisons,
+            "fmr_resolution": self.fmr_resolution,
             "face": self.face.to_dict() if self.face is not None else None,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
             "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+
+@dataclass(frozen=True)
+class TemplateScore:
+    """The cosine similarity of a probe to one stored template of an identity."""
+
+    template_id: int
+    similarity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"template_id": int(self.template_id), "similarity": round(float(self.similarity), 6)}
+
+
+@dataclass(frozen=True)
+class IdentityVerifyResult:
+    """1:1 against an enrolled identity: is the probe face this identity?
+
+    ``similarity`` aggregates the per-template scores by the gallery's rule
+    (``aggregation``: ``max``, ``mean`` or ``topk_mean``); ``is_match`` is
+    ``similarity >= threshold``, a 1:1 threshold (the caller's, or the calibration's at
+    ``target_fmr``), not scaled by the gallery's size: one subject is compared, nothing
+    is searched. ``templates`` holds every template's score, best first.
+    """
+
+    identity_id: str
+    is_match: bool
+    similarity: float
+    threshold: float
+    templates: tuple[TemplateScore, ...]
+    aggregation: str = "max"
+    face: Face | None = None
+    model_id: str = ""
+    target_fmr: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_template_id(self) -> int | None:
+        return self.templates[0].template_id if self.templates else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identity_id": self.identity_id,
+            "is_match": bool(self.is_match),
+            "similarity": round(float(self.similarity), 6),
+            "threshold": round(float(self.threshold), 6),
+            "target_fmr": self.target_fmr,
+            "aggregation": self.aggregation,
+            "model_id": self.model_id,
+            "face": self.face.to_dict() if self.face is not None else None,
+            "templates": [t.to_dict() for t in self.templates],
+            "metadata": dict(self.metadata),
+        }
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One pair of a batch verification: its :class:`VerifyResult`, or the error that kept it from one.
+
+    ``image1`` / ``image2`` index the batch's distinct images. ``error`` is the
+    :class:`~facematch.errors.FacematchError` of the first of the two images that could not
+    be prepared (``NoFaceError``, ``InvalidImageError``, ...), relabelled ``image1`` or
+    ``image2``; the other pairs are unaffected.
+    """
+
+    index: int
+    image1: int
+    image2: int
+    result: VerifyResult | None = None
+    error: FacematchError | None = None
+
+    def __post_init__(self) -> None:
+        if (self.result is None) == (self.error is None):
+            raise ValueError("a pair has either a result or an error")
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "image1": self.image1, "image2": self.image2}
+        if self.result is not None:
+            out.update(self.result.to_dict())
+            out["error"] = None
+        else:
+            assert self.error is not None
+            out["error"] = {"code": self.error.code, "detail": self.error.message}
+        return out
+
+
+@dataclass(frozen=True)
+class VerifyBatchResult:
+    """Outcome of a batch of 1:1 comparisons: one :class:`PairResult` per pair, in order.
+
+    ``threshold`` / ``target_fmr`` are the batch's decision rule (the same for every pair);
+    ``images`` counts the distinct images prepared (each once, however many pairs use it).
+    """
+
+    pairs: tuple[PairResult, ...]
+    threshold: float
+    target_fmr: float | None
+    model_id: str
+    images: int = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[PairResult]:
+        return iter(self.pairs)
+
+    def __getitem__(self, i: int) -> PairResult:
+        return self.pairs[i]
+
+    @property
+    def results(self) -> tuple[VerifyResult | None, ...]:
+        """Each pair's result (``None`` where the pair failed)."""
+        return tuple(p.result for p in self.pairs)
+
+    @property
+    def failed(self) -> tuple[PairResult, ...]:
+        return tuple(p for p in self.pairs if not p.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": round(float(self.threshold), 6),
+            "target_fmr": self.target_fmr,
+            "model_id": self.model_id,
+            "images": self.images,
+            "failed": len(self.failed),
+            "pairs": [p.to_dict() for p in self.pairs],
         }
 
 
@@ -341,6 +526,11 @@ __all__ = [
     "FaceEmbedding",
     "FloatArray",
     "IdentifyResult",
+    "IdentityVerifyResult",
+    "PairResult",
     "PreparedImage",
+    "TemplateScore",
+    "VerifyBatchResult",
     "VerifyResult",
+    "ceil_sig",
 ]

@@ -13,16 +13,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import PayloadTooLargeError, install_error_handlers, problem
+from .access_log import install_access_log_filter
+from .errors import install_error_handlers
 from .metrics import MetricsMiddleware
 from .settings import Settings
 from .state import ServerState
+from .uploads import BodyGuardMiddleware, BodyLimitMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -33,53 +34,33 @@ gallery (open-set, with calibrated thresholds), manage the gallery.
 Send images as multipart file parts or as base64 strings in JSON. Authenticate with
 `Authorization: Bearer <key>` or `X-API-Key: <key>`. Errors are `application/problem+json`
 with a stable `code`. Every route is also served under `/v1` (same behaviour, not listed twice here).
+
+Conventions: a face `box` is `[x1, y1, x2, y2]` (left, top, right, bottom) and `landmarks` are 5
+`[x, y]` points (left eye, right eye, nose, left and right mouth corners), all in pixels of the
+original, orientation-corrected image; `similarity` is the cosine similarity of two unit-norm
+embeddings, in [-1, 1]; `is_match` is `similarity >= threshold`; timings are in milliseconds.
 """
 
 
-class BodyLimitMiddleware:
-    """413 for requests above ``max_bytes``: by Content-Length up front, else while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared < 0 or declared > self.max_bytes:
-                    status, code = (413, "payload_too_large") if declared > 0 else (400, "bad_request")
-                    msg = f"the request body is larger than {self.max_bytes} bytes" if status == 413 else "bad length"
-                    await problem(status, code, msg, instance=scope.get("path"))(scope, receive, send)
-                    return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app. ``settings`` default to :meth:`Settings.load` (environment and env file)."""
+    """A new app. ``settings`` default to :meth:`Settings.load` (environment and env file).
+
+    Without ``settings`` (``uvicorn --factory``), malformed settings or an exposed bind without
+    keys end the process with a one-line message (``SystemExit``), not a traceback.
+    """
     from fastapi import FastAPI
 
-    from .routes import gallery, match, ops
+    from .routes import batch, explain, gallery, gallery_verify, match, ops
 
-    settings = settings or Settings.load()
-    settings.check_exposure()
+    if settings is None:
+        try:
+            settings = Settings.load()
+            settings.check_exposure()
+        except ValueError as exc:
+            raise SystemExit(f"facematch: invalid settings: {exc}") from None
+    else:
+        settings.check_exposure()
+    install_access_log_filter()
     if not settings.auth_enabled:
         logger.warning("no API keys configured: authentication is DISABLED (loopback %s only)", settings.host)
     state = ServerState(settings)
@@ -103,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served below from local files: FastAPI's default page loads them from a CDN
         redoc_url=None,
         openapi_tags=[
-            {"name": "matching", "description": "verify, identify, detect, embed"},
+            {"name": "matching", "description": "verify, explain, identify, detect, embed"},
             {"name": "gallery", "description": "enrolled identities (scope `enroll`)"},
             {"name": "operations", "description": "health, readiness, metrics"},
         ],
@@ -114,15 +95,64 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # One canonical copy of each route in the OpenAPI schema (the bare paths); the same routes
     # answer under /v1 too, hidden from the schema so generated clients see each operation once.
     for prefix, listed in (("", True), ("/v1", False)):
-        app.include_router(match.router, prefix=prefix, include_in_schema=listed)
-        app.include_router(gallery.router, prefix=prefix, include_in_schema=listed)
+        for module in (match, explain, batch, gallery_verify, gallery):
+            app.include_router(module.router, prefix=prefix, include_in_schema=listed)
     _install_docs(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    _install_openapi_limits(app, settings)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=settings.max_request_bytes,
+        timeout_s=settings.body_timeout_s,
+        min_rate=float(settings.min_upload_rate),
+    )
+    _install_cors(app, settings)  # outside the body limit (preflights have no body), inside the metrics
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 
 
+CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
+CORS_HEADERS = ("Authorization", "X-API-Key", "Content-Type")
+CORS_EXPOSED = ("Retry-After", "Deprecation", "Link")
+
+
+def _install_cors(app: FastAPI, settings: Settings) -> None:
+    """Starlette's CORS middleware for ``FACEMATCH_CORS_ORIGINS`` (off when the list is empty)."""
+    if not settings.cors_origins:
+        return
+    from starlette.middleware.cors import CORSMiddleware
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=list(CORS_METHODS),
+        allow_headers=list(CORS_HEADERS),
+        expose_headers=list(CORS_EXPOSED),
+        allow_credentials=settings.cors_allow_credentials,
+        max_age=settings.cors_max_age_s,
+    )
+    logger.info("CORS allowed for %s", ", ".join(settings.cors_origins))
+
+
 DOCS_ASSETS = "/docs/assets"
+
+
+def _install_openapi_limits(app: FastAPI, settings: Settings) -> None:
+    """The schema states this server's limits: ``k`` of /identify at most ``max_k``."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, item in schema.get("paths", {}).items():
+                if not path.endswith("/identify"):
+                    continue
+                for media in item.get("post", {}).get("requestBody", {}).get("content", {}).values():
+                    k = media.get("schema", {}).get("properties", {}).get("k")
+                    if isinstance(k, dict):
+                        k["maximum"] = settings.max_k
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -156,4 +186,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["BodyLimitMiddleware", "create_app"]
+__all__ = ["CORS_EXPOSED", "CORS_HEADERS", "CORS_METHODS", "BodyGuardMiddleware", "BodyLimitMiddleware", "create_app"]

@@ -1,4 +1,4 @@
-"""Async micro-batching of embedding calls, and the admission gate in front of inference.
+"""Async micro-batching of embedding calls, the admission gate in front of inference, the decode budget.
 
 Concurrent requests each submit their aligned face crops; one worker task gathers
 what is waiting (up to ``max_batch`` crops, waiting at most ``max_wait_s`` for more
@@ -8,7 +8,10 @@ and form the next batch, so under load batches fill without any added wait.
 
 The queue is bounded: :class:`Admission` caps the requests inside the inference
 pipeline and :class:`MicroBatcher` the crops waiting; both raise ``OverloadedError``
-(HTTP 429 with ``Retry-After``) instead of growing without limit.
+(HTTP 429 with ``Retry-After``) instead of growing without limit. :class:`DecodeBudget`
+caps the memory of the image decodes in flight server-wide: each decode reserves its
+estimated cost (``facematch.io.DecodePlan.cost_bytes``) first and waits its turn when the
+budget is spent, so concurrent decompression bombs queue instead of adding up.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
+
+from facematch.errors import ImageTooLargeError
 
 from .errors import NotReadyError, OverloadedError
 from .metrics import Metrics
@@ -201,5 +206,102 @@ class Admission:
         if self._metrics is not None:
             self._metrics.queue_depth.set(self.active)
 
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the block (429 ``overloaded`` at once when none is free)."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
 
-__all__ = ["Admission", "MicroBatcher"]
+
+class Reservation:
+    """Bytes held in a :class:`DecodeBudget` until :meth:`release` (or the end of ``async with``)."""
+
+    def __init__(self, budget: DecodeBudget, nbytes: int) -> None:
+        self._budget = budget
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        freed, self.nbytes = self.nbytes, 0
+        self._budget._give_back(freed)
+
+    async def __aenter__(self) -> Reservation:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class DecodeBudget:
+    """A weighted, first-come-first-served semaphore of bytes for image decodes.
+
+    :meth:`reserve` waits until ``nbytes`` fit in ``capacity`` (earlier waiters first, so a
+    large decode is not starved by small ones) and refuses at once, with 413
+    ``image_too_large``, a request for more than the whole capacity.
+    """
+
+    def __init__(self, capacity: int, metrics: Metrics | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("the decode budget must be at least 1 byte")
+        self.capacity = int(capacity)
+        self.used = 0
+        self._metrics = metrics
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, f in self._waiters if not f.done())
+
+    async def reserve(self, nbytes: int) -> Reservation:
+        n = max(0, int(nbytes))
+        if n > self.capacity:
+            raise ImageTooLargeError(
+                f"decoding this image needs about {n} bytes, above the server's decode budget of {self.capacity}",
+                cost_bytes=n,
+                max_decode_bytes=self.capacity,
+            )
+        if not self._waiters and self.used + n <= self.capacity:
+            self._take(n)
+            return Reservation(self, n)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, future))
+        self._wake()  # earlier waiters may have gone (cancelled): this one may fit now
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted, then cancelled: give it back
+                self._give_back(n)
+            else:
+                self._wake()
+            raise
+        return Reservation(self, n)
+
+    def _take(self, n: int) -> None:
+        self.used += n
+        if self._metrics is not None:
+            self._metrics.decode_bytes.set(self.used)
+
+    def _give_back(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.used = max(0, self.used - n)
+        if self._metrics is not None:
+            self._metrics.decode_bytes.set(self.used)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            n, future = self._waiters[0]
+            if future.done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            if self.used + n > self.capacity:
+                return
+            self._waiters.popleft()
+            self._take(n)
+            future.set_result(None)
+
+
+__all__ = ["Admission", "DecodeBudget", "MicroBatcher", "Reservation"]

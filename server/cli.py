@@ -1,4 +1,7 @@
-"""``facematch serve``: run the REST server under uvicorn (light module: uvicorn loads in the command)."""
+"""``facematch serve``: run the REST server under uvicorn (light module: uvicorn loads in the command).
+
+Errors (bad settings, a missing ``[server]`` extra) are reported in the command line's one style.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,23 @@ from typing import Annotated
 
 import typer
 
+from facematch._cliutil import run_command
+from facematch.errors import InvalidArgumentError
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Bind address. Anything but loopback needs API keys.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
     gallery: Annotated[
-        Path | None, typer.Option(help="Gallery directory to serve (created when absent). None: no gallery routes.")
+        str | None,
+        typer.Option(
+            help="Gallery directory to serve (created when absent), or a postgresql:// URI shared by several "
+            "replicas. None: no gallery routes."
+        ),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes (>1 needs a read-only gallery).", min=1)] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (>1 needs a read-only or a PostgreSQL gallery).", min=1)
+    ] = 1,
     env_file: Annotated[
         Path | None, typer.Option("--env-file", help="File of FACEMATCH_* settings (dotenv format).")
     ] = None,
@@ -27,27 +39,27 @@ def serve(
     """Serve /verify, /identify, /detect, the gallery routes and /healthz, /readyz, /metrics."""
     overrides = {"FACEMATCH_HOST": host, "FACEMATCH_PORT": str(port)}
     if gallery is not None:
-        overrides["FACEMATCH_GALLERY"] = str(gallery)
+        overrides["FACEMATCH_GALLERY"] = gallery
     if read_only:
         overrides["FACEMATCH_GALLERY_READ_ONLY"] = "true"
     if env_file is not None:
         overrides["FACEMATCH_ENV_FILE"] = str(env_file)
     os.environ.update(overrides)  # the app factory (in each worker) reads its settings from here
 
-    from pydantic import ValidationError
-
     from .settings import Settings
 
     try:
         settings = Settings.load()
         settings.check_exposure()
-    except (ValidationError, ValueError) as exc:
-        first = str(exc).splitlines()
-        typer.echo(f"error: invalid settings: {' '.join(first[:3])}", err=True)
-        raise typer.Exit(2) from None
-    if workers > 1 and settings.gallery is not None and not settings.gallery_read_only:
-        typer.echo("error: a gallery has one writer; use --workers 1, or --read-only for several workers", err=True)
-        raise typer.Exit(2)
+    except ValueError as exc:  # SettingsError: one line naming the variable and its format, never the value
+        raise InvalidArgumentError(f"invalid settings: {exc}") from None
+    from facematch.gallery.postgres_store import is_postgres_uri
+
+    shared = is_postgres_uri(settings.gallery)  # every worker is a replica of a PostgreSQL gallery
+    if workers > 1 and settings.gallery is not None and not settings.gallery_read_only and not shared:
+        raise InvalidArgumentError(
+            "a gallery directory has one writer; use --workers 1, --read-only, or a PostgreSQL gallery"
+        )
 
     import copy
 
@@ -70,8 +82,8 @@ def serve(
 
 
 def main() -> None:
-    """Standalone entry point (``python -m facematch.server``)."""
-    typer.run(serve)
+    """Standalone entry point (``python -m facematch.server``), with the command line's error style."""
+    run_command(serve, "serve")
 
 
 __all__ = ["main", "serve"]

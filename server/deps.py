@@ -1,11 +1,15 @@
-"""FastAPI dependencies: state, matcher, gallery, scopes, admission. Tests override them.
+"""FastAPI dependencies: state, matcher, gallery, scopes. Tests override them.
 
 app.dependency_overrides[get_gallery] = lambda: my_gallery
+
+The inference slot is not a dependency: dependencies run before the body is read, so a slow
+upload would hold a slot. A route reads and checks its body first, then takes the slot with
+``with state.admission.slot(): ...`` (docs/server.md, "How a request runs").
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -78,29 +82,20 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-async def admit(state: StateDep) -> AsyncIterator[None]:
-    """Hold one inference slot for the request; 429 with Retry-After when all are taken."""
-    state.admission.enter()
-    try:
-        yield
-    finally:
-        state.admission.leave()
-
-
-Admitted = Depends(admit)
-
-
 def scoped(scope: Scope) -> Any:
     return Depends(require_scope(scope))
 
 
+# the caller of a `match` route, for routes whose answer depends on its other scopes
+MatchKey = Annotated[Principal, Depends(require_scope("match"))]
+
+
 __all__ = [
-    "Admitted",
     "GalleryDep",
+    "MatchKey",
     "MatcherDep",
     "SettingsDep",
     "StateDep",
-    "admit",
     "get_gallery",
     "get_matcher",
     "get_settings",

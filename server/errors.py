@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+CLIENT_CLOSED_REQUEST = 499  # the status /metrics records when the client disconnects mid-request
 
 
 class ServerError(FacematchError):
@@ -35,8 +36,20 @@ class PayloadTooLargeError(ServerError):
     http_status = 413
 
 
+class RequestTimeoutError(ServerError):
+    """The request body did not arrive in time (read timeout or below the minimum upload rate)."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
 class TooManyImagesError(ServerError):
     code = "too_many_images"
+    http_status = 413
+
+
+class TooManyPairsError(ServerError):
+    code = "too_many_pairs"
     http_status = 413
 
 
@@ -155,6 +168,8 @@ def facematch_problem(exc: FacematchError, request: Request | None = None, retry
         headers["Retry-After"] = str(retry_after)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="facematch"'
+    if status == 408:
+        headers["Connection"] = "close"  # the rest of the body is not read
     if status >= 500:
         logger.error("%s: %s", exc.code, exc.message)
     details = {k: v for k, v in exc.details.items() if k != "errors"}
@@ -175,6 +190,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     """Map every error the app can meet to a problem+json response."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     async def on_facematch(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, FacematchError)
@@ -197,6 +213,14 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return problem(exc.status_code, code, str(exc.detail), instance=request.url.path, headers=headers)
 
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # the client went away mid-request: not a server error. 499 (nginx's "client closed
+        # request") is what /metrics counts; nobody is there to read the response.
+        from starlette.responses import Response
+
+        logger.info("client disconnected during %s %s (counted as 499)", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem(500, "internal_error", "internal server error", instance=request.url.path)
@@ -204,10 +228,12 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(FacematchError, on_facematch)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
 
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "PROBLEM_JSON",
     "EmbedDisabledError",
     "ForbiddenError",
@@ -217,8 +243,10 @@ __all__ = [
     "NotReadyError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "ServerError",
     "TooManyImagesError",
+    "TooManyPairsError",
     "UnauthorizedError",
     "UnsupportedContentTypeError",
     "UrlInputDisabledError",

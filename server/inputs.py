@@ -9,11 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 import re
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .errors import (
     InvalidRequestError,
@@ -53,13 +56,24 @@ class ParsedRequest(Generic[P]):
         return self.images[name][0]
 
 
+_WHITESPACE = {ord(c): None for c in " \t\r\n\v\f"}
+
+
 def decode_base64(value: str, where: str, max_bytes: int) -> bytes:
-    """Bytes of a base64 (or data-URL) image string; refuses URLs, bad base64 and oversize data."""
+    """Bytes of a base64 (or data-URL) image string; refuses URLs, bad base64 and oversize data.
+
+    Whitespace inside is ignored, so MIME-style base64 broken into lines (RFC 2045, Python's
+    ``base64.encodebytes``) is accepted; any other character outside the alphabet is refused.
+    """
     text = value.strip()
     if text.lower().startswith(("http://", "https://", "ftp://", "file:")):
         raise UrlInputDisabledError(f"{where}: URL inputs are disabled; send the image bytes (base64 or multipart)")
     text = _DATA_URL.sub("", text, count=1)
-    if len(text) > (max_bytes * 4) // 3 + 8:
+    limit = (max_bytes * 4) // 3 + 8
+    if len(text) > 2 * limit:  # cheap bound before stripping (line breaks add ~3 %)
+        raise PayloadTooLargeError(f"{where}: the image is larger than {max_bytes} bytes", limit=max_bytes)
+    text = text.translate(_WHITESPACE)
+    if len(text) > limit:
         raise PayloadTooLargeError(f"{where}: the image is larger than {max_bytes} bytes", limit=max_bytes)
     try:
         data = base64.b64decode(text, validate=True)
@@ -73,9 +87,12 @@ def decode_base64(value: str, where: str, max_bytes: int) -> bytes:
     return data
 
 
-def _validate(model: type[P], data: Any, *, json: bool) -> P:
+def _validate(model: type[P], data: Any, *, json: bool, settings: Settings | None = None) -> P:
+    context = {"max_k": settings.max_k} if settings is not None else None  # limits checked against the settings
     try:
-        return model.model_validate_json(data) if json else model.model_validate(data)
+        if json:
+            return model.model_validate_json(data, context=context)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise InvalidRequestError(
             "the request does not match the schema", errors=validation_errors(exc.errors(include_input=False))
@@ -88,16 +105,22 @@ async def parse_images_request(
     files: tuple[FileField, ...],
     form_model: type[BaseModel],
     json_model: type[BaseModel],
+    *,
+    max_images: int | None = None,
 ) -> ParsedRequest[Any]:
-    """Parse a multipart or JSON request carrying images and options, enforcing every limit."""
+    """Parse a multipart or JSON request carrying images and options, enforcing every limit.
+
+    ``max_images`` replaces ``settings.max_images_per_request`` (e.g. for batch verification).
+    """
+    limit = settings.max_images_per_request if max_images is None else max_images
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        return await _parse_multipart(request, settings, files, form_model)
+        return await _parse_multipart(request, settings, files, form_model, limit)
     if ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json")):
         body = await request.body()
         if not body:
             raise InvalidRequestError("empty JSON body")
-        parsed = _validate(json_model, body, json=True)
+        parsed = _validate(json_model, body, json=True, settings=settings)
         images: dict[str, list[bytes]] = {}
         names: dict[str, list[str]] = {}
         total = 0
@@ -105,8 +128,8 @@ async def parse_images_request(
             raw = getattr(parsed, f.name, None)
             values = [] if raw is None else (list(raw) if isinstance(raw, list) else [raw])
             total += len(values)
-            if total > settings.max_images_per_request:
-                raise TooManyImagesError(f"more than {settings.max_images_per_request} images in one request")
+            if total > limit:
+                raise TooManyImagesError(f"more than {limit} images in one request")
             images[f.name] = [
                 decode_base64(v, f"{f.name}[{i}]" if f.multiple else f.name, settings.max_file_bytes)
                 for i, v in enumerate(values)
@@ -118,21 +141,66 @@ async def parse_images_request(
     )
 
 
+async def parse_json_request(request: Request, model: type[P]) -> P:
+    """A JSON-only body validated against ``model`` (415 for another content type, 422 ``invalid_request``)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
+        raise UnsupportedContentTypeError(f"unsupported content type {ctype or '(none)'!r}; send application/json")
+    body = await request.body()
+    if not body:
+        raise InvalidRequestError("empty JSON body")
+    return _validate(model, body, json=True)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring a JSON-only request body of ``model`` (with its first example)."""
+    schema = _inline(model.model_json_schema())
+    examples = schema.pop("examples", None)
+    media: dict[str, Any] = {"schema": schema}
+    if examples:
+        media["example"] = examples[0]
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
+
+
+_NOT_TEXT = "text field"
+
+
+class _StrictTextMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, except that a text field that is not valid in its charset is
+    refused (starlette falls back to latin-1: the bytes ``\\xff\\xfe\\xfd`` would become the id ``"ÿþý"``)."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is not None:
+            super().on_part_end()
+            return
+        charset = self._charset or "utf-8"
+        try:
+            text = bytes(part.data).decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            raise MultiPartException(f"{_NOT_TEXT} {part.field_name!r} is not valid {charset} text") from None
+        self.items.append((part.field_name, text))
+
+
 async def _parse_multipart(
-    request: Request, settings: Settings, files: tuple[FileField, ...], form_model: type[BaseModel]
+    request: Request, settings: Settings, files: tuple[FileField, ...], form_model: type[BaseModel], limit: int
 ) -> ParsedRequest[Any]:
     from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException
 
-    limit = settings.max_images_per_request
     try:
-        form = await request.form(max_files=limit + 4, max_fields=64, max_part_size=1024 * 1024)
-    except HTTPException as exc:
-        text = str(exc.detail)
+        async with aclosing(request.stream()) as stream:
+            parser = _StrictTextMultiPartParser(
+                request.headers, stream, max_files=limit + 4, max_fields=64, max_part_size=1024 * 1024
+            )
+            form = await parser.parse()
+    except MultiPartException as exc:
+        text = str(exc.message)
         if "Too many files" in text:
             raise TooManyImagesError(f"more than {limit} images in one request") from None
         if "exceeded maximum size" in text:  # a text field over max_part_size (files are spooled, not capped)
             raise PayloadTooLargeError(f"a multipart text field is too large: {text}", limit=1024 * 1024) from None
+        if text.startswith(_NOT_TEXT):
+            raise InvalidRequestError(text) from None
         raise InvalidRequestError(f"malformed multipart body: {text}") from None
     try:
         file_names = {f.name for f in files}
@@ -176,7 +244,7 @@ async def _parse_multipart(
             if isinstance(value, UploadFile):
                 raise InvalidRequestError(f"{key!r} must be a text field, not a file part")
             fields[key] = value
-        params = _validate(form_model, fields, json=False)
+        params = _validate(form_model, fields, json=False, settings=settings)
         return ParsedRequest(params=params, images=images, names=names)
     finally:
         await form.close()
@@ -202,9 +270,17 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def request_body(
-    files: tuple[FileField, ...], form_model: type[BaseModel], json_model: type[BaseModel]
+    files: tuple[FileField, ...],
+    form_model: type[BaseModel],
+    json_model: type[BaseModel],
+    *,
+    form_example: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``openapi_extra`` declaring both request bodies (multipart and JSON) of an image endpoint."""
+    """``openapi_extra`` declaring both request bodies (multipart and JSON) of an image endpoint.
+
+    The multipart example is ``form_example``, else the JSON example with each file part shown
+    as a file name (what ``curl -F image=@probe.jpg`` sends) and the other members as text fields.
+    """
     form = _inline(form_model.model_json_schema())
     binary = {"type": "string", "format": "binary"}
     props: dict[str, Any] = {}
@@ -226,15 +302,46 @@ def request_body(
     if examples:
         json_media["example"] = examples[0]
     encoding = {f.name: {"contentType": "image/*, application/octet-stream"} for f in files}
+    multipart_media: dict[str, Any] = {"schema": multipart, "encoding": encoding}
+    example = form_example if form_example is not None else _form_example(files, json_media.get("example"))
+    if example:
+        multipart_media["example"] = example
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": multipart, "encoding": encoding},
+                "multipart/form-data": multipart_media,
                 "application/json": json_media,
             },
         }
     }
 
 
-__all__ = ["FileField", "ParsedRequest", "decode_base64", "parse_images_request", "request_body"]
+def _form_example(files: tuple[FileField, ...], json_example: Any) -> dict[str, Any] | None:
+    """A multipart example from the JSON one: file parts as file names, objects as JSON text fields."""
+    if not isinstance(json_example, dict):
+        return None
+    out: dict[str, Any] = {}
+    names = {f.name: f for f in files}
+    for key, value in json_example.items():
+        f = names.get(key)
+        if f is not None:
+            count = len(value) if isinstance(value, list) else 1
+            stem = "face" if f.multiple else key
+            out[key] = [f"{stem}{i + 1}.jpg" for i in range(count)] if f.multiple else f"{stem}.jpg"
+        elif isinstance(value, (dict, list)):
+            out[key] = json.dumps(value)
+        else:
+            out[key] = value
+    return out
+
+
+__all__ = [
+    "FileField",
+    "ParsedRequest",
+    "decode_base64",
+    "json_body",
+    "parse_images_request",
+    "parse_json_request",
+    "request_body",
+]

@@ -1,8 +1,11 @@
 """Where the request-side steps run: decode → prepare in the worker threads, embed through the batcher.
 
-Every step is the SDK's own (``FaceMatcher.load``, ``detect``, ``prepare``, ``embed_crops``,
-``compare``); the server only decides *where* each runs, so the event loop never waits on a
-model and concurrent requests share embedding batches.
+Every step is the SDK's own (the decode of ``facematch.io``, ``detect``, ``prepare``,
+``embed_crops``, ``compare``); the server only decides *where* each runs, so the event loop
+never waits on a model and concurrent requests share embedding batches. Each image's decode
+first reserves its estimated peak memory in the server's
+:class:`~facematch.server.batcher.DecodeBudget` (``FACEMATCH_MAX_DECODE_BYTES``) and holds it
+until its faces are prepared (decode and prepare are one pool call).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from facematch.errors import FacematchError
+from facematch.io import DecodedImage, DecodePlan, probe_image
 from facematch.matcher import FaceMatcher, FaceSelection
 from facematch.types import Detections, PreparedImage
 
@@ -27,10 +31,13 @@ T = TypeVar("T")
 FaceMode = Literal["largest", "all"]
 
 
-def detect_faces(matcher: FaceMatcher, data: bytes) -> tuple[tuple[int, int], Detections]:
-    """(original image size, every face largest first): decode once, then the matcher's detector."""
-    decoded = matcher.load(data)
+def detect_faces(matcher: FaceMatcher, decoded: DecodedImage) -> tuple[tuple[int, int], Detections]:
+    """(original image size, every face largest first) of a decoded image, by the matcher's detector."""
     return decoded.original_size, matcher.detect(decoded).sorted_by_area()
+
+
+def _decode_then(plan: DecodePlan, step: Callable[[DecodedImage], T]) -> T:
+    return step(plan.decode())
 
 
 async def run_in_pool(state: ServerState, fn: Callable[..., T], *args: object) -> T:
@@ -56,8 +63,27 @@ class Pipeline:
         """Run a blocking call in the inference thread pool."""
         return await run_in_pool(self.state, fn, *args)
 
-    def _prepare(self, data: bytes, faces: FaceSelection) -> PreparedImage:
-        return self.matcher.prepare(data, faces, max_faces=self.max_faces if faces == "all" else None)
+    def _prepare(self, decoded: DecodedImage, faces: FaceSelection) -> PreparedImage:
+        return self.matcher.prepare(decoded, faces, max_faces=self.max_faces if faces == "all" else None)
+
+    async def _decoded(self, data: bytes, step: Callable[[DecodedImage], T]) -> T:
+        """Decode ``data`` and run ``step`` on it, in one pool call, holding its cost in the decode budget.
+
+        The header is probed first (no pixels); the reservation covers the decode's peak and
+        lasts until ``step`` is done, so decoded images never pile up outside the budget.
+        """
+        m, budget = self.matcher, self.state.decode_budget
+        plan = await self.run(
+            functools.partial(
+                probe_image,
+                data,
+                max_pixels=m.max_pixels,
+                max_side=m.decode_max_side,
+                max_decode_bytes=budget.capacity,
+            )
+        )
+        async with await budget.reserve(plan.cost_bytes):
+            return await self.run(_decode_then, plan, step)
 
     async def prepare(self, data: bytes, faces: FaceSelection = "largest") -> PreparedImage:
         """``matcher.prepare`` of one image (``faces="all"``: at most ``max_faces_per_image``)."""
@@ -69,7 +95,7 @@ class Pipeline:
         labels: Sequence[str],
         faces: FaceSelection = "largest",
         *,
-        step: Callable[[bytes], PreparedImage] | None = None,
+        step: Callable[[DecodedImage], PreparedImage] | None = None,
     ) -> list[PreparedImage]:
         """Prepare several images concurrently; the first failure (in order) is raised naming its image."""
         results = await self.prepare_each(blobs, faces, step=step)
@@ -83,17 +109,17 @@ class Pipeline:
         blobs: Sequence[bytes],
         faces: FaceSelection = "largest",
         *,
-        step: Callable[[bytes], PreparedImage] | None = None,
+        step: Callable[[DecodedImage], PreparedImage] | None = None,
     ) -> list[PreparedImage | FacematchError]:
-        """Prepare several images concurrently, keeping each image's ``FacematchError`` in its place.
+        """Decode and prepare several images concurrently, keeping each image's ``FacematchError`` in its place.
 
-        ``step`` replaces the default preparation (``matcher.prepare`` with ``faces``), e.g. the
-        gallery's ``prepare_for_enrolment``. Any other exception propagates.
+        ``step`` replaces the default preparation of a decoded image (``matcher.prepare`` with
+        ``faces``), e.g. the gallery's ``prepare_for_enrolment``. Any other exception propagates.
         """
         fn = step or functools.partial(self._prepare, faces=faces)
         t = time.perf_counter()
         try:
-            results = await asyncio.gather(*(self.run(fn, b) for b in blobs), return_exceptions=True)
+            results = await asyncio.gather(*(self._decoded(b, fn) for b in blobs), return_exceptions=True)
         finally:
             self.prepare_s += time.perf_counter() - t
         for r in results:
@@ -104,7 +130,7 @@ class Pipeline:
     async def detect(self, data: bytes) -> tuple[tuple[int, int], Detections]:
         t = time.perf_counter()
         try:
-            return await self.run(detect_faces, self.matcher, data)
+            return await self._decoded(data, functools.partial(detect_faces, self.matcher))
         finally:
             self.prepare_s += time.perf_counter() - t
 

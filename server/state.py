@@ -15,7 +15,7 @@ import numpy as np
 from facematch.errors import FacematchError
 from facematch.runtime import THREADS_ENV
 
-from .batcher import Admission, MicroBatcher
+from .batcher import Admission, DecodeBudget, MicroBatcher
 from .metrics import Metrics
 from .security import KeyRing
 from .settings import Settings
@@ -29,6 +29,20 @@ logger = logging.getLogger(__name__)
 Status = Literal["loading", "ready", "failed"]
 
 
+def gallery_options(s: Settings) -> dict[str, Any]:
+    """The ``Gallery.open`` keyword arguments the settings give (the PostgreSQL ones only for a URI)."""
+    from facematch.gallery.postgres_store import is_postgres_uri
+
+    options: dict[str, Any] = {"read_only": s.gallery_read_only, "default_fpir": s.default_fpir}
+    if s.gallery_backend is not None:
+        options["backend"] = s.gallery_backend
+    if s.milvus_uri is not None:
+        options["milvus_uri"] = s.milvus_uri
+    if is_postgres_uri(s.gallery):
+        options.update(poll_s=s.gallery_poll_s, listen=s.gallery_listen, pool_size=s.gallery_pool_size)
+    return options
+
+
 class ServerState:
     """Per-app state. Models and the gallery are loaded by :meth:`load` (off the event loop)."""
 
@@ -39,6 +53,7 @@ class ServerState:
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="facematch-infer")
         self._embed_executor = ThreadPoolExecutor(1, thread_name_prefix="facematch-embed")
         self.admission = Admission(settings.queue_size, self.metrics)
+        self.decode_budget = DecodeBudget(settings.max_decode_bytes, self.metrics)
         self.matcher: FaceMatcher | None = None
         self.gallery: Gallery | None = None
         self.status: Status = "loading"
@@ -77,27 +92,39 @@ class ServerState:
             )
             w, h = matcher.embedder.size
             matcher.embed_crops(np.zeros((1, h, w, 3), np.uint8))  # first run allocates; do it now
+            if getattr(matcher.embedder, "device", None) == "cuda":  # torch-cuda: capture every batch bucket now
+                matcher.embedder.warmup()  # type: ignore[union-attr]
             self.matcher = matcher
             if s.gallery is not None:
                 from facematch.gallery import Gallery
 
-                self.gallery = Gallery.open(
-                    s.gallery, matcher=matcher, read_only=s.gallery_read_only, default_fpir=s.default_fpir
-                )
+                self.gallery = Gallery.open(s.gallery, matcher=matcher, **gallery_options(s))
                 self._last_refresh = time.monotonic()
             self.status = "ready"
             self.metrics.ready.set(1)
+            g = self.gallery
             logger.info(
                 "ready in %.1f s: model %s%s",
                 time.perf_counter() - start,
                 matcher.model_id,
-                f", gallery {s.gallery} ({len(self.gallery)} identities)" if self.gallery is not None else "",
+                f", gallery {g.location} ({len(g)} identities)" if g is not None else "",  # no password in it
             )
+            self._log_devices(matcher)
         except FacematchError as exc:
             self._fail(f"{exc.code}: {exc.message}")
         except Exception as exc:
             logger.exception("loading failed")
             self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _log_devices(self, matcher: FaceMatcher) -> None:
+        """Where inference and search really run (what ONNX Runtime loaded, not what was installed)."""
+        providers = matcher.providers
+        index = self.gallery.info().index if self.gallery is not None else "no gallery"
+        logger.info(
+            "providers: detector %s, embedder %s; index %s", providers["detector"], providers["embedder"], index
+        )
+        if any(p[0] == "CPUExecutionProvider" for p in providers.values() if p) and _gpu_runtime_installed():
+            logger.warning("onnxruntime-gpu is installed but a model runs on CPU: %s (see docs/gpu.md)", providers)
 
     def _fail(self, message: str) -> None:
         self.status = "failed"
@@ -148,6 +175,14 @@ class ServerState:
             await loop.run_in_executor(None, gallery.close)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._embed_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _gpu_runtime_installed() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - the server extra's runtime
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 __all__ = ["ServerState", "Status"]

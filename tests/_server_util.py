@@ -43,12 +43,16 @@ def auth(scope: str = "admin") -> dict[str, str]:
 class Server:
     """``python -m facematch.server`` (the ``facematch serve`` command) in a subprocess."""
 
-    def __init__(self, tmp: Path, *, gallery: Path | None = None, keys: bool = True, **settings: Any) -> None:
+    def __init__(
+        self, tmp: Path, *, gallery: Path | None = None, keys: bool = True, log_level: str = "warning", **settings: Any
+    ) -> None:
         self.port = free_port()
+        self.log_level = log_level
         self.url = f"http://127.0.0.1:{self.port}"
         self.gallery = gallery
         self.log_path = tmp / f"server-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_") or k == "FACEMATCH_SHARED"}
+        keep = ("FACEMATCH_SHARED", "FACEMATCH_CACHE_DIR", "FACEMATCH_CONFIG_DIR")  # data, and the per-user folders
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_") or k in keep}
         env["FACEMATCH_THREADS"] = env.get("FACEMATCH_THREADS", "2")
         if keys:
             env["FACEMATCH_API_KEYS"] = API_KEYS_JSON
@@ -58,7 +62,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> Server:
-        cmd = [sys.executable, "-m", "facematch.server", "--port", str(self.port), "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "facematch.server", "--port", str(self.port), "--log-level", self.log_level]
         if self.gallery is not None:
             cmd += ["--gallery", str(self.gallery)]
         self._log = self.log_path.open("ab")

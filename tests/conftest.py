@@ -19,6 +19,24 @@ CELEB24 = SHARED / "data" / "celeb24"
 WILD = SHARED / "data" / "wild"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_dirs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The per-user folders (model cache, calibrated cards) in session temp dirs, for this process and the
+    commands it starts: tests never write to ~/.cache/facematch or ~/.config/facematch."""
+    env = {
+        "FACEMATCH_CACHE_DIR": str(tmp_path_factory.mktemp("user-cache")),
+        "FACEMATCH_CONFIG_DIR": str(tmp_path_factory.mktemp("user-config")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _require(path: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (the shared data set lives beside the repository as ../shared)")
@@ -70,3 +88,35 @@ def matcher():  # type: ignore[no-untyped-def]
     from facematch import FaceMatcher
 
     return FaceMatcher()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """A throwaway PostgreSQL server for the whole session (tests/_pg_util.py); skips when none can start.
+
+    Under ``FACEMATCH_REQUIRE_POSTGRES=1`` (CI) not being able to start it is a failure.
+    """
+    from _pg_util import cluster_or_skip
+
+    cluster = cluster_or_skip()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_uri(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """The URI (with password) of a fresh, empty database on the session's PostgreSQL server."""
+    return str(pg_cluster.uri(pg_cluster.new_database()))
+
+
+@pytest.fixture(scope="session")
+def celeb24_embeddings(celeb24_dir: Path, matcher):  # type: ignore[no-untyped-def]
+    """identity -> (n, dim) embeddings of its celeb24 crops (sorted by file name), by the real embedder."""
+    import cv2
+    import numpy as np
+
+    out = {}
+    for d in sorted(p for p in celeb24_dir.iterdir() if p.is_dir()):
+        crops = [cv2.imread(str(f)) for f in sorted(d.glob("*.png"))]
+        out[d.name] = matcher.embed_aligned(np.stack(crops))
+    return out

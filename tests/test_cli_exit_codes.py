@@ -71,5 +71,5 @@ def test_a_missing_model_file_is_one_plain_line(tmp_path: Path) -> None:
     pytest.importorskip("onnxconverter_common", reason="`export fp16` needs the export extra (pip install '.[export]')")
     missing = tmp_path / "missing.onnx"
     r = run_cli("export", "fp16", str(missing), str(tmp_path / "out.onnx"))
-    assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == [f"error: No such file or directory: {missing}"]
+    assert r.returncode == 2  # an input that is not there: a usage/input error
+    assert r.stderr.strip().splitlines() == [f"error [file_not_found]: {missing}: No such file or directory"]

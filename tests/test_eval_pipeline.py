@@ -147,9 +147,9 @@ def test_fmr_options_and_their_deprecated_far_spellings(small_set: Path, small_p
     assert _json(old)["result"] == _json(new)["result"]
     assert old.stderr == "warning: --far is deprecated; use --fmr (FMR, the false-match rate)\n"
     both = runner.invoke(app, ["eval", "pairs", str(small_pairs), "--fmr", "0.05", "--far", "0.1", *out, *AL])
-    assert both.exit_code == 1 and "give --fmr or its deprecated alias --far, not both" in both.stderr
+    assert both.exit_code == 2 and "give --fmr or its deprecated alias --far, not both" in both.stderr
     bad = runner.invoke(app, ["eval", "pairs", str(small_pairs), "--fmr", "1.5", *out, *AL])
-    assert bad.exit_code == 1 and "--fmr must be a rate in (0, 1)" in bad.stderr
+    assert bad.exit_code == 2 and "--fmr must be a rate in (0, 1)" in bad.stderr
 
     meta = ["--meta", str(small_set / "identities.csv")]
     a_new = _json(runner.invoke(app, ["eval", "aligned", str(small_set), *meta, "--target-fmr", "0.1", *out, *AL]))
@@ -157,7 +157,7 @@ def test_fmr_options_and_their_deprecated_far_spellings(small_set: Path, small_p
     assert _json(a_old)["fairness"] == a_new["fairness"] and a_new["fairness"]["result"]["target_fmr"] == 0.1
     assert a_old.stderr == "warning: --target-far is deprecated; use --target-fmr (FMR, the false-match rate)\n"
     fine = runner.invoke(app, ["eval", "aligned", str(small_set), *meta, "--target-fmr", "1e-4", *out, *AL])
-    assert fine.exit_code == 1 and "pass a coarser --target-fmr or a --threshold" in fine.stderr
+    assert fine.exit_code == 2 and "pass a coarser --target-fmr or a --threshold" in fine.stderr
     # the old spellings stay out of the help
     help_text = runner.invoke(app, ["eval", "aligned", "--help"]).output
     assert "--fmr" in help_text and "--target-fmr" in help_text
@@ -169,5 +169,5 @@ def test_cli_summary_says_fmr(small_set: Path, tmp_path: Path) -> None:
         app, ["eval", "aligned", str(small_set), "--out", str(tmp_path), "--no-cache", "--no-plots", "--no-progress"]
     )
     assert res.exit_code == 0, res.output
-    assert "TAR@FMR0.01=" in res.stdout and "TAR@FMR0.001=n/a" in res.stdout  # 150 impostor pairs
+    assert "% @ FMR 1e-2" in res.stdout and "n/a @ FMR 1e-3 (< 1/150)" in res.stdout  # 150 impostor pairs
     assert "FAR" not in res.stdout and "FAR" not in (tmp_path / "report.md").read_text()

@@ -20,6 +20,8 @@ from facematch.eval.report import aligned_markdown, num, pct
 from facematch.eval.runner import AlignedReport, run_aligned, run_pairs
 from facematch.model_files import load_card, resolve_model_path
 
+pytestmark = pytest.mark.slow  # whole celeb24/wild evaluations
+
 app = typer.Typer()
 app.add_typer(eval_app, name="eval")
 app.command("calibrate")(calibrate)
@@ -144,6 +146,7 @@ def test_calibrate_writes_the_card_and_reproduces_it(celeb24_dir: Path, eval_cac
             "--model",
             str(card_json),
             "--write",
+            "--in-place",  # a card named by its path is updated where it is only when asked
             "--plot",
             str(plot),
             "--cache-dir",
@@ -152,7 +155,7 @@ def test_calibrate_writes_the_card_and_reproduces_it(celeb24_dir: Path, eval_cac
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "wrote the calibration" in res.output
+    assert f"wrote the calibrated card 'w600k_mbf' to {card_json}" in res.output
     cal = load_card(card_json).calibration
     assert cal is not None and cal.set == "celeb24" and cal.n_impostor_pairs == _expected_pairs(celeb24_dir)[1]
     assert "--write" in cal.command and cal.command.startswith("facematch calibrate ")
@@ -194,6 +197,7 @@ def test_calibrate_dry_run_and_onnx_sidecar(celeb24_dir: Path, eval_cache: Path,
             "--fmr",
             "0.01",
             "--write",
+            "--in-place",
             "--cache-dir",
             str(eval_cache),
             "--no-progress",
@@ -230,9 +234,9 @@ def test_cli_eval_aligned_json_and_errors(celeb24_dir: Path, eval_cache: Path, t
     assert [p["target_fmr"] for p in data["verification"]["operating_points"]] == [0.01]
     assert (tmp_path / "r" / "report.md").is_file()
     bad = runner.invoke(app, ["eval", "aligned", str(tmp_path / "missing"), "--no-cache"])
-    assert bad.exit_code == 1 and "not a directory" in bad.output
+    assert bad.exit_code == 2 and "not a directory" in bad.output
     bad = runner.invoke(app, ["eval", "aligned", str(celeb24_dir), "--meta", str(tmp_path / "none.csv"), "--no-cache"])
-    assert bad.exit_code == 1 and "not found" in bad.output
+    assert bad.exit_code == 2 and "not found" in bad.output
 
 
 def _blank(path: Path) -> Path:

@@ -109,7 +109,14 @@ def test_write_report_and_plots(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     r, scores = _aligned_report()
     r.files.update(aligned_plots(r, scores, tmp_path))
-    assert r.files == {"roc": "roc.png", "histogram": "scores.png", "fairness": "fairness.png"}
+    assert r.files == {
+        "roc": "roc.png",
+        "det": "det.png",
+        "histogram": "scores.png",
+        "cmc": "cmc.png",
+        "dir_fpir": "dir_fpir.png",
+        "fairness": "fairness.png",
+    }
     for name in r.files.values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     write_report(r, tmp_path)
@@ -180,5 +187,5 @@ def test_pairs_plots(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     r, scores, same, valid = _pairs_report()
     files = pairs_plots(r, M.PairScores(scores[valid & same], scores[valid & ~same]), tmp_path)
-    assert files == {"roc": "roc.png", "histogram": "scores.png"}
+    assert files == {"roc": "roc.png", "det": "det.png", "histogram": "scores.png"}
     assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in files.values())

@@ -41,7 +41,7 @@ def test_onnx_bad_combinations_are_rejected(tmp_path: Path, extra: list[str], me
     code, out = _run(
         "onnx", "--arch", "r18", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "x.onnx"), *extra
     )
-    assert code == 1 and "error [invalid_argument]" in out and message in out
+    assert code == 2 and "error [invalid_argument]" in out and message in out  # 2: a usage/input error
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -55,11 +55,11 @@ def test_trt_rejects_bad_options_and_missing_backend(tmp_path: Path) -> None:
 
     src = str(resolve_model_path(load_card("w600k_mbf")))
     code, out = _run("trt", src, str(tmp_path / "m.engine"), "--precision", "int8")
-    assert code == 1 and "int8 TensorRT engines need --calib" in out
+    assert code == 2 and "int8 TensorRT engines need --calib" in out
     code, out = _run("trt", src, str(tmp_path / "m.engine"), "--min-batch", "8", "--opt-batch", "4")
-    assert code == 1 and "1 <= min <= opt <= max" in out
+    assert code == 2 and "1 <= min <= opt <= max" in out
     code, out = _run("trt", src, str(tmp_path / "m.onnx"))
-    assert code == 1 and ".engine" in out
+    assert code == 2 and ".engine" in out
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -104,7 +104,7 @@ def test_validate_onnx_against_checkpoint(tmp_path: Path, celeb24_dir: Path) -> 
     assert code == 0, out
     assert '"passed": true' in out and '"n_images": 15' in out
     code, out = _run("validate", str(tmp_path / "mbf.onnx"), str(ckpt), "--images", str(small))
-    assert code == 1 and "--arch" in out
+    assert code == 2 and "--arch" in out
     # a different checkpoint is a different model: the comparison fails with exit 1
     torch.manual_seed(1)
     other = tmp_path / "other.pt"

@@ -19,6 +19,8 @@ from facematch.errors import CalibrationMissingError  # noqa: E402
 from facematch.model_files import load_card, resolve_model_path, verify_file  # noqa: E402
 from facematch.preprocess import to_blob  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real exports of w600k_mbf: minutes on a 2-core CPU
+
 
 @pytest.fixture(scope="module")
 def w600k() -> Path:

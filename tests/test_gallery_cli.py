@@ -28,12 +28,12 @@ def test_cli_enroll_identify_list_delete_info(tmp_path: Path, package_images) ->
     report = json.loads(r.output)
     assert [o["status"] for o in report["outcomes"]] == ["enrolled", "invalid_image"]
     r = runner.invoke(app, ["gallery", "enroll", g, "yao", yao])
-    assert r.exit_code == 1 and "duplicate_identity" in r.output
+    assert r.exit_code == 2 and "duplicate_identity" in r.output and "gallery enroll" in r.output
     r = runner.invoke(app, ["gallery", "identify", g, yao, "--threshold", "0.5", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["identity_id"] == "yao"
     r = runner.invoke(app, ["gallery", "identify", g, str(bad), "--threshold", "0.5"])
-    assert r.exit_code == 1 and "invalid_image" in r.output
+    assert r.exit_code == 2 and "invalid_image" in r.output
     r = runner.invoke(app, ["gallery", "list", g, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["items"][0]["metadata"] == {"team": "red"}
     r = runner.invoke(app, ["gallery", "info", g, "--json"])
@@ -41,6 +41,6 @@ def test_cli_enroll_identify_list_delete_info(tmp_path: Path, package_images) ->
     r = runner.invoke(app, ["gallery", "delete", g, "yao"])
     assert r.exit_code == 0 and "deleted yao" in r.output
     r = runner.invoke(app, ["gallery", "delete", g, "yao"])
-    assert r.exit_code == 1 and "identity_not_found" in r.output
+    assert r.exit_code == 2 and "identity_not_found" in r.output
     r = runner.invoke(app, ["gallery", "info", str(tmp_path / "nope.fmg")])
-    assert r.exit_code == 1 and "no gallery" in r.output
+    assert r.exit_code == 2 and "no gallery" in r.output

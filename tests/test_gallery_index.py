@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _gallery_util import unit
 
-from facematch.errors import BackendUnavailableError, InvalidArgumentError
+from facematch.errors import InvalidArgumentError
 from facematch.gallery.config import IndexConfig
 from facematch.gallery.index import INDEX_FILE, MANIFEST_FILE, FaissIndex
 from facematch.gallery.openset import aggregate, per_comparison_fmr
@@ -162,43 +162,3 @@ def test_aggregation_max_mean_topk() -> None:
     assert ident.tolist() == [2, 3, 1] and np.allclose(agg, [0.55, 0.52, 1.3 / 3])
     ident, agg, _ = aggregate(owners, scores, tids, "topk_mean", top_k=2)
     assert ident.tolist() == [1, 2, 3] and np.allclose(agg, [0.6, 0.55, 0.52])
-
-
-class _FaissWithoutGpuCodec:
-    """The installed FAISS, plus a GPU whose clone refuses the index (as FAISS-GPU does for flat SQ codecs)."""
-
-    def __init__(self, real: object) -> None:
-        self._real = real
-        self.clones = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._real, name)
-
-    def StandardGpuResources(self) -> object:
-        return object()
-
-    def index_cpu_to_gpu(self, *_: object) -> object:
-        self.clones += 1
-        raise RuntimeError("Error: 'false' failed: This index type is not implemented on GPU")
-
-
-def test_gpu_clone_failure_falls_back_to_cpu_search_or_fails_when_gpu_was_demanded(data) -> None:  # type: ignore[no-untyped-def]
-    base, _, queries = data
-    ids = np.arange(base.shape[0], dtype=np.int64)
-    idx = FaissIndex(base.shape[1], IndexConfig(storage="fp16", device="cpu"))
-    idx.add(ids, base)
-    expected = idx.search(queries, 5)
-    fake = _FaissWithoutGpuCodec(faiss)
-    idx._faiss, idx._use_gpu = fake, True  # what an "auto" index sees on a GPU machine
-    got = idx.search(queries, 5)
-    np.testing.assert_array_equal(got[1], expected[1])
-    assert fake.clones == 1 and not idx._use_gpu and idx.describe().endswith("@cpu")
-    idx.search(queries, 5)
-    assert fake.clones == 1  # the refusal is remembered, not retried per search
-
-    demanded = FaissIndex(base.shape[1], IndexConfig(storage="fp16", device="cpu"))
-    demanded.add(ids, base)
-    demanded.config = IndexConfig(storage="fp16", device="gpu")
-    demanded._faiss, demanded._use_gpu = _FaissWithoutGpuCodec(faiss), True
-    with pytest.raises(BackendUnavailableError):
-        demanded.search(queries, 5)

@@ -195,3 +195,83 @@ def test_large_jpeg_reduced_scale_decode_maps_back() -> None:
     sx, sy = reduced.scale
     assert sx == pytest.approx(4000 / reduced.width) and sy == pytest.approx(3000 / reduced.height)
     assert np.allclose(reduced.to_original(np.array([[reduced.width, reduced.height]])), [[4000, 3000]])
+
+
+# ---- bounded decode memory, strict JPEG (issue 12) ----------------------------------------------
+def test_truncated_jpeg_with_an_end_marker_is_invalid() -> None:
+    """The first 30 % of a photo plus FF D9: libjpeg fills the rest grey and only warns; strict mode refuses it."""
+    from _bombs import truncated_with_eoi
+
+    data = _encode(Image.fromarray(np.tile(_gradient(256, 256), (2, 2, 1))), "JPEG", quality=90)
+    assert load_image(data).pixels.shape == (512, 512, 3)
+    bad = truncated_with_eoi(data)
+    with pytest.raises(InvalidImageError, match="truncated or corrupt"):
+        load_image(bad)
+    with pytest.raises(InvalidImageError):
+        load_image(bad, max_side=128)  # the reduced-scale decode is strict too
+    progressive = _encode(Image.fromarray(np.tile(_gradient(256, 256), (2, 2, 1))), "JPEG", progressive=True)
+    with pytest.raises(InvalidImageError):
+        load_image(truncated_with_eoi(progressive, 0.5))
+
+
+def test_jpeg_decodes_match_pil() -> None:
+    """The strict libjpeg-turbo path gives PIL's pixels: baseline, progressive, grey, CMYK (Adobe inverted), EXIF."""
+    rgb = np.tile(_gradient(128, 96), (2, 2, 1))
+    for img, kw in (
+        (Image.fromarray(rgb), {"quality": 95}),
+        (Image.fromarray(rgb), {"quality": 95, "progressive": True}),
+        (Image.fromarray(rgb).convert("L"), {"quality": 95}),
+        (Image.fromarray(rgb).convert("CMYK"), {"quality": 95}),
+    ):
+        data = _encode(img, "JPEG", **kw)
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[:, :, ::-1].astype(int)
+        got = load_image(data).pixels.astype(int)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).mean() < 1.0, (img.mode, kw)
+
+
+def test_alpha_compositing_in_integers_is_exact() -> None:
+    """Every (colour, alpha) pair: the integer blend equals round(c*a/255 + 255*(1 - a/255)) in exact arithmetic."""
+    c, a = np.meshgrid(np.arange(256), np.arange(256))
+    bgra = np.stack([c, c, c, a], axis=-1).astype(np.uint8)  # (256, 256, 4): every combination
+    got = load_image(bgra).pixels[..., 0].astype(np.int64)
+    num = c * a + 255 * (255 - a)  # the blend times 255
+    expected = (2 * num + 255) // 510  # round half up of num / 255
+    assert np.array_equal(got, expected)
+
+
+def test_reduced_decode_of_png_and_pil_formats_maps_back() -> None:
+    """PNG (OpenCV path) and RGBA / 16-bit (PIL strip path) are reduced like JPEGs, with the scale to map back."""
+    rgb = np.tile(_gradient(400, 300), (5, 5, 1))  # 2000x1500
+    for img in (
+        Image.fromarray(rgb),
+        Image.fromarray(rgb).convert("RGBA"),
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        Image.fromarray(rgb).convert("P"),
+    ):
+        data = _encode(img, "PNG")
+        full, reduced = load_image(data), load_image(data, max_side=480)
+        assert full.pixels.shape[:2] == (1500, 2000)
+        assert reduced.pixels.shape[:2] == (375, 500), img.mode  # 1/4: the long side stays >= 480
+        assert reduced.original_size == (2000, 1500) and reduced.scale == (4.0, 4.0)
+        box = full.pixels.reshape(375, 4, 500, 4, 3).mean(axis=(1, 3))  # the box average of the full decode
+        assert np.abs(reduced.pixels.astype(float) - box).max() <= 1.0, img.mode
+
+
+def test_decode_plan_bounds_bytes_before_decoding() -> None:
+    """A 194 KB 16-bit RGBA 5000x5000 PNG passes the pixel budget; its byte cost is known from the header."""
+    from _bombs import one_bit_png, rgba16_png
+
+    from facematch.io import DECODE_OVERHEAD_BYTES, probe_image
+
+    bomb = rgba16_png()
+    assert len(bomb) < 256 * 1024
+    plan = probe_image(bomb, max_pixels=25_000_000, max_side=1280)
+    final = 3 * 5000 * 5000  # the full-size 8-bit BGR image
+    assert plan.path == "pil" and plan.reduce == 2 and plan.decoded_size == (2500, 2500)
+    assert plan.cost_bytes <= 3 * final + DECODE_OVERHEAD_BYTES  # the issue's target: about 3x the 8-bit image
+    with pytest.raises(ImageTooLargeError, match="decode budget") as err:
+        load_image(bomb, max_pixels=25_000_000, max_side=1280, max_decode_bytes=plan.cost_bytes - 1)
+    assert err.value.details["cost_bytes"] == plan.cost_bytes
+    one = probe_image(one_bit_png(), max_pixels=25_000_000, max_side=1280)
+    assert one.mode == "1" and one.cost_bytes < plan.cost_bytes

@@ -19,6 +19,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from _bombs import one_bit_png, rgba16_png, truncated_with_eoi
 from _server_util import Server, auth
 from PIL import Image
 
@@ -36,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         max_request_bytes=MAX_REQUEST,
         max_images_per_request=3,
         max_k=10,
+        max_decode_bytes=128 * 1024 * 1024,
     ) as srv:
         yield srv
 
@@ -104,6 +106,9 @@ def verify_files(a: bytes, b: bytes, ctype: str = "application/octet-stream") ->
         ("empty", lambda f: b"", 422, "invalid_image"),
         ("plain_text", lambda f: b"hello, this is not an image\n" * 10, 422, "invalid_image"),
         ("truncated_jpeg", lambda f: f[: len(f) // 3], 422, "invalid_image"),
+        ("truncated_jpeg_with_eoi", lambda f: truncated_with_eoi(f), 422, "invalid_image"),
+        ("png_16bit_rgba_5000x5000", lambda f: rgba16_png(), 413, "image_too_large"),  # 194 KB, ~133 MB to decode
+        ("png_1bit_5000x4999", lambda f: one_bit_png(), 422, "no_face"),  # 3 KB, decoded within its budget
         ("png_50000x50000", lambda f: huge_png(), 413, "image_too_large"),
         ("one_pixel", lambda f: encode(Image.new("RGB", (1, 1), "white"), "PNG"), 422, "image_too_small"),
         ("animated_gif", lambda f: animated_gif(), 415, "unsupported_media"),
@@ -171,6 +176,9 @@ def test_wrong_types(client: httpx.Client, face: bytes) -> None:
     check_problem(client.post("/verify", json={"image1": b64, "image2": b64, "far": "x"}), 422, "invalid_request")
     check_problem(client.post("/verify", json={"image1": b64, "image2": b64, "extra": 1}), 422, "invalid_request")
     check_problem(client.post("/verify", json=[b64, b64]), 422, "invalid_request")
+    for loose in ({"threshold": True}, {"fmr": "1e-4"}, {"far": "0.001"}):  # strict JSON types
+        check_problem(client.post("/verify", json={"image1": b64, "image2": b64, **loose}), 422, "invalid_request")
+    check_problem(client.post("/identify", json={"image": b64, "k": True}), 422, "invalid_request")
     check_problem(
         client.post("/verify", content=b"{not json", headers={"content-type": "application/json"}),
         422,
@@ -178,7 +186,12 @@ def test_wrong_types(client: httpx.Client, face: bytes) -> None:
     )
     check_problem(client.post("/verify", json={"image1": "!!!not base64!!!", "image2": b64}), 422, "invalid_request")
     check_problem(client.post("/identify", files={"image": ("a", face)}, data={"k": "abc"}), 422, "invalid_request")
-    check_problem(client.post("/identify", files={"image": ("a", face)}, data={"k": "500"}), 422, "invalid_argument")
+    # k above the server's max_k (10 here) is a schema violation: the OpenAPI schema states the maximum
+    body = check_problem(
+        client.post("/identify", files={"image": ("a", face)}, data={"k": "500"}), 422, "invalid_request"
+    )
+    assert body["errors"][0]["loc"][-1] == "k" and "max_k" in body["errors"][0]["msg"]
+    check_problem(client.post("/identify", json={"image": "AAAA", "k": 11}), 422, "invalid_request")
     check_problem(
         client.post("/identify", files={"image": ("a", face)}, data={"faces": "some"}), 422, "invalid_request"
     )
@@ -247,7 +260,7 @@ def test_gallery_bad_input(client: httpx.Client, face: bytes) -> None:
         "invalid_request",
     )
     # the gallery's one identity-id rule, applied by the request schema: a 422 naming the field
-    for bad_id in ("x\u0001y", "team/alice", "..", "a\u200bb", "\u202eevil"):
+    for bad_id in ("x\u0001y", "team/alice", "..", ".", "a\u200bb", "\u202eevil", "a\u0085b", "a\u2028b", "\ufeffx"):
         for form in (
             {"data": {"identity_id": bad_id}, "files": {"images": ("a.jpg", face)}},
             {"json": {"identity_id": bad_id, "images": [base64.b64encode(face).decode()]}},
@@ -267,6 +280,12 @@ def test_gallery_bad_input(client: httpx.Client, face: bytes) -> None:
         client.post("/gallery/identities/nobody/faces", files={"images": ("a", face)}), 404, "identity_not_found"
     )
     check_problem(client.delete("/gallery/identities/nobody"), 404, "identity_not_found")
+
+
+def test_openapi_states_the_servers_k_limit(client: httpx.Client) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/identify"]["post"]["requestBody"]["content"]
+    for media in ("multipart/form-data", "application/json"):
+        assert body[media]["schema"]["properties"]["k"]["maximum"] == 10  # this server's max_k
 
 
 def test_no_5xx_and_server_alive(server: Server, client: httpx.Client) -> None:

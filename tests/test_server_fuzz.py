@@ -59,7 +59,9 @@ def test_api_conforms_and_never_5xx(fuzz_server: Server) -> None:
     from schemathesis import GenerationMode
 
     operations = _operations(fuzz_server.url)
-    assert len(operations) >= 20
+    # each operation once (the /v1 copies and deprecated /faces paths are unlisted); 16 with batch verify,
+    # 1:1 against an identity and PATCH
+    assert len(operations) >= 16
     headers = auth("admin")
     tried = 0
     deadline = time.monotonic() + SECONDS

@@ -127,6 +127,7 @@ def test_gallery_lifecycle_and_identify(server: Server, wild_dir: Path, wild_lab
             ids.append(name)
         dup = c.post("/gallery/identities", json={"identity_id": "obama", "images": [b64(wild_dir / "obama3.jpg")]})
         assert dup.status_code == 409 and dup.json()["code"] == "duplicate_identity"
+        assert "add templates to it with POST /gallery/identities/obama/templates" in dup.json()["detail"]
         # add faces: one good image, one without a face (reported, not enrolled)
         text = ("notes.txt", b"not an image", "text/plain")
         add = c.post(
@@ -163,13 +164,22 @@ def test_gallery_lifecycle_and_identify(server: Server, wild_dir: Path, wild_lab
             res = r.json()["results"][0]
             assert res["is_unknown"] is False and res["identity_id"] == wild_labels[probe][0], (probe, res)
             assert res["candidates"][0]["estimated_fmr"] < 1e-3 and len(res["candidates"]) <= 3
+            assert res["comparisons"] == 8 and r.json()["gallery_size"] == 5  # FPIR scaled by templates
+            best = res["candidates"][0]  # far above every calibration impostor: a bound, flagged
+            assert best["estimated_fmr_below_resolution"] is True and best["estimated_fmr"] == res["fmr_resolution"]
         unknown = c.post("/identify", json={"image": b64(wild_dir / "lin_manuel_miranda.png")}).json()
         assert unknown["results"][0]["is_unknown"] is True and unknown["results"][0]["identity_id"] is None
         group = c.post("/v1/identify", files=files(image=wild_dir / "group_kit_rose.jpg"), data={"faces": "all"})
         names = {x["identity_id"] for x in group.json()["results"]}
         assert {"kit_harington", "rose_leslie"} <= names
         strict = c.post("/identify", json={"image": b64(wild_dir / "obama3.jpg"), "threshold": 0.99}).json()
-        assert strict["results"][0]["is_unknown"] is True and strict["results"][0]["candidates"]
+        # a match-only key sees no candidate below the threshold, and no metadata (docs/server.md, Scopes)
+        assert strict["results"][0]["is_unknown"] is True and strict["results"][0]["candidates"] == []
+        assert all(c["metadata"] is None for c in r.json()["results"][0]["candidates"])
+    with server.client(headers=auth("admin")) as c:  # gallery read: every candidate, with metadata
+        strict = c.post("/identify", json={"image": b64(wild_dir / "obama3.jpg"), "threshold": 0.99}).json()
+        assert strict["results"][0]["is_unknown"] is True and len(strict["results"][0]["candidates"]) == 5
+        assert strict["results"][0]["candidates"][0]["metadata"] is not None
     with server.client(headers=auth("enroll")) as c:
         tids = c.get("/gallery/identities/biden").json()["template_ids"]
         assert c.delete(f"/gallery/identities/obama/templates/{tids[-1]}").json()["code"] == "template_not_found"

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from _server_util import Server, auth
 
+pytestmark = pytest.mark.slow  # 32 concurrent clients against a real server
+
 CLIENTS = 32
 LOAD_SECONDS = float(os.environ.get("FACEMATCH_LOAD_SECONDS", "12"))
 WARMUP_SECONDS = 4.0

@@ -21,19 +21,33 @@ class ArchSpec:
     module: str  # submodule of this package holding the builder
     builder: str  # function(name, *, num_features, input_size) -> nn.Module
     layout: str  # the reference code whose state_dict keys it matches
+    # what follows ``forward_features`` up to the embedding (``forward_head``), for the card's explain block
+    head: str = ""
 
 
 _IRES = "insightface arcface_torch backbones/iresnet.py"
 _MBF = "insightface arcface_torch backbones/mobilefacenet.py"
 _SF = "opensphere model/backbone/sfnet.py"
+_IRES_HEAD = "BatchNorm2d -> Flatten -> Dropout (identity at inference) -> Linear -> BatchNorm1d: affine"
+_MBF_HEAD = "GDC: depthwise kxk Conv + BatchNorm2d -> Flatten -> Linear -> BatchNorm1d: affine"
+_MBF_FC_HEAD = "output of the conv_reduce PReLU -> Flatten -> Linear -> BatchNorm1d: affine"
+_SF_HEAD = "Flatten -> Dropout (identity at inference) -> Linear"
 
 ARCHS: dict[str, ArchSpec] = {
-    **{n: ArchSpec(n, "iresnet", "iresnet", _IRES) for n in ("r18", "r34", "r50", "r100", "r200")},
-    "mbf": ArchSpec("mbf", "mobilefacenet", "mobilefacenet", _MBF),
-    "mbf_large": ArchSpec("mbf_large", "mobilefacenet", "mobilefacenet", _MBF),
-    "mbf_fc": ArchSpec("mbf_fc", "mobilefacenet", "mobilefacenet", _MBF + " (released w600k_mbf head: 1x1 conv + fc)"),
+    **{n: ArchSpec(n, "iresnet", "iresnet", _IRES, _IRES_HEAD) for n in ("r18", "r34", "r50", "r100", "r200")},
+    "mbf": ArchSpec("mbf", "mobilefacenet", "mobilefacenet", _MBF, _MBF_HEAD),
+    "mbf_large": ArchSpec("mbf_large", "mobilefacenet", "mobilefacenet", _MBF, _MBF_HEAD),
+    "mbf_fc": ArchSpec(
+        "mbf_fc", "mobilefacenet", "mobilefacenet", _MBF + " (released w600k_mbf head: 1x1 conv + fc)", _MBF_FC_HEAD
+    ),
     **{
-        f"{n}{s}": ArchSpec(f"{n}{s}", "sfnet", "sfnet", _SF + (" with BN" if s else " without BN"))
+        f"{n}{s}": ArchSpec(
+            f"{n}{s}",
+            "sfnet",
+            "sfnet",
+            _SF + (" with BN" if s else " without BN"),
+            _SF_HEAD + (" -> BatchNorm1d: affine" if s else ": affine"),
+        )
         for n in ("sfnet20", "sfnet36", "sfnet64")
         for s in ("", "_bn")
     },

@@ -83,11 +83,17 @@ class IResNet(nn.Module):
         mods.extend(IBasicBlock(planes, planes) for _ in range(1, blocks))
         return nn.Sequential(*mods)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (N, 512, H/16, W/16): what the head reads."""
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.bn2(x), 1)
-        return self.features(self.fc(self.dropout(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        """BN → flatten → dropout (identity at inference) → fc → BN1d: affine in ``f``."""
+        return self.features(self.fc(self.dropout(torch.flatten(self.bn2(f), 1))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def iresnet(name: str, *, num_features: int = 512, input_size: int = 112) -> IResNet:

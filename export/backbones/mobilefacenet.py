@@ -142,13 +142,22 @@ class MobileFaceNet(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map the head reads: ``conv_sep``'s output (gdc, N×512×7×7) or
+        ``conv_reduce``'s (fc, N×64×7×7, the last PReLU of the released w600k_mbf)."""
         for layer in self.layers:
             x = layer(x)
         x = self.conv_sep(x)
+        return self.conv_reduce(x) if self.head == "fc" else x
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        """gdc: depthwise k×k conv + BN → flatten → linear → BN1d; fc: flatten → fc → BN1d. Both affine in ``f``."""
         if self.head == "fc":
-            return self.features(self.fc(torch.flatten(self.conv_reduce(x), 1)))
-        return self.features(x)
+            return self.features(self.fc(torch.flatten(f, 1)))
+        return self.features(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def mobilefacenet(name: str, *, num_features: int = 512, input_size: int = 112) -> MobileFaceNet:

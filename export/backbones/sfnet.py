@@ -81,9 +81,16 @@ class SFNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (N, C, H/16, W/16): what the head reads."""
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        """flatten → dropout (identity at inference) → fc → BN1d (or identity): affine in ``f``."""
+        return self.features(self.fc(self.dropout(torch.flatten(f, 1))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.features(self.fc(self.dropout(torch.flatten(x, 1))))
+        return self.forward_head(self.forward_features(x))
 
 
 def sfnet(name: str, *, num_features: int = 512, input_size: int = 112) -> SFNet:

@@ -21,19 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import CACHE_ENV, user_cache_dir
+
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "embeddings.sqlite"
-CACHE_ENV = "FACEMATCH_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
     """``$FACEMATCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/facematch``, else ``~/.cache/facematch``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "facematch"
+    return user_cache_dir()
 
 
 def content_hash(data: bytes) -> str:

@@ -73,10 +73,19 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True, leave=False)
 
 
+def prepare_file(matcher: Any, data: bytes, detect: bool) -> Any:
+    """The one preparation of an evaluation image: the SDK's ``prepare``, largest face or the image as an aligned crop.
+
+    Returns the :class:`~facematch.types.PreparedImage` (its ``crops[0]`` is what is embedded);
+    raises the image's ``FacematchError``.
+    """
+    return matcher.prepare(data, "largest" if detect else None, aligned=not detect)
+
+
 def _prepare(matcher: Any, data: bytes, detect: bool) -> np.ndarray | CachedEmbedding:
-    """The one crop an image gives (the SDK's ``prepare``: largest face, or the image as an aligned crop)."""
+    """The one crop an image gives (:func:`prepare_file`), or its failure."""
     try:
-        prep = matcher.prepare(data, "largest" if detect else None, aligned=not detect)
+        prep = prepare_file(matcher, data, detect)
     except FacematchError as exc:  # no_face, not_aligned, invalid_image...
         return CachedEmbedding(exc.code, None, None, exc.message)
     crop: np.ndarray = prep.crops[0]
@@ -164,4 +173,4 @@ def embed_files(
     return EmbeddedSet(paths, vectors, norms, ok, failures, n_cached, matcher.model_id, dim)
 
 
-__all__ = ["EmbeddedSet", "ImageFailure", "embed_files", "norms_available", "pipeline_key"]
+__all__ = ["EmbeddedSet", "ImageFailure", "embed_files", "norms_available", "pipeline_key", "prepare_file"]

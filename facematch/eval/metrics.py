@@ -242,6 +242,23 @@ def cmc(scores: np.ndarray, true_index: np.ndarray, ks: Sequence[int] = (1, 5)) 
     the probe's identity column. A probe's rank is 1 + the number of *other*
     identities scoring at least as high (ties count against the probe).
     """
+    rank = _ranks(scores, true_index)
+    return {int(k): float(np.mean(rank <= k)) for k in ks}
+
+
+def cmc_curve(scores: np.ndarray, true_index: np.ndarray, max_rank: int | None = None) -> list[float]:
+    """The CMC curve: rank-k identification rate for k = 1 .. ``max_rank`` (default: the gallery size).
+
+    Ranks as in :func:`cmc`, so ``cmc_curve(s, t)[k - 1] == cmc(s, t, [k])[k]``.
+    """
+    rank = _ranks(scores, true_index)
+    n_gallery = np.asarray(scores).shape[1]
+    top = n_gallery if max_rank is None else max(1, min(int(max_rank), n_gallery))
+    counts = np.bincount(np.minimum(rank, top + 1), minlength=top + 2)[1 : top + 1]
+    return [float(v) for v in np.cumsum(counts) / rank.size]
+
+
+def _ranks(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     t = np.asarray(true_index, dtype=np.int64).reshape(-1)
     if s.ndim != 2 or s.shape[0] != t.size:
@@ -249,8 +266,7 @@ def cmc(scores: np.ndarray, true_index: np.ndarray, ks: Sequence[int] = (1, 5)) 
     if t.size == 0:
         raise InvalidArgumentError("need at least one probe")
     true_s = s[np.arange(t.size), t]
-    rank = np.sum(s >= true_s[:, None], axis=1)  # includes the true identity itself
-    return {int(k): float(np.mean(rank <= k)) for k in ks}
+    return np.sum(s >= true_s[:, None], axis=1)  # includes the true identity itself
 
 
 @dataclass(frozen=True)
@@ -307,6 +323,53 @@ def dir_at_fpir(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class DirCurve:
+    """DIR against FPIR as the threshold sweeps the non-mated probes' top scores (for the DIR vs FPIR plot).
+
+    ``threshold[k]`` gives ``fpir[k]`` (share of non-mated probes reaching it) and ``dir[k]``
+    (share of mated probes ranked first and reaching it); FPIR decreases along the arrays.
+    """
+
+    fpir: list[float]
+    dir: list[float]
+    threshold: list[float]
+    n_mated: int
+    n_nonmated: int
+
+
+def dir_fpir_curve(
+    mated_top_score: np.ndarray,
+    mated_correct: np.ndarray,
+    nonmated_top_score: np.ndarray,
+    max_points: int = 256,
+) -> DirCurve:
+    """The DIR vs FPIR curve, one point per distinct non-mated top score (thinned, log-spaced in FPIR).
+
+    Each point is what :func:`dir_at_fpir` reports at that threshold.
+    """
+    ms = _scores(mated_top_score, "mated")
+    mc = np.asarray(mated_correct, dtype=bool).reshape(-1)
+    ns = np.sort(_scores(nonmated_top_score, "non-mated"))
+    if ms.size != mc.size or ms.size == 0 or ns.size == 0:
+        raise InvalidArgumentError("need mated (with correctness) and non-mated probe scores")
+    thr = np.unique(ns)[::-1]  # highest first: FPIR grows along the sweep
+    fpir = (ns.size - np.searchsorted(ns, thr, side="left")) / ns.size
+    hits = np.sort(ms[mc])
+    dirs = (hits.size - np.searchsorted(hits, thr, side="left")) / ms.size
+    if thr.size > max_points:
+        grid = np.geomspace(fpir[0], fpir[-1], max_points)
+        keep = np.unique(np.r_[0, np.searchsorted(fpir, grid, side="left").clip(0, thr.size - 1), thr.size - 1])
+        thr, fpir, dirs = thr[keep], fpir[keep], dirs[keep]
+    return DirCurve(
+        fpir=[float(v) for v in fpir[::-1]],
+        dir=[float(v) for v in dirs[::-1]],
+        threshold=[float(v) for v in thr[::-1]],
+        n_mated=int(ms.size),
+        n_nonmated=int(ns.size),
+    )
 
 
 # ---- fairness ------------------------------------------------------------------------------
@@ -568,6 +631,7 @@ def assign_folds(n: int, k: int = 10, seed: int = 0) -> np.ndarray:
 
 __all__ = [
     "AngleStats",
+    "DirCurve",
     "DirPoint",
     "Eer",
     "Fairness",
@@ -583,7 +647,9 @@ __all__ = [
     "auc",
     "best_threshold",
     "cmc",
+    "cmc_curve",
     "dir_at_fpir",
+    "dir_fpir_curve",
     "eer",
     "fairness",
     "kfold_accuracy",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from . import metrics as M
 
 DEFAULT_FMRS = (1e-2, 1e-3, 1e-4)
 DEFAULT_FPIRS = (1e-1, 1e-2)
+CMC_RANKS = 50  # the CMC curve is kept up to this rank
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class ClosedSet:
     n_gallery_images: int
     n_probes: int
     rank: dict[int, float]
+    cmc: list[float] = field(default_factory=list)  # rank-k identification rate, k = 1 .. min(gallery, CMC_RANKS)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class OpenSet:
     n_mated: int
     n_nonmated: int
     points: list[M.DirPoint]
+    curve: M.DirCurve | None = None  # DIR vs FPIR over all thresholds (pooled folds)
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ def identification(
         n_gallery_images=int(gallery.sum()),
         n_probes=int(probes.sum()),
         rank=M.cmc(scores, true_col, ks),
+        cmc=M.cmc_curve(scores, true_col, CMC_RANKS),
     )
     return Identification(
         gallery_per_identity, seed, closed, _open_set(emb, lab, gallery, fpirs, holdout_fraction, seed)
@@ -202,6 +206,7 @@ def _open_set(
         n_mated=int(ms.size),
         n_nonmated=int(ns.size),
         points=M.dir_at_fpir(ms, mc, ns, fpirs),
+        curve=M.dir_fpir_curve(ms, mc, ns),
     )
 
 
@@ -326,6 +331,7 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 __all__ = [
+    "CMC_RANKS",
     "DEFAULT_FMRS",
     "DEFAULT_FPIRS",
     "CardPoint",

@@ -14,13 +14,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..calibration import fmr_key
 from . import metrics as M
 from . import protocols as P
 from .embed import ImageFailure
+from .quality import ErcSection
+
+if TYPE_CHECKING:
+    from .explain_page import ExplainPage
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -107,6 +112,8 @@ class AlignedReport:
     hypersphere: P.Hypersphere
     seconds: dict[str, float]
     files: dict[str, str] = field(default_factory=dict)
+    explanations: ExplainPage | None = None  # --explain N: the hardest errors, explained
+    erc: ErcSection | None = None  # face quality: error versus reject
 
 
 @dataclass(frozen=True)
@@ -124,44 +131,130 @@ class PairsReport:
     excluded_entries: list[tuple[str, str]]
     result: P.PairsResult
     files: dict[str, str] = field(default_factory=dict)
+    erc: ErcSection | None = None  # face quality: error versus reject
 
 
 # ---- plots -------------------------------------------------------------------------------------
 
 
 def aligned_plots(report: AlignedReport, scores: M.PairScores, out: Path) -> dict[str, str]:
-    """ROC, score histogram and (with groups) fairness PNGs in ``out``; returns their file names by kind."""
+    """ROC, DET, score histogram, CMC, DIR vs FPIR and (with groups) fairness PNGs in ``out``, by kind."""
     from . import plots
 
     files = {}
     ops = report.verification.operating_points
     curve = M.roc(scores.genuine, scores.impostor)
     files["roc"] = plots.roc_plot([(report.model.id, curve)], ops, out / "roc.png", "ROC: all pairs").name
-    thr = {f"FMR {p.target_fmr:g}": p.threshold for p in ops if p.resolvable and p.threshold is not None}
+    files["det"] = plots.det_plot([(report.model.id, curve)], ops, out / "det.png", "DET: all pairs").name
+    thr = {f"FMR {fmr_key(p.target_fmr)}": p.threshold for p in ops if p.resolvable and p.threshold is not None}
     if report.fairness is not None:
         thr["shared (fairness)"] = report.fairness.result.shared_threshold
     files["histogram"] = plots.histogram_plot(scores.genuine, scores.impostor, thr, out / "scores.png").name
+    cs = report.identification.closed_set
+    if cs.cmc:
+        files["cmc"] = plots.cmc_plot(
+            cs.cmc,
+            out / "cmc.png",
+            n_probes=cs.n_probes,
+            n_gallery=cs.n_gallery_identities,
+            title=f"CMC: closed set, {report.identification.gallery_per_identity} gallery image(s) per identity",
+        ).name
+    o = report.identification.open_set
+    if o is not None and o.curve is not None:
+        files["dir_fpir"] = plots.dir_fpir_plot(
+            o.curve, o.points, out / "dir_fpir.png", f"DIR vs FPIR: open set, {o.n_folds} folds pooled"
+        ).name
     if report.fairness is not None and report.fairness.result.groups:
         files["fairness"] = plots.fairness_plot(
             report.fairness.result, out / "fairness.png", report.fairness.column
         ).name
+    if report.erc is not None:
+        files["erc"] = plots.erc_plot(report.erc, out / "erc.png").name
     return files
 
 
 def pairs_plots(report: PairsReport, scores: M.PairScores, out: Path) -> dict[str, str]:
-    """ROC and score histogram PNGs of the pairs with faces in ``out``; returns their file names by kind."""
+    """ROC, DET and score histogram PNGs of the pairs with faces in ``out``; returns their file names by kind."""
     from . import plots
 
     res = report.result
     curve = M.roc(scores.genuine, scores.impostor)
-    roc = plots.roc_plot([(report.model.id, curve)], res.operating_points, out / "roc.png", "ROC: pairs")
-    files = {"roc": roc.name}
+    files = {
+        "roc": plots.roc_plot([(report.model.id, curve)], res.operating_points, out / "roc.png", "ROC: pairs").name,
+        "det": plots.det_plot([(report.model.id, curve)], res.operating_points, out / "det.png", "DET: pairs").name,
+    }
     thr = {
-        f"FMR {p.target_fmr:g}": p.threshold for p in res.operating_points if p.resolvable and p.threshold is not None
+        f"FMR {fmr_key(p.target_fmr)}": p.threshold
+        for p in res.operating_points
+        if p.resolvable and p.threshold is not None
     }
     thr.update({f"card FMR {c.card_fmr}": c.threshold for c in res.card_points})
     files["histogram"] = plots.histogram_plot(scores.genuine, scores.impostor, thr, out / "scores.png").name
+    if report.erc is not None:
+        files["erc"] = plots.erc_plot(report.erc, out / "erc.png").name
     return files
+
+
+PAIRS_CSV = "pairs.csv"
+
+
+def decision_thresholds(res: P.PairsResult) -> list[tuple[str, float]]:
+    """The thresholds a pairs report decides at, as (CSV column, threshold): each target FMR, then the card's."""
+    cols = [
+        (f"match_fmr_{fmr_key(p.target_fmr)}", float(p.threshold))
+        for p in res.operating_points
+        if p.resolvable and p.threshold is not None
+    ]
+    cols += [(f"match_card_fmr_{c.card_fmr}", float(c.threshold)) for c in res.card_points]
+    return cols
+
+
+def write_pairs_csv(
+    path: Path,
+    a: Sequence[Path],
+    b: Sequence[Path],
+    same: np.ndarray,
+    similarity: np.ndarray,
+    valid: np.ndarray,
+    failures: Sequence[ImageFailure],
+    res: P.PairsResult,
+    root: Path | None = None,
+) -> Path:
+    """One row per pair: both images, same/different, similarity, the decision at each reported threshold
+    (1 match, 0 no match; ``similarity >= threshold``, the SDK's rule) and why a pair has no score.
+
+    Images are named relative to ``root`` (the folder the pair list's names resolve against).
+    A pair whose image gave no embedding has an empty similarity and empty decisions; ``failure``
+    names the side(s) and their status (``a: no_face``, ``b: invalid_image``, ...).
+    """
+    import csv
+
+    status = {str(f.path): f.status for f in failures}
+    cols = decision_thresholds(res)
+
+    def name(img: Path) -> str:
+        if root is not None:
+            try:
+                return str(Path(img).relative_to(root))
+            except ValueError:
+                pass
+        return str(img)
+
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_a", "image_b", "same", "similarity", *(c for c, _ in cols), "failure"])
+        for k in range(len(a)):
+            row: list[object] = [name(a[k]), name(b[k]), int(bool(same[k]))]
+            if valid[k]:
+                s = float(similarity[k])
+                row += [repr(s), *(int(s >= t) for _, t in cols), ""]  # exact: the decisions can be re-derived
+            else:
+                sides = [
+                    f"{side}: {status[str(img)]}" for side, img in (("a", a[k]), ("b", b[k])) if str(img) in status
+                ]
+                row += ["", *("" for _ in cols), "; ".join(sides) or "no embedding"]
+            w.writerow(row)
+    return path
 
 
 def write_report(report: AlignedReport | PairsReport, out: Path) -> None:
@@ -244,7 +337,7 @@ def aligned_markdown(r: AlignedReport) -> str:
                 "",
             ]
     if "roc" in r.files:
-        lines += [f"![ROC]({r.files['roc']})", f"![scores]({r.files['histogram']})", ""]
+        lines += [f"![ROC]({r.files['roc']})", f"![DET]({r.files['det']})", f"![scores]({r.files['histogram']})", ""]
     cs = i.closed_set
     lines += [
         "## Identification",
@@ -254,6 +347,8 @@ def aligned_markdown(r: AlignedReport) -> str:
         + ", ".join(f"rank-{k} **{pct(val)}**" for k, val in cs.rank.items()),
         "",
     ]
+    if "cmc" in r.files:
+        lines += [f"![CMC]({r.files['cmc']})", ""]
     if i.open_set is not None:
         o = i.open_set
         lines += [
@@ -272,6 +367,8 @@ def aligned_markdown(r: AlignedReport) -> str:
             ),
             "",
         ]
+        if "dir_fpir" in r.files:
+            lines += [f"![DIR vs FPIR]({r.files['dir_fpir']})", ""]
     if r.fairness is not None:
         f = r.fairness.result
         lines += [
@@ -330,6 +427,12 @@ def aligned_markdown(r: AlignedReport) -> str:
     else:
         lines.append(f"- feature norm: {h.feature_norm_note}")
     lines.append("")
+    if r.erc is not None:
+        lines += erc_markdown(r.erc, r.files.get("erc"))
+    if r.explanations is not None:
+        from .explain_page import explain_markdown
+
+        lines += explain_markdown(r.explanations)
     if d.failures:
         lines += [
             "## Images without an embedding",
@@ -339,6 +442,53 @@ def aligned_markdown(r: AlignedReport) -> str:
         ]
     lines += ["All numbers with their sample sizes: `report.json`.", ""]
     return "\n".join(lines)
+
+
+ERC_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3)
+
+
+def erc_markdown(e: ErcSection, plot: str | None) -> list[str]:
+    """The face-quality section: FNMR after rejecting the lowest-quality images, per measure."""
+
+    def at(curve: list[float | None], share: float) -> float | None:
+        keys = [round(x, 6) for x in e.reject]
+        return curve[keys.index(round(share, 6))] if round(share, 6) in keys else None
+
+    extras = [x for x, on in (("mirror consistency", e.mirror), ("106-point pose", e.pose106)) if on]
+    lines = [
+        "## Face quality: error versus reject",
+        "",
+        f"FNMR at the fixed threshold {e.threshold:.4f} ({e.threshold_source}) of the {e.n_genuine_pairs:,} genuine "
+        f"comparisons among {e.n_images} images, after rejecting {e.rejection} "
+        "(a comparison counts when both its images are kept). Cut: the relative FNMR reduction; area: under the "
+        f"curve from 0 to {e.reject[-1]:.0%} (lower is better). Components measured"
+        + (f" with {' and '.join(extras)}." if extras else " without mirror consistency and the 106-point pose."),
+        "",
+    ]
+    if e.unified_note:
+        lines += [f"*Unified score: {e.unified_note}.*", ""]
+    if e.fnmr_at_0 == 0.0:
+        lines += [
+            "*No genuine comparison fails at this threshold: there is no error for a quality measure to predict, "
+            "so every curve is flat at zero and its cuts are undefined.*",
+            "",
+        ]
+    header = ["measure", *[f"FNMR @ {x:.0%}" for x in ERC_SHARES], "cut @ 10%", "cut @ 20%", "area", "note"]
+    rows = [
+        [
+            c.measure,
+            *[pct(at(c.fnmr, x)) for x in ERC_SHARES],
+            pct(c.cut_10, 1),
+            pct(c.cut_20, 1),
+            num(c.area, 5),
+            c.note,
+        ]
+        for c in e.curves
+    ]
+    lines += [table(header, rows), ""]
+    if plot:
+        lines += [f"![ERC]({plot})", ""]
+    return lines
 
 
 def pairs_markdown(r: PairsReport) -> str:
@@ -376,7 +526,14 @@ def pairs_markdown(r: PairsReport) -> str:
             "",
         ]
     if "roc" in r.files:
-        lines += [f"![ROC]({r.files['roc']})", f"![scores]({r.files['histogram']})", ""]
+        lines += [f"![ROC]({r.files['roc']})", f"![DET]({r.files['det']})", f"![scores]({r.files['histogram']})", ""]
+    if "pairs_csv" in r.files:
+        lines += [
+            f"Every pair, its similarity and the decision at each threshold above: `{r.files['pairs_csv']}`.",
+            "",
+        ]
+    if r.erc is not None:
+        lines += erc_markdown(r.erc, r.files.get("erc"))
     if r.failures:
         lines += [
             "## Images without an embedding",
@@ -396,6 +553,7 @@ def pairs_markdown(r: PairsReport) -> str:
 
 
 __all__ = [
+    "PAIRS_CSV",
     "AlignedReport",
     "DatasetInfo",
     "FairnessInfo",
@@ -403,6 +561,8 @@ __all__ = [
     "PairsReport",
     "aligned_markdown",
     "aligned_plots",
+    "decision_thresholds",
+    "erc_markdown",
     "num",
     "pairs_markdown",
     "pairs_plots",
@@ -410,5 +570,6 @@ __all__ = [
     "table",
     "to_jsonable",
     "write_json",
+    "write_pairs_csv",
     "write_report",
 ]

@@ -6,6 +6,7 @@ builds the report object; :mod:`.report` writes it (``report.json``, ``report.md
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from .cache import EmbeddingCache
 from .data import IdentitySet, list_identity_dir, read_groups, read_pairs
 from .embed import EmbeddedSet, embed_files, norms_available
 from .report import (
+    PAIRS_CSV,
     AlignedReport,
     DatasetInfo,
     FairnessInfo,
@@ -29,6 +31,7 @@ from .report import (
     PairsReport,
     aligned_plots,
     pairs_plots,
+    write_pairs_csv,
     write_report,
 )
 
@@ -82,11 +85,24 @@ def run_aligned(
     seed: int = 0,
     plots: bool = True,
     progress: bool = True,
+    erc: bool = True,
+    mirror: bool = False,
+    pose106: bool = False,
+    explain: int = 0,
 ) -> AlignedReport:
-    """Verification, identification, fairness and hypersphere health of a folder-per-identity set."""
+    """Verification, identification, fairness, hypersphere health and (``erc``) face quality's
+    error-versus-reject curves of a folder-per-identity set.
+
+    ``mirror`` adds mirror consistency to the quality components (one extra embedding per
+    image), ``pose106`` the 106-point pose. ``explain=N`` adds the N hardest false non-matches
+    and N closest false matches at the card's default threshold, each explained and drawn
+    (:mod:`.explain_page`).
+    """
     target_fmr = check_rate(target_fmr, "target_fmr")
     if threshold is not None:
         threshold = check_threshold(threshold)
+    if isinstance(explain, bool) or not isinstance(explain, int) or explain < 0:
+        raise InvalidArgumentError(f"explain must be a whole number of pairs >= 0, got {explain!r}")
     t0 = time.perf_counter()
     ids = list_identity_dir(root)
     emb, x, y = embed_identity_set(matcher, ids, detect=detect, cache_dir=cache_dir, progress=progress)
@@ -131,6 +147,24 @@ def run_aligned(
     )
     norms = emb.norms[emb.ok] if has_norms else None
     health = P.hypersphere(scores, x, y, norms, note)
+    section = None
+    if erc:
+        from .erc import GenuinePairs
+        from .quality import assess_set, erc_section
+
+        quals = assess_set(matcher, emb, detect=detect, mirror=mirror, pose106=pose106)
+        kept = [q for q in quals if q is not None]
+        section = erc_section(
+            card,
+            kept,
+            GenuinePairs.of(x, y),
+            scores.impostor,
+            labels=y,
+            set_name=Path(root).resolve().name,
+            mirror=mirror,
+            pose106=pose106,
+            seed=seed,
+        )
 
     report = AlignedReport(
         model=model,
@@ -148,10 +182,21 @@ def run_aligned(
         fairness=fair,
         hypersphere=health,
         seconds={"embed": round(t_embed, 3), "total": 0.0},
+        erc=section,
     )
     out.mkdir(parents=True, exist_ok=True)
     if plots:
         report.files.update(aligned_plots(report, scores, out))
+    if explain:
+        from .explain_page import explain_errors
+
+        t = time.perf_counter()
+        paths = [p for p, ok in zip(ids.paths, emb.ok, strict=True) if ok]
+        page = explain_errors(
+            matcher, paths, y, ids.identities, x, scores.impostor, out, n=explain, detect=detect, target_fmr=target_fmr
+        )
+        report = dataclasses.replace(report, explanations=page)
+        report.seconds["explain"] = round(time.perf_counter() - t, 3)
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
     write_report(report, out)
     return report
@@ -185,8 +230,15 @@ def run_pairs(
     seed: int = 0,
     plots: bool = True,
     progress: bool = True,
+    erc: bool = True,
+    mirror: bool = False,
+    pose106: bool = False,
 ) -> PairsReport:
-    """Verify a list of pairs; images without a face are reported and their pairs counted apart."""
+    """Verify a list of pairs; images without a face are reported and their pairs counted apart.
+
+    ``erc``: face quality's error-versus-reject curves over the images of the genuine pairs with
+    faces (at the FMR-1e-3 threshold: the pairs' own when their impostors resolve it, else the card's).
+    """
     pl = read_pairs(pairs_file, root, seed)
     unique = list(dict.fromkeys([*pl.a, *pl.b]))
     index = {p: k for k, p in enumerate(unique)}
@@ -205,6 +257,34 @@ def run_pairs(
         scores, pl.same, valid, pl.folds, fmrs=fmrs, seed=seed, card_thresholds=model.card_thresholds
     )
     failed = [(str(pl.a[k]), str(pl.b[k]), bool(pl.same[k])) for k in np.flatnonzero(~valid)]
+    section = None
+    genuine = valid & pl.same
+    if erc and genuine.any():
+        from .erc import GenuinePairs
+        from .quality import assess_set, erc_section
+
+        quals = assess_set(matcher, emb, detect=detect, mirror=mirror, pose106=pose106)
+        used = np.unique(np.concatenate([ia[genuine], ib[genuine]]))
+        position = {int(u): k for k, u in enumerate(used)}
+        pairs = GenuinePairs.from_pairs(
+            np.array([position[int(v)] for v in ia[genuine]]),
+            np.array([position[int(v)] for v in ib[genuine]]),
+            scores[genuine],
+            len(used),
+        )
+        impostor = scores[valid & ~pl.same]
+        kept = [quals[int(u)] for u in used]
+        section = erc_section(
+            matcher.embedder_card,
+            [q for q in kept if q is not None],
+            pairs,
+            impostor if impostor.size else None,
+            labels=None,
+            set_name=Path(pairs_file).resolve().parent.name,
+            mirror=mirror,
+            pose106=pose106,
+            seed=seed,
+        )
     report = PairsReport(
         model=model,
         pairs_file=str(pairs_file),
@@ -216,8 +296,12 @@ def run_pairs(
         failed_pairs=failed,
         excluded_entries=pl.excluded,
         result=res,
+        erc=section,
     )
     out.mkdir(parents=True, exist_ok=True)
+    names_root = Path(root) if root is not None else Path(pairs_file).parent
+    write_pairs_csv(out / PAIRS_CSV, pl.a, pl.b, pl.same, scores, valid, emb.failures, res, root=names_root)
+    report.files["pairs_csv"] = PAIRS_CSV
     if plots:
         report.files.update(pairs_plots(report, M.PairScores(scores[valid & pl.same], scores[valid & ~pl.same]), out))
     write_report(report, out)

@@ -41,7 +41,7 @@ class ModelBinding:
         self,
         store: Store,
         *,
-        path: Path,
+        path: Path | str,
         read_only: bool,
         matcher: FaceMatcher | None,
         calibration: Calibration | None,
@@ -83,11 +83,14 @@ class ModelBinding:
                 return
             if not isinstance(model_id, str) or not model_id or dim < 1:
                 raise InvalidArgumentError("a model id and a positive dimension are needed to bind the gallery")
-            self._store.set_meta({"model_id": model_id, "dim": str(int(dim))})
-            logger.info("gallery %s bound to model %s (dim %d)", self._path, model_id, dim)
-            if self.on_bound is not None:
-                self.on_bound(int(dim))
-            return
+            # first writer wins: another process sharing the store may have bound it meanwhile
+            stored = self._store.init_meta({"model_id": model_id, "dim": str(int(dim))})
+            bound_id, bound_dim = stored["model_id"], int(stored["dim"])
+            if bound_id == model_id and bound_dim == int(dim):
+                logger.info("gallery %s bound to model %s (dim %d)", self._path, model_id, dim)
+                if self.on_bound is not None:
+                    self.on_bound(int(dim))
+                return
         if model_id != bound_id or int(dim) != bound_dim:
             raise ModelMismatchError(
                 f"gallery {self._path} holds {bound_id!r} embeddings (dim {bound_dim}); got {model_id!r} (dim {dim})",
@@ -113,6 +116,11 @@ class ModelBinding:
             return self._calibration
         card = self._model_card()
         return card.calibration if card is not None else None
+
+    @property
+    def card(self) -> ModelCard | None:
+        """The bound embedder's card (the matcher's, else loaded by id), ``None`` when unbound or not found."""
+        return self._model_card()
 
     def _model_card(self) -> ModelCard | None:
         if self._matcher is not None and self._matcher.model_id == self.model_id:

@@ -11,11 +11,13 @@ from ..errors import InvalidArgumentError
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 Storage = Literal["fp32", "fp16", "sq8", "pq"]
 Device = Literal["auto", "cpu", "gpu"]
+Engine = Literal["faiss", "torch"]
 Aggregation = Literal["max", "mean", "topk_mean"]
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 STORAGES = ("fp32", "fp16", "sq8", "pq")
 DEVICES = ("auto", "cpu", "gpu")
+ENGINES = ("faiss", "torch")
 AGGREGATIONS = ("max", "mean", "topk_mean")
 
 # The size rule of kind="auto", from benchmarks/bench_gallery_scale.py on galleries fitted to
@@ -42,6 +44,11 @@ class IndexConfig:
     serves meanwhile). ``search_threads``: FAISS threads per search call; ``None``
     chooses per call (one thread below ``PARALLEL_MIN_BATCH`` probes, every core from
     there), ``0`` leaves FAISS's own setting alone.
+
+    ``engine``: ``faiss`` (default; a FAISS-GPU mirror when ``device`` allows and the GPU
+    probe passes) or ``torch`` (:class:`~facematch.gallery.torch_index.TorchIndex`: a flat
+    matrix on a CUDA GPU through PyTorch, for machines without FAISS-GPU; ``device`` ``auto``
+    uses CUDA when torch sees it). See docs/gpu.md.
     """
 
     kind: IndexKind = "flat"
@@ -57,6 +64,7 @@ class IndexConfig:
     device: Device = "auto"
     pq_m: int = 64  # PQ sub-quantisers (bytes per template); the dimension must be a multiple
     search_threads: int | None = None
+    engine: Engine = "faiss"
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -65,6 +73,10 @@ class IndexConfig:
             raise InvalidArgumentError(f"index storage must be one of {STORAGES}, got {self.storage!r}")
         if self.device not in DEVICES:
             raise InvalidArgumentError(f"index device must be one of {DEVICES}, got {self.device!r}")
+        if self.engine not in ENGINES:
+            raise InvalidArgumentError(f"index engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "torch" and self.kind not in ("flat", "auto"):
+            raise InvalidArgumentError(f"engine='torch' is a flat (exact) index; kind={self.kind!r} needs FAISS")
         for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search", "rerank_factor", "min_train", "pq_m"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -94,6 +106,8 @@ class IndexConfig:
         """
         if self.kind != "auto":
             return self
+        if self.engine == "torch":  # the torch engine is exact flat at any size
+            return replace(self, kind="flat", storage="fp32")
         return replace(
             self,
             kind="ivf",
@@ -119,7 +133,7 @@ class IndexConfig:
 
     @property
     def needs_training(self) -> bool:
-        return self.kind == "ivf" or self.storage in ("sq8", "pq")
+        return self.engine == "faiss" and (self.kind == "ivf" or self.storage in ("sq8", "pq"))
 
     @property
     def exact(self) -> bool:
@@ -154,6 +168,8 @@ class IndexConfig:
             parts.append(f"M={self.hnsw_m},efSearch={self.ef_search}")
         if self.rerank:
             parts.append("rerank")
+        if self.engine != "faiss":
+            parts.insert(0, self.engine)
         return "/".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,8 +206,10 @@ __all__ = [
     "AUTO_FLAT_MAX",
     "AUTO_NPROBE",
     "AUTO_RERANK_FACTOR",
+    "ENGINES",
     "Aggregation",
     "Device",
+    "Engine",
     "IndexConfig",
     "IndexKind",
     "Storage",

@@ -3,13 +3,16 @@
 Enrolment composes the matcher's shared steps and nothing else:
 
     prepared = [prepare_for_enrolment(matcher, image, aligned=...) or the image error, ...]
-    embeddings = matcher.embed_crops(<crops[0] of every prepared image>)   # one call
-    report = gallery.enroll_prepared(identity_id, prepared, embeddings, ...)
+    embeddings, norms = matcher.embed_crops(<crops[0] of every prepared image>)   # one call
+    qualities = assess_enrolment(matcher, prepared, norms)       # facematch.quality, no model run
+    report = gallery.enroll_prepared(identity_id, prepared, embeddings, qualities=qualities, ...)
 
 :meth:`Gallery.enroll` runs all three; the server runs the middle step through its own
 micro-batcher and calls the other two itself. This module holds the pieces between the
 steps: which image errors become per-image outcomes (:data:`IMAGE_ERRORS`), the
-multi-face policy, the :class:`EnrollReport` and the error raised when nothing is enrolled.
+multi-face policy, the quality gate (a :class:`~facematch.quality.QualityPolicy`, strict by
+default: :data:`~facematch.quality.ENROLMENT_POLICY`), the :class:`EnrollReport` and the error
+raised when nothing is enrolled.
 """
 
 from __future__ import annotations
@@ -23,7 +26,18 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import numpy as np
 
-from ..errors import FacematchError, InvalidArgumentError, InvalidImageError, MultipleFacesError, NoFaceError
+from ..errors import (
+    FacematchError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    InvalidArgumentError,
+    InvalidImageError,
+    MultipleFacesError,
+    NoFaceError,
+    NotAlignedError,
+    UnsupportedMediaError,
+)
+from ..quality import ENROLMENT_POLICY, FaceQuality, LowQualityError, QualityPolicy, assess_each
 from ..types import PreparedImage
 from .binding import ModelBinding
 from .store import Store, dump_metadata, duplicate_identity, identity_not_found, validate_identity_id
@@ -36,6 +50,11 @@ MultiFacePolicy = Literal["largest", "reject"]
 MULTI_FACE_POLICIES = ("largest", "reject")
 # image errors that become an outcome of their image (any other FacematchError propagates)
 IMAGE_ERRORS: tuple[type[FacematchError], ...] = (NoFaceError, InvalidImageError, MultipleFacesError)
+# an image outcome's status is its error's code; these are the InvalidImageError codes it can be
+_IMAGE_ERROR_BY_CODE: dict[str, type[InvalidImageError]] = {
+    e.code: e
+    for e in (InvalidImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedMediaError, NotAlignedError)
+}
 
 
 def source_label(image: Any, i: int) -> str:
@@ -78,11 +97,11 @@ def prepare_for_enrolment(matcher: FaceMatcher, image: Any, *, aligned: bool) ->
 
 def prepare_images(
     matcher: FaceMatcher, images: Sequence[Any], *, aligned: bool
-) -> tuple[list[PreparedImage | FacematchError], np.ndarray]:
-    """Prepare every image (keeping each image's error) and embed all their crops in one call.
+) -> tuple[list[PreparedImage | FacematchError], np.ndarray, list[FaceQuality]]:
+    """Prepare every image (keeping each image's error), embed all their crops in one call, assess them.
 
-    Returns what :meth:`Gallery.enroll_prepared` takes: one item per image, and one
-    embedding row per :class:`PreparedImage` item, in order.
+    Returns what :meth:`Gallery.enroll_prepared` takes: one item per image, one embedding row
+    and one :class:`~facematch.quality.FaceQuality` per :class:`PreparedImage` item, in order.
     """
     prepared: list[PreparedImage | FacematchError] = []
     for image in images:
@@ -92,8 +111,18 @@ def prepare_images(
             prepared.append(exc)
     crops = [p.crops[:1] for p in prepared if isinstance(p, PreparedImage)]
     if not crops:
-        return prepared, np.zeros((0, matcher.dim), np.float32)
-    return prepared, matcher.embed_crops(np.concatenate(crops))[0]
+        return prepared, np.zeros((0, matcher.dim), np.float32), []
+    embeddings, norms = matcher.embed_crops(np.concatenate(crops))
+    return prepared, embeddings, assess_enrolment(matcher, prepared, norms)
+
+
+def assess_enrolment(matcher: FaceMatcher, prepared: Sequence[Any], norms: Any) -> list[FaceQuality]:
+    """The quality of the enrolled face (``crops[0]``) of each :class:`PreparedImage` item, in order.
+
+    ``norms`` holds one pre-normalisation norm per such item (what ``embed_crops`` returned
+    for their first crops): :func:`facematch.quality.assess_each`.
+    """
+    return assess_each(matcher, prepared, norms)
 
 
 def outcome_for_error(index: int, source: str, exc: FacematchError) -> ImageOutcome:
@@ -103,7 +132,7 @@ def outcome_for_error(index: int, source: str, exc: FacematchError) -> ImageOutc
     if isinstance(exc, NoFaceError):
         status = "no_face"
     elif isinstance(exc, InvalidImageError):
-        status = "invalid_image"
+        status = exc.code if exc.code in _IMAGE_ERROR_BY_CODE else "invalid_image"  # type: ignore[assignment]
     elif isinstance(exc, MultipleFacesError):
         status = "multiple_faces"
         found = exc.details.get("faces")
@@ -118,15 +147,19 @@ def plan_enrolment(
     embeddings: Any,
     sources: Sequence[str],
     multi_face: MultiFacePolicy,
+    qualities: Sequence[FaceQuality] | None = None,
+    policy: QualityPolicy | None = None,
 ) -> tuple[list[ImageOutcome], list[np.ndarray]]:
     """Per-image outcomes (template ids still unset) and the embeddings of the accepted images, in order.
 
-    ``embeddings`` has one row per :class:`PreparedImage` item of ``prepared``. An image
-    with several faces is ``multiple_faces`` under the ``reject`` policy, else its largest
-    face is enrolled.
+    ``embeddings`` (and ``qualities``) have one row per :class:`PreparedImage` item of
+    ``prepared``. An image with several faces is ``multiple_faces`` under the ``reject``
+    policy, else its largest face is considered; a face that fails the quality ``policy`` is
+    ``low_quality``, with the failing components as ``reasons``.
     """
     n_prepared = sum(isinstance(p, PreparedImage) for p in prepared)
     rows = _embedding_rows(embeddings, n_prepared)
+    quals = _quality_rows(qualities, n_prepared, policy)
     outcomes: list[ImageOutcome] = []
     vectors: list[np.ndarray] = []
     row = 0
@@ -140,15 +173,51 @@ def plan_enrolment(
             )
         if len(item) == 0:
             raise InvalidArgumentError(f"prepared[{i}] holds no face crop")
-        vector = rows[row]
+        vector, quality = rows[row], quals[row]
         row += 1
         if item.faces_total > 1 and multi_face == "reject":
             msg = f"{item.faces_total} faces found; the gallery's multi-face policy is 'reject'"
-            outcomes.append(ImageOutcome(i, label, "multiple_faces", faces_found=item.faces_total, error=msg))
+            outcomes.append(
+                ImageOutcome(i, label, "multiple_faces", faces_found=item.faces_total, error=msg, quality=quality)
+            )
             continue
-        outcomes.append(ImageOutcome(i, label, "enrolled", face=item.face(0), faces_found=item.faces_total))
+        if policy is not None and quality is not None:
+            check = policy.check(quality)
+            if not check.passed:
+                outcomes.append(
+                    ImageOutcome(
+                        i,
+                        label,
+                        "low_quality",
+                        face=item.face(0),
+                        faces_found=item.faces_total,
+                        error=f"face quality below the {policy.name} policy: {check.reason}",
+                        quality=quality,
+                        reasons=check.failures,
+                    )
+                )
+                continue
+        outcomes.append(
+            ImageOutcome(i, label, "enrolled", face=item.face(0), faces_found=item.faces_total, quality=quality)
+        )
         vectors.append(vector)
     return outcomes, vectors
+
+
+def _quality_rows(
+    qualities: Sequence[FaceQuality] | None, n: int, policy: QualityPolicy | None
+) -> list[FaceQuality | None]:
+    if qualities is None:
+        if policy is not None and policy.limits:
+            raise InvalidArgumentError(
+                f"the {policy.name} quality policy needs the faces' quality: pass qualities= "
+                "(assess_enrolment(matcher, prepared, norms)), or quality=None to enrol without a quality gate"
+            )
+        return [None] * n
+    rows = list(qualities)
+    if len(rows) != n or not all(isinstance(q, FaceQuality) for q in rows):
+        raise InvalidArgumentError(f"qualities must hold one FaceQuality per prepared image ({n}), got {len(rows)}")
+    return list(rows)
 
 
 def _embedding_rows(embeddings: Any, n: int) -> np.ndarray:
@@ -171,17 +240,26 @@ def with_template_ids(outcomes: Sequence[ImageOutcome], template_ids: Sequence[i
 
 
 def raise_for(report: EnrollReport) -> NoReturn:
-    """Nothing was enrolled: ``NoFaceError`` / ``MultipleFacesError`` / ``InvalidImageError`` with the report."""
+    """Nothing was enrolled: ``LowQualityError`` / ``NoFaceError`` / ``MultipleFacesError`` / the image error
+    of the first failure (``InvalidImageError``, ``ImageTooLargeError``, ``UnsupportedMediaError``, ...).
+
+    The report is in ``details["report"]``; a ``LowQualityError`` also lists every refused
+    image's failing components in ``details["reasons"]`` (image, component, value, limit).
+    """
     failed = report.failed
-    summary = "; ".join(f"{o.source}: {o.status}" for o in failed)
+    summary = "; ".join(f"{o.source}: {o.status}" + (f" ({o.error})" if o.reasons else "") for o in failed)
     statuses = {o.status for o in failed}
-    details = {"report": report.to_dict(), "identity_id": report.identity_id}
+    details: dict[str, Any] = {"report": report.to_dict(), "identity_id": report.identity_id}
     msg = f"nothing enrolled for {report.identity_id!r}: {summary}"
+    if "low_quality" in statuses:
+        reasons = [{"image": o.source, **r.to_dict()} for o in failed for r in o.reasons]
+        raise LowQualityError(msg, reasons=reasons, **details)
     if "no_face" in statuses:
         raise NoFaceError(msg, **details)
     if "multiple_faces" in statuses:
         raise MultipleFacesError(msg, **details)
-    raise InvalidImageError(msg, **details)
+    first = failed[0].status if failed else "invalid_image"
+    raise _IMAGE_ERROR_BY_CODE.get(first, InvalidImageError)(msg, **details)
 
 
 class Enrolment:
@@ -281,17 +359,20 @@ class Enrolment:
         aligned: bool = False,
         strict: bool = False,
         sources: Sequence[str] | None = None,
+        quality: QualityPolicy | None = ENROLMENT_POLICY,
     ) -> EnrollReport:
         """Create ``identity_id`` from face images (paths, bytes, BGR arrays, PIL images).
 
-        Each image gives one template; images without a usable face are reported in
-        the returned report (``report.failed``). When no image gives a template, or
-        ``strict=True`` and any image fails, nothing is written and ``NoFaceError`` /
-        ``MultipleFacesError`` / ``InvalidImageError`` is raised with the report in
-        ``details["report"]``. ``aligned=True`` takes the images as aligned 112x112 crops.
-        ``sources`` names the images in the report (default: their paths, or ``#i``).
+        Each image gives one template; images without a usable face, or whose face fails the
+        ``quality`` policy (default: the strict :data:`~facematch.quality.ENROLMENT_POLICY`;
+        ``None``: no quality gate), are reported in the returned report (``report.failed``,
+        ``low_quality`` outcomes list the failing components). When no image gives a template,
+        or ``strict=True`` and any image fails, nothing is written and ``LowQualityError`` /
+        ``NoFaceError`` / ``MultipleFacesError`` / ``InvalidImageError`` is raised with the
+        report in ``details["report"]``. ``aligned=True`` takes the images as aligned 112x112
+        crops. ``sources`` names the images in the report (default: their paths, or ``#i``).
         """
-        return self._enroll_images(identity_id, images, metadata, aligned, strict, sources, create=True)
+        return self._enroll_images(identity_id, images, metadata, aligned, strict, sources, quality, create=True)
 
     def add_templates(
         self,
@@ -301,9 +382,10 @@ class Enrolment:
         aligned: bool = False,
         strict: bool = False,
         sources: Sequence[str] | None = None,
+        quality: QualityPolicy | None = ENROLMENT_POLICY,
     ) -> EnrollReport:
         """Add templates from face images to an existing identity (see :meth:`enroll`)."""
-        return self._enroll_images(identity_id, images, None, aligned, strict, sources, create=False)
+        return self._enroll_images(identity_id, images, None, aligned, strict, sources, quality, create=False)
 
     def add_faces(
         self,
@@ -326,6 +408,7 @@ class Enrolment:
         aligned: bool,
         strict: bool,
         sources: Sequence[str] | None,
+        quality: QualityPolicy | None,
         *,
         create: bool,
     ) -> EnrollReport:
@@ -341,7 +424,7 @@ class Enrolment:
             else [source_label(image, i) for i, image in enumerate(items)]
         )
         matcher = self._model.matcher()
-        prepared, embeddings = prepare_images(matcher, items, aligned=aligned)
+        prepared, embeddings, qualities = prepare_images(matcher, items, aligned=aligned)
         return self.enroll_prepared(
             identity_id,
             prepared,
@@ -351,6 +434,8 @@ class Enrolment:
             metadata=metadata,
             create=create,
             strict=strict,
+            qualities=qualities,
+            quality=quality,
         )
 
     def enroll_prepared(
@@ -364,6 +449,8 @@ class Enrolment:
         metadata: dict[str, Any] | None = None,
         create: bool,
         strict: bool = False,
+        qualities: Sequence[FaceQuality] | None = None,
+        quality: QualityPolicy | None = ENROLMENT_POLICY,
     ) -> EnrollReport:
         """Commit an enrolment whose images were prepared (and embedded) elsewhere.
 
@@ -372,10 +459,16 @@ class Enrolment:
         ``no_face``, ``InvalidImageError`` and subclasses → ``invalid_image``,
         ``MultipleFacesError`` → ``multiple_faces``; any other error propagates).
         ``embeddings`` has one row per ``PreparedImage`` item, in order (the embedding of
-        its ``crops[0]``), made by ``model_id``. The gallery's multi-face policy applies;
-        every accepted template is written in one store transaction (which re-checks
-        duplicate / not-found). Raises as :meth:`enroll` does when nothing is enrolled (or
-        ``strict`` and any image failed), with the report in ``details["report"]``.
+        its ``crops[0]``), made by ``model_id``; ``qualities`` one
+        :class:`~facematch.quality.FaceQuality` per such item (:func:`assess_enrolment`).
+        The gallery's multi-face policy applies, then the ``quality`` policy (the one quality
+        gate of every enrolment; default the strict enrolment policy, ``None`` for none): a face
+        below it is a ``low_quality`` outcome naming each failing component, its value and its
+        limit. Without ``qualities`` a policy with limits is refused (``InvalidArgumentError``).
+        Every accepted template is written in one store transaction (which re-checks
+        duplicate / not-found); what is already stored is untouched by refused images. Raises
+        as :meth:`enroll` does when nothing is enrolled (or ``strict`` and any image failed),
+        with the report in ``details["report"]``.
         """
         identity_id = self.check_enrollable(identity_id, create=create)
         if metadata is not None and not create:
@@ -385,7 +478,7 @@ class Enrolment:
         if not prepared:
             raise InvalidArgumentError("no images given")
         labels = check_sources(sources, len(prepared))
-        outcomes, vectors = plan_enrolment(prepared, embeddings, labels, self.multi_face)
+        outcomes, vectors = plan_enrolment(prepared, embeddings, labels, self.multi_face, qualities, quality)
         report = EnrollReport(identity_id=identity_id, outcomes=tuple(outcomes), created=create)
         if not vectors or (strict and report.failed):
             raise_for(replace(report, created=False))  # nothing was written
@@ -401,6 +494,7 @@ __all__ = [
     "Enrolment",
     "MultiFacePolicy",
     "as_image_list",
+    "assess_enrolment",
     "check_sources",
     "outcome_for_error",
     "plan_enrolment",

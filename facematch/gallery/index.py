@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from .config import IndexConfig
+from .gpu_mirror import GPU_MAX_K, GpuMirror
+from .gpu_probe import faiss_gpu_probe
 from .threads import faiss_threads, threads_for
 
 logger = logging.getLogger(__name__)
@@ -33,7 +36,6 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "index.json"
 MANIFEST_FORMAT = 1
-GPU_MAX_K = 2048  # FAISS-GPU's largest k per search
 TOMBSTONE_REBUILD_FRACTION = 0.2
 TRAIN_PER_LIST = 64  # k-means sample per IVF list (FAISS wants >= 39, samples up to 256 itself)
 TRAIN_MAX = 131_072  # training sample of the codecs (SQ ranges, PQ codebooks)
@@ -94,17 +96,47 @@ def import_faiss() -> Any:
         import faiss
     except ImportError as exc:  # pragma: no cover - faiss is in the cpu/gpu extras
         raise BackendUnavailableError(
-            "FAISS is not installed: pip install 'facematch[cpu]' (faiss-cpu) or 'facematch[gpu]' (faiss-gpu-cu12)"
+            "FAISS is not installed: pip install 'facematch[cpu]' (faiss-cpu) or 'facematch[gpu]' (faiss-gpu)"
         ) from exc
     return faiss
 
 
 def gpu_available(faiss: Any) -> bool:
-    """True when this FAISS build has GPU support and sees at least one GPU."""
-    try:
-        return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
-    except Exception:  # a broken CUDA install means "no GPU"
+    """True when this FAISS build has GPU support and passes the subprocess probe (:mod:`.gpu_probe`)."""
+    return hasattr(faiss, "StandardGpuResources") and faiss_gpu_probe().usable
+
+
+def gpu_unsupported(config: IndexConfig) -> str | None:
+    """Why FAISS-GPU cannot hold this index structure (``None``: it can)."""
+    if config.kind == "hnsw":
+        return "FAISS-GPU has no HNSW index (use kind='flat' or 'ivf', or device='cpu')"
+    if config.kind == "flat" and config.storage != "fp32":
+        return (
+            f"FAISS-GPU cannot hold a flat {config.storage} index (a scalar quantiser without lists); "
+            "use storage='fp32', kind='ivf', or the torch index (engine='torch')"
+        )
+    if config.kind == "ivf" and config.nprobe > GPU_MAX_K:
+        return f"nprobe={config.nprobe} is above FAISS-GPU's limit of {GPU_MAX_K}"
+    return None
+
+
+def decide_gpu(faiss: Any, config: IndexConfig) -> bool:
+    """Whether the index gets a GPU mirror; ``device='gpu'`` raises at open when it cannot have one."""
+    if config.device == "cpu":
         return False
+    reason = gpu_unsupported(config)
+    if reason is None and not hasattr(faiss, "StandardGpuResources"):
+        reason = "this FAISS build has no GPU support (faiss-cpu); pip install 'facematch[gpu]' (faiss-gpu)"
+    if reason is None:
+        probe = faiss_gpu_probe()
+        reason = None if probe.usable else probe.reason
+    if reason is None:
+        return True
+    if config.device == "gpu":
+        error = InvalidArgumentError if gpu_unsupported(config) else BackendUnavailableError
+        raise error(f"device='gpu': {reason}")
+    logger.info("index on CPU: %s", reason)
+    return False
 
 
 def _check_batch(ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +163,9 @@ class FaissIndex:
         self._native_ids = False  # IVF keeps ids itself; everything else sits in an IndexIDMap2
         self._trained_structure = False  # False while a trained kind falls back to exact flat
         self._tombstones: set[int] = set()
-        self._gpu_res: Any = None
-        self._gpu_index: Any = None
-        self._gpu_ids: np.ndarray | None = None
-        self._use_gpu = config.device != "cpu" and config.kind != "hnsw" and gpu_available(self._faiss)
-        if config.device == "gpu" and not self._use_gpu:
-            raise BackendUnavailableError("device='gpu' was asked for, but FAISS sees no GPU (or HNSW was chosen)")
+        self._cpu_lock = threading.RLock()  # every CPU-index change; the GPU mirror's background copy
+        self._use_gpu = decide_gpu(self._faiss, config)
+        self._mirror: GpuMirror | None = None
         self.rebuild(np.zeros((0,), np.int64), np.zeros((0, self.dim), np.float32))
 
     # ---- structure -------------------------------------------------------------------------
@@ -192,9 +221,10 @@ class FaissIndex:
         config = config.resolve()
         if config.structure_key() != self.config.structure_key():
             raise InvalidArgumentError(f"{config.describe()} is another structure than {self.config.describe()}")
-        self.config = config
-        self._apply_search_params(self._index)
-        self._invalidate_gpu()
+        with self._cpu_lock:
+            self.config = config
+            self._apply_search_params(self._index)
+        self._gpu_changed()
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids, vectors = _check_batch(ids, vectors, self.dim)
@@ -203,13 +233,14 @@ class FaissIndex:
     def rebuild_from(self, train: np.ndarray, n: int, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
         """Replace the content: a structure for ``n`` templates, trained on ``train`` (a random
         sample of them; :meth:`training_size` rows are used), then filled batch by batch."""
-        self._index = self._new_index(np.ascontiguousarray(train, dtype=np.float32), int(n))
-        self._tombstones.clear()
-        for ids, vectors in batches:
-            ids, vectors = _check_batch(ids, vectors, self.dim)
-            if ids.size:
-                self._index.add_with_ids(vectors, ids)
-        self._invalidate_gpu()
+        with self._cpu_lock:
+            self._index = self._new_index(np.ascontiguousarray(train, dtype=np.float32), int(n))
+            self._tombstones.clear()
+            for ids, vectors in batches:
+                ids, vectors = _check_batch(ids, vectors, self.dim)
+                if ids.size:
+                    self._index.add_with_ids(vectors, ids)
+        self._gpu_changed()
 
     @property
     def _nlist(self) -> int | None:
@@ -238,8 +269,10 @@ class FaissIndex:
         revived = self._tombstones.intersection(ids.tolist())
         if revived:  # an id removed from HNSW comes back: drop the stale vector first (rebuild)
             raise InvalidArgumentError(f"template ids {sorted(revived)[:5]} were removed and cannot be reused")
-        self._index.add_with_ids(vectors, ids)
-        self._invalidate_gpu()
+        with self._cpu_lock:  # the CPU change and the mirror's in one step (gpu_mirror.py)
+            self._index.add_with_ids(vectors, ids)
+            if self._mirror is not None:
+                self._mirror.added(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
@@ -249,8 +282,10 @@ class FaissIndex:
             present = set(self._raw_ids().tolist())
             self._tombstones.update(i for i in ids.tolist() if i in present)
         else:
-            self._index.remove_ids(self._faiss.IDSelectorBatch(ids.size, self._faiss.swig_ptr(ids)))
-        self._invalidate_gpu()
+            with self._cpu_lock:
+                self._index.remove_ids(self._faiss.IDSelectorBatch(ids.size, self._faiss.swig_ptr(ids)))
+                if self._mirror is not None:
+                    self._mirror.removed(ids)
 
     def _raw_ids(self) -> np.ndarray:
         if not self._native_ids:
@@ -290,14 +325,10 @@ class FaissIndex:
         return scores, ids
 
     def _search_raw(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        gpu = self._gpu() if self._use_gpu and k <= GPU_MAX_K else None
-        if gpu is not None:
-            scores, pos = gpu.search(q, k)
-            if self._native_ids:
-                return scores, pos.astype(np.int64)
-            assert self._gpu_ids is not None
-            ids = np.where(pos >= 0, self._gpu_ids[np.clip(pos, 0, None)], -1)
-            return scores, ids.astype(np.int64)
+        if self._mirror is not None:
+            found = self._mirror.search(q, k)
+            if found is not None:
+                return found
         with faiss_threads(self._faiss, threads_for(q.shape[0], self.config.search_threads)):
             scores, ids = self._index.search(q, k)
         return scores, ids.astype(np.int64)
@@ -312,36 +343,31 @@ class FaissIndex:
             out_i[r, : keep.size] = ids[r, keep]
         return out_s, out_i
 
-    # ---- GPU mirror ------------------------------------------------------------------------
-    def _invalidate_gpu(self) -> None:
-        self._gpu_index = None
-        self._gpu_ids = None
+    # ---- GPU mirror (facematch/gallery/gpu_mirror.py) -----------------------------------------
+    def _mirror_source(self) -> tuple[Any, np.ndarray | None]:
+        """What the mirror copies: the inner CPU index and its position → id map (None: IVF keeps ids)."""
+        if self._native_ids:
+            return self._index, None
+        return self._inner(self._index), self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
-    def _gpu(self) -> Any:
-        """A GPU copy of the CPU index, made on first search after a change (``None``: search on CPU)."""
-        if self._gpu_index is None:
-            faiss = self._faiss
-            if self._gpu_res is None:
-                self._gpu_res = faiss.StandardGpuResources()
-            inner = self._index if self._native_ids else self._inner(self._index)
-            try:
-                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, inner)
-            except RuntimeError as exc:  # FAISS-GPU clones flat and IVF structures, not every codec
-                if self.config.device == "gpu":
-                    raise BackendUnavailableError(
-                        f"FAISS-GPU cannot hold a {self.config.describe()} index: {exc}"
-                    ) from exc
-                logger.warning("FAISS-GPU cannot hold a %s index; searching on CPU", self.config.describe())
-                self._use_gpu = False
-                return None
-            if not self._native_ids:
-                self._gpu_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-            self._apply_search_params_gpu()
-        return self._gpu_index
+    def _gpu_changed(self) -> None:
+        """The CPU index was replaced: drop the mirror and copy the new one in the background."""
+        if not self._use_gpu:
+            return
+        nprobe = self.config.nprobe if self._trained_structure and self.config.kind == "ivf" else None
+        if self._mirror is None:
+            self._mirror = GpuMirror(self._faiss, self._mirror_source, self._cpu_lock)
+        self._mirror.nprobe = nprobe
+        self._mirror.schedule(drop=True)
 
-    def _apply_search_params_gpu(self) -> None:
-        if self._trained_structure and self.config.kind == "ivf":
-            self._faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", self.config.nprobe)
+    def wait_for_gpu(self, timeout: float | None = None) -> bool:
+        """Wait for the GPU mirror's background copy; True when searches run on the GPU."""
+        return self._mirror.wait(timeout) if self._mirror is not None else False
+
+    @property
+    def on_gpu(self) -> bool:
+        """True while searches run on the GPU mirror (False: CPU, or the mirror is being copied)."""
+        return self._mirror is not None and self._mirror.live
 
     def describe(self) -> str:
         cfg = self.config if self._nlist is None else replace(self.config, nlist=self._nlist)
@@ -408,11 +434,12 @@ class FaissIndex:
             logger.warning("index file and manifest disagree (interrupted save?); the index will be rebuilt")
             return None
         self._apply_search_params(index)
+        self._gpu_changed()
         return self
 
     def close(self) -> None:
-        self._invalidate_gpu()
-        self._gpu_res = None
+        if self._mirror is not None:
+            self._mirror.close()
 
     def memory_bytes(self) -> int:
         """Size of the serialised index: a close estimate of its memory footprint."""
@@ -436,4 +463,13 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["FaissIndex", "VectorIndex", "gpu_available", "ids_digest", "import_faiss", "training_sample"]
+__all__ = [
+    "FaissIndex",
+    "VectorIndex",
+    "decide_gpu",
+    "gpu_available",
+    "gpu_unsupported",
+    "ids_digest",
+    "import_faiss",
+    "training_sample",
+]

@@ -3,7 +3,9 @@
 ``uri`` is a local ``*.db`` file (milvus-lite, embedded, for tests and small
 deployments) or a server address (``http://host:19530``) for a Milvus cluster. The
 SQLite store stays the source of truth; the collection is derived from it and
-reconciled on open, exactly like the FAISS index file.
+reconciled on open, exactly like the FAISS index file. With a PostgreSQL catalogue shared
+by several processes, each writes its own commits to the collection and follows the
+others' through the change log (:meth:`MilvusIndex.track`).
 
 Each gallery owns one collection, named from the random ``gallery_id`` its database
 keeps (``facematch_<id>``), so many galleries can share one Milvus. Read-only handles
@@ -13,6 +15,7 @@ never create, drop or write a collection.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 COLLECTION_PREFIX = "facematch_"
 _INSERT_BATCH = 5000
 _MAX_LIMIT = 16384  # Milvus' largest topk
+_CLIENT_LOCK = threading.Lock()
 
 
 def _client(uri: str) -> Any:
@@ -33,7 +37,8 @@ def _client(uri: str) -> Any:
     except ImportError as exc:
         raise BackendUnavailableError("the Milvus backend needs pymilvus: pip install 'facematch[milvus]'") from exc
     try:
-        return MilvusClient(uri)
+        with _CLIENT_LOCK:  # milvus-lite starts its embedded server per file; two threads at once race for it
+            return MilvusClient(uri)
     except Exception as exc:  # connection/launch failures of any kind
         raise BackendUnavailableError(f"cannot open Milvus at {uri}: {exc}") from exc
 
@@ -131,6 +136,10 @@ class MilvusIndex:
                 self._index_type = attempt
                 break
             except Exception as exc:  # e.g. milvus-lite supports few index types
+                if "exist" in str(exc).lower() and self._client.has_collection(self.collection):
+                    # another process sharing the catalogue created it at the same moment: use theirs
+                    self._index_type = self._described_index_type()
+                    return
                 if attempt == "FLAT":
                     raise BackendUnavailableError(f"cannot create Milvus collection: {exc}") from exc
                 logger.warning("Milvus refused a %s index (%s); using FLAT", attempt, exc)
@@ -176,6 +185,11 @@ class MilvusIndex:
         if keys:
             self._client.delete(self.collection, ids=keys)
             self._ids.difference_update(keys)
+
+    def track(self, added: np.ndarray, removed: np.ndarray) -> None:
+        """Another process wrote these ids to the shared collection: keep this handle's id set in step."""
+        self._ids.update(int(t) for t in np.asarray(added, np.int64).reshape(-1))
+        self._ids.difference_update(int(t) for t in np.asarray(removed, np.int64).reshape(-1))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.asarray(queries, np.float32)

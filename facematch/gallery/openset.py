@@ -64,7 +64,7 @@ def _warn_extrapolated(calibration_set: str, n_impostor_pairs: int, fpir: float)
 
 def needs_extrapolation(calibration: Calibration, fpir: float, n: int) -> bool:
     """Whether the threshold for ``fpir`` over ``n`` comparisons lies beyond the measured curve."""
-    return per_comparison_fmr(fpir, n) < calibration.min_fmr
+    return calibration.extrapolates(per_comparison_fmr(fpir, n))
 
 
 def check_aggregation(method: str, top_k: int) -> None:

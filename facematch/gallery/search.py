@@ -153,25 +153,28 @@ def build_results(
     calibration: Calibration | None,
     extrapolated: bool,
     gallery_size: int,
+    comparisons: int = 0,
 ) -> list[IdentifyResult]:
     """One :class:`IdentifyResult` per probe: candidates (named through ``names``) and the open-set decision.
 
     Identities deleted since the search (absent from ``names``) are dropped; each candidate's
-    ``estimated_fmr`` is the calibration's false-match rate at its similarity.
+    ``estimated_fmr`` is the calibration's false-match rate at its similarity, or, finer than
+    the calibration resolves, that resolution as a bound (``estimated_fmr_below_resolution``).
+    ``comparisons`` is the template count the FPIR threshold was scaled by.
     """
+    resolution = calibration.min_fmr if calibration is not None else None
     out = []
     for rows in ranked:
-        sims = np.asarray([s for _, s, _ in rows], np.float64)
-        fmrs = np.atleast_1d(calibration.fmr_at(sims)) if (calibration is not None and sims.size) else None
         cands = tuple(
             Candidate(
                 identity_id=names[r][0],
                 similarity=float(s),
-                estimated_fmr=float(fmrs[j]) if fmrs is not None else None,
+                estimated_fmr=fmr,
                 template_id=int(t),
                 metadata=names[r][1],
+                estimated_fmr_below_resolution=below,
             )
-            for j, (r, s, t) in enumerate(rows)
+            for (r, s, t), (fmr, below) in zip(rows, estimated_fmrs(calibration, [s for _, s, _ in rows]), strict=True)
             if r in names
         )
         out.append(
@@ -182,9 +185,24 @@ def build_results(
                 target_fpir=target_fpir,
                 gallery_size=gallery_size,
                 threshold_extrapolated=extrapolated,
+                comparisons=comparisons,
+                fmr_resolution=resolution,
             )
         )
     return out
+
+
+def estimated_fmrs(calibration: Calibration | None, similarities: Sequence[float]) -> list[tuple[float | None, bool]]:
+    """Per similarity: (estimated per-comparison FMR, below the calibration's resolution?).
+
+    Below the resolution (``1 / impostor pairs``, i.e. above every calibration impostor score)
+    the estimate would be an extrapolation: the resolution is returned as its upper bound.
+    """
+    if calibration is None or not len(similarities):
+        return [(None, False)] * len(similarities)
+    fmrs = np.atleast_1d(calibration.fmr_at(np.asarray(similarities, np.float64)))
+    floor = calibration.min_fmr
+    return [(floor, True) if f < floor else (float(f), False) for f in fmrs]
 
 
 class Identification:
@@ -222,8 +240,8 @@ class Identification:
         cal = self._model.calibration
         if cal is None:
             raise CalibrationMissingError(
-                f"model {self._model.model_id!r} has no impostor calibration; "
-                "pass threshold= or calibrate the model card"
+                f"model {self._model.model_id!r} has no impostor calibration for an FPIR threshold; "
+                "give a threshold, or calibrate the model card (facematch calibrate)"
             )
         return threshold_for_fpir(cal, target, self._fpir_comparisons()), target
 
@@ -270,9 +288,10 @@ class Identification:
             except FacematchError as exc:
                 source = source_label(img, i)
                 raise exc.about(source, index=i, source=source) from exc
-        embeddings, _ = matcher.embed_crops(np.concatenate([p.crops[:1] for p in prepared]))
+        embeddings, norms = matcher.embed_crops(np.concatenate([p.crops[:1] for p in prepared]))
         results = self.identify_embeddings(embeddings, matcher.model_id, k=k, threshold=threshold, fpir=fpir)
-        return [replace(r, face=p.face(0)) for r, p in zip(results, prepared, strict=True)]
+        quality = [matcher.assess(p, norms[i : i + 1])[0] if matcher.quality else None for i, p in enumerate(prepared)]
+        return [replace(r, face=p.face(0), quality=q) for r, p, q in zip(results, prepared, quality, strict=True)]
 
     def identify_embeddings(
         self,
@@ -298,7 +317,17 @@ class Identification:
                     raise InvalidArgumentError("no probe embeddings given")
                 thr, target = self.resolve_threshold(threshold, fpir)
                 n_probes = 1 if np.asarray(embeddings).ndim == 1 else len(embeddings)
-                return [IdentifyResult((), thr, True, target_fpir=target, gallery_size=0)] * n_probes
+                cal = self._model.calibration
+                empty = IdentifyResult(
+                    (),
+                    thr,
+                    True,
+                    target_fpir=target,
+                    gallery_size=0,
+                    comparisons=self._fpir_comparisons(),
+                    fmr_resolution=cal.min_fmr if cal is not None else None,
+                )
+                return [empty] * n_probes
             q = self._model.check_embeddings(embeddings, model_id)
             thr, target = self.resolve_threshold(threshold, fpir)
             n_templates = self._fpir_comparisons()
@@ -314,7 +343,8 @@ class Identification:
             calibration=cal,
             extrapolated=target is not None and cal is not None and needs_extrapolation(cal, target, n_templates),
             gallery_size=gallery_size,
+            comparisons=n_templates,
         )
 
 
-__all__ = ["MAX_K", "Identification", "Ranked", "build_results", "search"]
+__all__ = ["MAX_K", "Identification", "Ranked", "build_results", "estimated_fmrs", "search"]

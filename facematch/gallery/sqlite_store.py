@@ -121,6 +121,16 @@ class SQLiteStore(Store):
         with self._transaction() as c:
             c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", list(values.items()))
 
+    def init_meta(self, values: Mapping[str, str]) -> dict[str, str]:
+        if not values:
+            return {}
+        with self._transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)", list(values.items()))
+            rows = c.execute(
+                f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(values))})", list(values)
+            ).fetchall()
+        return {str(k): str(v) for k, v in rows}
+
     # ---- identities ------------------------------------------------------------------------
     def identity_key(self, identity_id: str) -> int | None:
         with self._lock:
@@ -224,6 +234,17 @@ class SQLiteStore(Store):
                     owners.append(int(owner))
                     blobs.append(blob)
         return np.asarray(tids, np.int64), np.asarray(owners, np.int64), self._decode(blobs, dim)
+
+    def template_sources(self, template_ids: Sequence[int]) -> dict[int, str | None]:
+        keys = sorted(set(int(t) for t in template_ids))
+        out: dict[int, str | None] = {}
+        with self._lock:
+            for i in range(0, len(keys), _SQL_CHUNK):
+                chunk = keys[i : i + _SQL_CHUNK]
+                q = f"SELECT id, source FROM templates WHERE id IN ({','.join('?' * len(chunk))})"
+                for tid, source in self._conn.execute(q, chunk):
+                    out[int(tid)] = None if source is None else str(source)
+        return out
 
     def iter_embeddings(self, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = -1

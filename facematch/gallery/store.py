@@ -4,7 +4,9 @@ A store holds the gallery's settings (model binding, backend, index configuratio
 its identities (with JSON metadata) and every template's fp32 embedding. The gallery
 talks to it only through :class:`Store`: plain Python values and numpy arrays in and
 out, never a connection or a cursor, so another database (PostgreSQL) is one more
-class beside :class:`~facematch.gallery.sqlite_store.SQLiteStore`, the embedded one.
+class beside :class:`~facematch.gallery.sqlite_store.SQLiteStore`, the embedded one
+(:class:`~facematch.gallery.postgres_store.PostgresStore` is the shared one; stores
+written by several processes at once also keep a change log, see ``changes.py``).
 The rules every implementation keeps:
 
 - each write method is one transaction, committed before it returns; a failure rolls
@@ -119,10 +121,14 @@ def identity_not_found(identity_id: str) -> IdentityNotFoundError:
 
 @dataclass(frozen=True)
 class TemplatesWritten:
-    """What a committed template write gave: the identity's key and the new template ids, in input order."""
+    """What a committed template write gave: the identity's key and the new template ids, in input order.
+
+    ``seq`` is the write's sequence number in the store's change log (stores that keep one).
+    """
 
     identity_key: int
     template_ids: tuple[int, ...]
+    seq: int | None = None
 
 
 class Store(ABC):
@@ -144,6 +150,13 @@ class Store(ABC):
     @abstractmethod
     def set_meta(self, values: Mapping[str, str]) -> None:
         """Set several settings in one transaction."""
+
+    @abstractmethod
+    def init_meta(self, values: Mapping[str, str]) -> dict[str, str]:
+        """Set the settings that are absent, keep those present, in one transaction; returns the stored values.
+
+        The first writer wins: two processes binding a shared gallery at once agree on one model.
+        """
 
     # ---- identities ------------------------------------------------------------------------
     @abstractmethod
@@ -177,6 +190,10 @@ class Store(ABC):
     @abstractmethod
     def embeddings_of_identities(self, keys: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(template ids, identity keys, embeddings) of every template of the given identities."""
+
+    @abstractmethod
+    def template_sources(self, template_ids: Sequence[int]) -> dict[int, str | None]:
+        """template id -> the source it was enrolled from (a file name or path, ``#i``, or ``None``)."""
 
     @abstractmethod
     def iter_embeddings(self, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -14,6 +14,10 @@ started, while the old index keeps serving and every write is applied to it and 
 the thread then replays the log onto the new index (outside the lock, until little is
 left), and swaps it in under the gallery's lock. The store stays the only truth: a crash
 or a close mid-retrain loses nothing (the next open reconciles the saved index).
+
+A gallery whose store is shared by several processes (PostgreSQL) has no directory: its
+FAISS index lives in memory only, is built from the store on open, and follows the
+store's change log (:meth:`IndexSync.follow`, fed by :mod:`~facematch.gallery.changes`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import GalleryCorruptError, GalleryError
+from ..errors import GalleryCorruptError, GalleryError, InvalidArgumentError
 from .config import IndexConfig
 from .index import FaissIndex, VectorIndex, import_faiss
 from .owners import TemplateOwners
@@ -58,7 +62,7 @@ class IndexSync:
         self,
         store: Store,
         *,
-        path: Path,
+        path: Path | None,
         backend: str,
         config: IndexConfig,
         read_only: bool,
@@ -90,15 +94,21 @@ class IndexSync:
             gallery_id = self.store.get_meta("gallery_id")
             if gallery_id is None:
                 raise GalleryError(f"gallery {self.path} has no id yet; open it for writing once")
+            if self.milvus_uri is None and self.path is None:
+                raise InvalidArgumentError("the Milvus backend of a PostgreSQL gallery needs milvus_uri")
             index = MilvusIndex(
                 dim,
                 self.config,
-                uri=self.milvus_uri or str(self.path / "milvus.db"),
+                uri=self.milvus_uri or str(Path(self.path or ".") / "milvus.db"),
                 collection=collection_name(gallery_id),
                 read_only=self.read_only,
             )
+        elif self.config.engine == "torch":
+            from .torch_index import TorchIndex
+
+            index = TorchIndex(dim, self.config)  # held in memory only: reconcile fills it from the store
         else:
-            index = FaissIndex.load(self.path, dim, self.config)
+            index = FaissIndex.load(self.path, dim, self.config) if self.path is not None else None
             if index is None:
                 index = FaissIndex(dim, self.config, self.path)
         self.dim, self.index = dim, index
@@ -270,6 +280,46 @@ class IndexSync:
             self.store.set_meta({CHOICE_KEY: json.dumps({**choice, "templates": len(self.owners), "at": time.time()})})
         except Exception as exc:  # a record is informative; failing to write it must not fail the caller
             logger.warning("could not record the index choice: %s", exc)
+
+    # ---- following a shared store's change log ----------------------------------------------
+    def follow(self, adds: dict[int, np.ndarray], removed: np.ndarray, vectors: dict[int, np.ndarray]) -> None:
+        """Apply a batch of committed changes: ``adds`` (identity key -> template ids), ``removed`` ids.
+
+        Idempotent: templates already held are not added again, absent ones not removed.
+        ``vectors`` has the embeddings of the added templates a private (FAISS) index lacks;
+        an added template without one was deleted since, and a later change removes it. A
+        shared index (Milvus) is written by the process that committed: here only the
+        template owners and the index's id set follow.
+        """
+        index = self.index
+        track = getattr(index, "track", None) if index is not None and index.shared else None
+        gone = removed[self.owners.lookup(removed) >= 0] if removed.size else removed
+        if gone.size:
+            self.owners.remove(gone)
+            if track is not None:
+                track(np.zeros((0,), np.int64), gone)
+            elif index is not None:
+                self._remove(gone)  # logged for a background retrain under way
+        for key, tids in adds.items():
+            new = tids[self.owners.lookup(tids) < 0]
+            if index is not None and not index.shared:
+                new = np.asarray([t for t in new.tolist() if t in vectors], np.int64)
+                if new.size:
+                    self._add(new, np.stack([vectors[int(t)] for t in new]))
+            elif track is not None and new.size:
+                track(new, np.zeros((0,), np.int64))
+            self.owners.append(new, key)
+        self._maybe_retrain()
+
+    def write_shared(self, added: np.ndarray, vectors: np.ndarray, removed: np.ndarray) -> None:
+        """Write this process's committed change to a shared index (no-op for a private one)."""
+        index = self.index
+        if index is None or not index.shared:
+            return
+        if removed.size:
+            index.remove(removed)
+        if added.size:
+            index.add(added, vectors)
 
     # ---- checks and persistence ----------------------------------------------------------------
     def verify(self) -> tuple[int, int]:

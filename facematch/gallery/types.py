@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..types import Face
 
-OutcomeStatus = Literal["enrolled", "no_face", "multiple_faces", "invalid_image"]
+if TYPE_CHECKING:
+    from ..quality import FaceQuality, QualityFailure
+
+# "enrolled", or the code of the error the image alone gets (the same code on every route);
+# "low_quality": the face is below the enrolment quality policy
+OutcomeStatus = Literal[
+    "enrolled",
+    "no_face",
+    "multiple_faces",
+    "invalid_image",
+    "image_too_large",
+    "image_too_small",
+    "unsupported_media",
+    "not_aligned",
+    "low_quality",
+]
 
 
 @dataclass(frozen=True)
@@ -21,6 +36,8 @@ class ImageOutcome:
     face: Face | None = None  # the face that was enrolled (None for aligned crops / embeddings)
     faces_found: int = 0
     error: str | None = None
+    quality: FaceQuality | None = None  # the face's quality, when it was measured
+    reasons: tuple[QualityFailure, ...] = ()  # why a low_quality image was refused: component, value, limit
 
     @property
     def ok(self) -> bool:
@@ -35,6 +52,8 @@ class ImageOutcome:
             "faces_found": self.faces_found,
             "face": self.face.to_dict() if self.face is not None else None,
             "error": self.error,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
+            "reasons": [r.to_dict() for r in self.reasons],
         }
 
 
@@ -132,4 +151,128 @@ class GalleryInfo:
         }
 
 
-__all__ = ["EnrollReport", "GalleryInfo", "IdentityInfo", "ImageOutcome", "OutcomeStatus", "Page"]
+BulkStatus = Literal[
+    "enrolled",
+    "skipped",
+    "no_face",
+    "multiple_faces",
+    "invalid_image",
+    "image_too_large",
+    "image_too_small",
+    "unsupported_media",
+    "not_aligned",
+    "low_quality",
+    "error",
+]
+
+
+@dataclass(frozen=True)
+class BulkImageOutcome:
+    """One image of a bulk enrolment: enrolled, skipped (already enrolled), or why it gave no template."""
+
+    identity_id: str
+    source: str  # the image's path as the bulk source names it (relative to the folder or CSV)
+    status: BulkStatus
+    template_id: int | None = None
+    faces_found: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the image is in the gallery (enrolled now, or before)."""
+        return self.status in ("enrolled", "skipped")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identity_id": self.identity_id,
+            "source": self.source,
+            "status": self.status,
+            "template_id": self.template_id,
+            "faces_found": self.faces_found,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class BulkEnrollReport:
+    """Per-image outcome of a bulk enrolment (folder or CSV), in source order."""
+
+    outcomes: tuple[BulkImageOutcome, ...]
+    created: tuple[str, ...]  # identities this run created
+    extended: tuple[str, ...]  # existing identities this run added templates to
+
+    def count(self, status: BulkStatus) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> tuple[BulkImageOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": len(self.outcomes),
+            "enrolled": self.count("enrolled"),
+            "skipped": self.count("skipped"),
+            "failed": len(self.failed),
+            "created": list(self.created),
+            "extended": list(self.extended),
+            "outcomes": [o.to_dict() for o in self.outcomes],
+        }
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What :meth:`Gallery.export_to` wrote."""
+
+    path: str
+    model_id: str
+    dim: int
+    identities: int
+    templates: int
+    format_version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "identities": self.identities,
+            "templates": self.templates,
+            "format_version": self.format_version,
+        }
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What :meth:`Gallery.import_from` did: identities imported and skipped (already present)."""
+
+    path: str
+    model_id: str
+    imported: tuple[str, ...]
+    skipped: tuple[str, ...]
+    templates: int  # templates written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "model_id": self.model_id,
+            "imported": len(self.imported),
+            "skipped": len(self.skipped),
+            "templates": self.templates,
+            "skipped_identities": list(self.skipped),
+        }
+
+
+__all__ = [
+    "BulkEnrollReport",
+    "BulkImageOutcome",
+    "BulkStatus",
+    "EnrollReport",
+    "ExportInfo",
+    "GalleryInfo",
+    "IdentityInfo",
+    "ImageOutcome",
+    "ImportReport",
+    "OutcomeStatus",
+    "Page",
+]

@@ -1,4 +1,4 @@
-"""HTTP routes: matching (verify, identify, detect, embed), gallery management, operations."""
+"""HTTP routes: matching (verify, batch verify, identify, detect, embed), gallery management and 1:1, operations."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ _DESCRIPTIONS = {
     401: "missing or invalid API key (`unauthorized`)",
     403: "the key lacks the scope (`forbidden`)",
     404: "not found (`identity_not_found`, `template_not_found`, `gallery_not_configured`, `embed_disabled`)",
-    409: "conflict (`duplicate_identity`, `model_mismatch`)",
-    413: "too large (`payload_too_large`, `image_too_large`, `too_many_images`)",
+    409: "conflict (`duplicate_identity`, `model_mismatch`, `no_templates`)",
+    413: "too large (`payload_too_large`, `image_too_large`, `too_many_images`, `too_many_pairs`)",
     415: "unsupported media (`unsupported_media_type`, `unsupported_media`)",
     422: "unusable input (`invalid_request`, `invalid_image`, `image_too_small`, `no_face`, `invalid_argument`, ...)",
     429: "the inference queue is full (`overloaded`); see Retry-After",

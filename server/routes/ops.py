@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..deps import StateDep
 from ..schemas import GallerySummary, HealthResponse, ReadyResponse
+from ..schemas.ops import ModelProviders
 from ..security import presented_key
 from . import problems
 
@@ -39,14 +38,19 @@ async def healthz(state: StateDep) -> Response:
 async def readyz(state: StateDep) -> Response:
     """200 when the models (and the gallery, if configured) are loaded; 503 until then."""
     gallery = None
+    index = None
     if state.ready and state.gallery is not None:
         g = state.gallery
         gallery = GallerySummary(identities=len(g), templates=g.num_templates, read_only=g.read_only)
+        index = g.info().index
+    providers = ModelProviders(**state.matcher.providers) if state.matcher is not None else None
     body = ReadyResponse(
         ready=state.ready,
         status=state.status,
         model_id=state.matcher.model_id if state.matcher is not None else None,
         gallery=gallery,
+        providers=providers,
+        index=index,
         detail=state.error,
     )
     return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
@@ -59,15 +63,14 @@ async def readyz(state: StateDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **problems(401, 403)},
 )
-async def metrics(
-    state: StateDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Response:
-    """Request counts and latency by route and status, inference batch sizes, queue depth, gallery size.
-    Open unless `FACEMATCH_METRICS_REQUIRE_AUTH=true` (then it needs the `admin` scope)."""
+async def metrics(request: Request, state: StateDep) -> Response:
+    """Request counts (by route and status) and latency (by route and status class), inference batch
+    sizes, queue depth, gallery size, and the process (CPU, memory, open files), Python platform and
+    garbage-collector metrics. Open unless `FACEMATCH_METRICS_REQUIRE_AUTH=true` (then it needs the
+    `admin` scope)."""
     if state.settings.metrics_require_auth:
-        state.keys.authorize(state.keys.authenticate(presented_key(authorization, x_api_key)), "admin")
+        key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        state.keys.authorize(state.keys.authenticate(key), "admin")
     data, content_type = state.metrics.render()
     return Response(data, media_type=content_type)
 

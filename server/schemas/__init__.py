@@ -3,7 +3,7 @@
 Optional response members default to ``None`` so the OpenAPI examples (from which FastAPI
 drops nulls) still validate; responses always carry them, as ``null`` when empty.
 
-One module per area (common, match, gallery, ops); import them from here.
+One module per area (common, match, explain, gallery, ops); import them from here.
 
 Images travel as multipart file parts, or in JSON as base64 strings. Responses carry
 boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResponse``.
@@ -11,8 +11,22 @@ boxes, landmarks, scores and similarities; embeddings appear only in ``EmbedResp
 
 from __future__ import annotations
 
-from .common import B64_EXAMPLE, FaceOut, ImageSize, Problem, Timings, ValidationIssue
+from .batch import PairErrorOut, PairOut, VerifyBatchForm, VerifyBatchJSON, VerifyBatchResponse
+from .common import (
+    B64_EXAMPLE,
+    FaceOut,
+    ImageSize,
+    Problem,
+    QualityFailureOut,
+    QualityOut,
+    QualityParams,
+    Timings,
+    ValidationIssue,
+)
+from .explain import ExplainedFaceOut, ExplainJSON, ExplainParams, ExplainResponse, RegionShareOut
 from .gallery import (
+    IDENTITY_ID_DESC,
+    AddTemplatesForm,
     AddTemplatesJSON,
     DeletedTemplate,
     EnrollForm,
@@ -20,12 +34,18 @@ from .gallery import (
     EnrollResponse,
     IdentityOut,
     IdentityPage,
+    IdentityUpdate,
+    IdentityVerifyJSON,
+    IdentityVerifyParams,
+    IdentityVerifyResponse,
     ImageOutcomeOut,
     NoParams,
+    TemplateScoreOut,
 )
 from .match import (
     CandidateOut,
     DetectJSON,
+    DetectParams,
     DetectResponse,
     EmbeddingOut,
     EmbedJSON,
@@ -35,6 +55,7 @@ from .match import (
     IdentifyJSON,
     IdentifyParams,
     IdentifyResponse,
+    ThresholdParams,
     VerifyJSON,
     VerifyParams,
     VerifyResponse,
@@ -43,10 +64,13 @@ from .ops import GallerySummary, HealthResponse, ReadyResponse
 
 __all__ = [
     "B64_EXAMPLE",
+    "IDENTITY_ID_DESC",
+    "AddTemplatesForm",
     "AddTemplatesJSON",
     "CandidateOut",
     "DeletedTemplate",
     "DetectJSON",
+    "DetectParams",
     "DetectResponse",
     "EmbedJSON",
     "EmbedParams",
@@ -55,6 +79,10 @@ __all__ = [
     "EnrollForm",
     "EnrollJSON",
     "EnrollResponse",
+    "ExplainJSON",
+    "ExplainParams",
+    "ExplainResponse",
+    "ExplainedFaceOut",
     "FaceIdentification",
     "FaceOut",
     "GallerySummary",
@@ -64,13 +92,28 @@ __all__ = [
     "IdentifyResponse",
     "IdentityOut",
     "IdentityPage",
+    "IdentityUpdate",
+    "IdentityVerifyJSON",
+    "IdentityVerifyParams",
+    "IdentityVerifyResponse",
     "ImageOutcomeOut",
     "ImageSize",
     "NoParams",
+    "PairErrorOut",
+    "PairOut",
     "Problem",
+    "QualityFailureOut",
+    "QualityOut",
+    "QualityParams",
     "ReadyResponse",
+    "RegionShareOut",
+    "TemplateScoreOut",
+    "ThresholdParams",
     "Timings",
     "ValidationIssue",
+    "VerifyBatchForm",
+    "VerifyBatchJSON",
+    "VerifyBatchResponse",
     "VerifyJSON",
     "VerifyParams",
     "VerifyResponse",
