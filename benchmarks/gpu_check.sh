@@ -50,6 +50,11 @@ print("probe:", faiss_gpu_probe().reason)
 PYEOF
 "$PY" -m facematch.cli models check w600k_mbf scrfd_500m_bnkps || echo "models check failed (see above)"
 
+gpu_tests=0
+echo "== pytest -m gpu (the GPU paths against their CPU oracles; each skips with its reason)"
+"$PY" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_gpu_real.py || gpu_tests=$?
+
 echo "== bench_gpu.py --device $DEVICE (limit ${LIMIT}s)"
 timeout "$LIMIT" "$PY" benchmarks/bench_gpu.py --device "$DEVICE" --out "$OUT"
 echo "== wrote $OUT"
+if [ "$gpu_tests" != 0 ]; then echo "GPU tests failed (exit $gpu_tests, see above)"; exit "$gpu_tests"; fi
