@@ -169,10 +169,13 @@ def latency(fn: Callable[[int], object], reps: int, budget_s: float) -> tuple[fl
 
 
 def parse_config(spec: str, n: int) -> IndexConfig:
-    """``flat/sq8``, ``ivf@4096/sq8``, ``ivf@rule/pq64`` (nlist = the gallery's rule), ``hnsw32/fp32``."""
+    """``flat/sq8``, ``ivf@4096/sq8``, ``ivf@rule/pq64`` (nlist = the gallery's rule), ``ivf@rule/4/pq4x128``
+    (a quarter of the rule's lists, 4-bit fast-scan PQ), ``hnsw32/fp32``."""
     kind, storage = spec.rsplit("/", 1)
     kw: dict[str, Any] = {"device": "cpu", "min_train": 1}
-    if storage.startswith("pq"):
+    if storage.startswith("pq4x"):  # 4-bit fast-scan PQ with pq_m sub-quantisers: pq4x128
+        kw.update(storage="pq4", pq_m=int(storage[4:]))
+    elif storage.startswith("pq"):
         kw.update(storage="pq", pq_m=int(storage[2:] or 64))
     else:
         kw["storage"] = storage

@@ -92,16 +92,23 @@ def test_streamed_gallery_is_deterministic_and_probes_find_their_identity(model)
 # ---- the default index chosen by size ----------------------------------------------------------------
 def test_auto_resolves_by_size_and_explicit_configs_win() -> None:
     auto = IndexConfig.auto()
-    concrete = auto.resolve()
+    concrete = auto.resolve(512)
     assert auto.kind == "auto" and auto.describe() == "auto"
-    assert (concrete.kind, concrete.storage, concrete.rerank) == ("ivf", "sq8", True)
+    assert (concrete.kind, concrete.storage, concrete.pq_m, concrete.rerank) == ("ivf", "pq4", 128, True)
     assert concrete.min_train == config_module.AUTO_FLAT_MAX and concrete.nlist is None
-    assert concrete.nprobe == config_module.AUTO_NPROBE
+    assert concrete.nprobe_fraction == config_module.AUTO_NPROBE_FRACTION
+    assert concrete.nlist_for(1_000_000) == 1000 and concrete.nprobe_for(1000) == 250
+    assert concrete.describe() == "ivf/pq128x4/nlist=1*sqrt(N)/nprobe=0.25*nlist/rerank"
+    assert auto.resolve(256).pq_m == 64 and auto.resolve(100).storage == "sq8"  # 100 is not a multiple of 8
+    assert IndexConfig(nprobe=16).nprobe_for(8) == 8 and IndexConfig(nprobe_fraction=0.1).nprobe_for(95) == 10
+    assert "nlist_scale" not in IndexConfig(kind="ivf").structure_key()  # indexes saved before it still load
     assert IndexConfig(kind="hnsw").resolve() == IndexConfig(kind="hnsw")
     assert "auto" in auto.choice_reason() and "explicit" in IndexConfig().choice_reason()
     assert IndexConfig.from_dict(auto.to_dict()) == auto
-    with pytest.raises(InvalidArgumentError):
-        IndexConfig(search_threads=-1)
+    for bad in ({"search_threads": -1}, {"nprobe_fraction": 0}, {"nprobe_fraction": 1.5}, {"nlist_scale": 0},
+                {"storage": "pq4", "pq_m": 63}):  # fmt: skip
+        with pytest.raises(InvalidArgumentError):
+            IndexConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
         FaissIndex(100, IndexConfig(storage="pq", pq_m=16))  # 16 does not divide 100
 
@@ -124,13 +131,16 @@ def test_auto_default_against_bruteforce_on_synthetic_faces(tmp_path, model, mon
             g.enroll_embeddings(f"id{i:05d}", x[owner == i], "synthetic-512")
         assert g.wait_for_retrain(300)
         live = g.info().index
-        assert "ivf/sq8" in live and "rerank" in live and "exact until" not in live, live
+        assert "ivf/pq128x4" in live and "rerank" in live and "exact until" not in live, live
         res = g.identify_embeddings(probes, "synthetic-512", threshold=-1.0, k=3)
         assert int(ids.max()) == g.num_templates
     got = np.asarray([int(r.identity_id[2:]) for r in res])
     best, score = _brute(x, owner, probes)
     recall = float(np.mean(got == best))
-    assert recall >= 0.97, f"identity recall@1 {recall:.3f} vs brute force ({live})"
+    # 0.91-0.92 here: this model, fitted to 240 crops, clusters less than the 942-crop fit of
+    # benchmarks/bench_gallery_scale.py (recall 0.994 at 1M there); at 45 lists the quarter
+    # searched misses the best template's list for ~5% of probes (IVF-fp32 does the same).
+    assert recall >= 0.88, f"identity recall@1 {recall:.3f} vs brute force ({live})"
     # re-ranked similarities are exact: every candidate's score is its identity's true max
     for r, p in zip(res[:60], probes[:60], strict=True):
         for c in r.candidates:
@@ -154,6 +164,26 @@ def test_ivf_pq_against_bruteforce_on_synthetic_faces(model) -> None:  # type: i
     exact = np.einsum("ij,ij->i", probes, x[got[:, 0] - 1])
     err = np.abs(scores[:, 0] - exact)
     assert 0 < err.mean() < 0.2  # 32-byte codes from 3,000 templates: rough scores (re-rank them)
+
+
+def test_ivf_pq4_fast_scan_against_bruteforce_and_deletes(model) -> None:  # type: ignore[no-untyped-def]
+    gal = SyntheticGallery(model, 1000, 3, seed=7)
+    ids, _, x = (np.concatenate(p) for p in zip(*gal.chunks(), strict=True))
+    probes, _ = gal.mated_probes(300, seed=5)
+    cfg = IndexConfig(kind="ivf", storage="pq4", pq_m=128, nlist_scale=1.0, nprobe_fraction=0.25, min_train=1)
+    index = FaissIndex(model.dim, cfg)
+    with faiss_threads(faiss, 1):
+        index.rebuild(ids, x)
+    assert index.describe().startswith("faiss:ivf/pq128x4/nlist=55/nprobe=0.25*nlist") and not index.exhaustive
+    assert faiss.extract_index_ivf(index._index).nprobe == 14  # ceil(0.25 * 55)
+    _, got = index.search(probes, 20)
+    ref = (probes.astype(np.float64) @ x.T.astype(np.float64)).argmax(1) + 1
+    found = float(np.mean((got == ref[:, None]).any(1)))  # the best template among 20 fast-scan candidates
+    assert found >= 0.75, found  # 0.82: a quarter of 55 lists on this loosely clustered test model
+    gone = ref[:50]
+    index.remove(gone)  # IVF fast-scan deletes in place: the removed templates are never returned
+    _, after = index.search(probes[:50], 20)
+    assert not np.isin(after, gone).any() and len(index) == x.shape[0] - np.unique(gone).size
 
 
 def test_flat_default_below_the_mark_equals_bruteforce(tmp_path, model) -> None:  # type: ignore[no-untyped-def]

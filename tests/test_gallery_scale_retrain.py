@@ -187,13 +187,13 @@ def test_auto_gallery_switches_to_ivf_in_the_background_and_records_why(tmp_path
             g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)
         assert g.wait_for_retrain(60)
         info = g.info().index
-        assert "ivf/sq8" in info and "rerank" in info and info.endswith("[auto]"), info
+        assert "ivf/pq32x4" in info and "rerank" in info and info.endswith("[auto]"), info
         res = g.identify_embeddings(x[:, 1], MODEL, threshold=0.9)
         assert [r.identity_id for r in res] == [f"p{i:03d}" for i in range(300)]
     with Gallery(path) as g:  # reopened without an index: the stored policy, the saved IVF index
-        assert g.index_config.kind == "auto" and "ivf/sq8" in g.info().index
+        assert g.index_config.kind == "auto" and "ivf/pq32x4" in g.info().index
         choice = json.loads(g._store.get_meta(CHOICE_KEY))
-        assert choice["policy"] == "auto" and "ivf/sq8" in choice["live"] and choice["templates"] >= 500
+        assert choice["policy"] == "auto" and "ivf/pq32x4" in choice["live"] and choice["templates"] >= 500
         assert "500" in choice["reason"]
     with Gallery(path, index=IndexConfig()) as g:  # an explicit configuration wins (and is stored)
         assert g.info().index.startswith("faiss:flat/fp32") and g.verify_consistency() == (600, 600)

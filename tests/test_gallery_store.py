@@ -243,3 +243,26 @@ def test_identity_ids_are_nfc(tmp_path: Path) -> None:
         assert g.identify_embeddings(probe, MODEL, threshold=0.5)[0].identity_id == precomposed
         assert g.set_metadata(decomposed, {"n": 1}).metadata == {"n": 1}
         assert g.delete(decomposed).num_templates == 2 and precomposed not in g
+
+
+def test_writes_do_not_checkpoint_inline_and_the_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """Enrolment never pays a WAL checkpoint (SQLite's automatic one is pushed far out), yet the
+    background thread copies the WAL back into the database file soon after the writes."""
+    import os
+    import time
+
+    from facematch.gallery import sqlite_store
+
+    rng = np.random.default_rng(0)
+    db = tmp_path / "g.fmg" / "gallery.sqlite3"
+    with Gallery(tmp_path / "g.fmg") as g:
+        conn = g._store._conn  # type: ignore[attr-defined]
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_store.BACKSTOP_PAGES
+        for i in range(600):  # ~4,000 WAL pages: SQLite's default would checkpoint inline 4 times
+            g.enroll_embeddings(f"p{i}", unit(rng.standard_normal((4, DIM))), MODEL)
+        deadline = time.monotonic() + 10
+        while os.path.getsize(db) < 1_000_000:  # 2,400 templates: ~1.5 MB once checkpointed
+            assert time.monotonic() < deadline, os.path.getsize(db)
+            time.sleep(0.1)
+    with Gallery(tmp_path / "g.fmg", read_only=True) as g:
+        assert g.num_templates == 2400

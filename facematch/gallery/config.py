@@ -9,23 +9,28 @@ from typing import Any, Literal
 from ..errors import InvalidArgumentError
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
-Storage = Literal["fp32", "fp16", "sq8", "pq"]
+Storage = Literal["fp32", "fp16", "sq8", "pq", "pq4"]
 Device = Literal["auto", "cpu", "gpu"]
 Engine = Literal["faiss", "torch"]
 Aggregation = Literal["max", "mean", "topk_mean"]
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
-STORAGES = ("fp32", "fp16", "sq8", "pq")
+STORAGES = ("fp32", "fp16", "sq8", "pq", "pq4")
 DEVICES = ("auto", "cpu", "gpu")
 ENGINES = ("faiss", "torch")
 AGGREGATIONS = ("max", "mean", "topk_mean")
 
 # The size rule of kind="auto", from benchmarks/bench_gallery_scale.py on galleries fitted to
-# celeb24 (benchmarks/gallery_results.md): exact flat fp32 while a one-probe scan is cheap,
-# then IVF with 8-bit codes and an exact fp32 re-rank of the shortlist.
-AUTO_FLAT_MAX = 50_000  # templates; flat fp32 below, IVF-SQ8 + re-rank from here
-AUTO_NPROBE = 32
+# celeb24 (benchmarks/README.md, "Gallery at scale"): exact flat fp32 while a one-probe scan is
+# cheap, then IVF over 4-bit fast-scan PQ codes (FAISS's SIMD PQ scan) with an exact fp32
+# re-rank of every template of the shortlisted identities. At 1M templates that kept identity
+# recall@1 >= 0.99 of exact search at a few ms per probe, where IVF-SQ8 needed ~15 ms and HNSW
+# did not reach 0.99 at all.
+AUTO_FLAT_MAX = 50_000  # templates; flat fp32 below, IVF-PQ4 + re-rank from here
+AUTO_NLIST_SCALE = 1.0  # nlist = sqrt(N)
+AUTO_NPROBE_FRACTION = 0.25  # a quarter of the lists
 AUTO_RERANK_FACTOR = 4
+AUTO_PQ_DIMS_PER_CODE = 4  # pq_m = dim / 4 sub-quantisers of 4 bits: dim / 8 bytes per template
 
 
 @dataclass(frozen=True)
@@ -35,15 +40,19 @@ class IndexConfig:
     ``kind``: ``flat`` (exact), ``ivf`` (inverted lists, searched with ``nprobe``),
     ``hnsw`` (graph), or ``auto``: chosen by size (:meth:`resolve`; what a new gallery
     gets when no index is given). ``storage``: ``fp32``, ``fp16``, ``sq8`` (8-bit scalar
-    quantisation, 4x smaller than fp32) or ``pq`` (product quantisation, ``pq_m`` bytes
-    per template). ``rerank`` scores every template of the shortlisted identities
+    quantisation, 4x smaller than fp32), ``pq`` (product quantisation, ``pq_m`` bytes
+    per template) or ``pq4`` (4-bit fast-scan PQ, ``pq_m / 2`` bytes per template; ``pq_m``
+    even, searched with FAISS's SIMD scan). ``rerank`` scores every template of the shortlisted identities
     exactly against the fp32 embeddings kept in the store (any approximate index: an
     identity found by one of its templates gets its exact score). Kinds that need training (IVF, SQ8, PQ) use an exact
     flat index until the gallery holds ``min_train`` templates, then the index is
     rebuilt and trained on the stored embeddings (in the background: the old index
     serves meanwhile). ``search_threads``: FAISS threads per search call; ``None``
     chooses per call (one thread below ``PARALLEL_MIN_BATCH`` probes, every core from
-    there), ``0`` leaves FAISS's own setting alone.
+    there), ``0`` leaves FAISS's own setting alone. ``nlist_scale``: with ``nlist`` unset,
+    IVF gets ``nlist_scale * sqrt(N)`` lists (at most N/39). ``nprobe_fraction``: when set,
+    IVF searches that fraction of its lists (instead of a fixed ``nprobe``), so recall holds
+    as retraining adds lists.
 
     ``engine``: ``faiss`` (default; a FAISS-GPU mirror when ``device`` allows and the GPU
     probe passes) or ``torch`` (:class:`~facematch.gallery.torch_index.TorchIndex`: a flat
@@ -53,7 +62,7 @@ class IndexConfig:
 
     kind: IndexKind = "flat"
     storage: Storage = "fp32"
-    nlist: int | None = None  # IVF lists; None = min(4*sqrt(N), N/39) at training time
+    nlist: int | None = None  # IVF lists; None = min(nlist_scale*sqrt(N), N/39) at training time
     nprobe: int = 16
     hnsw_m: int = 32
     ef_construction: int = 80
@@ -65,6 +74,8 @@ class IndexConfig:
     pq_m: int = 64  # PQ sub-quantisers (bytes per template); the dimension must be a multiple
     search_threads: int | None = None
     engine: Engine = "faiss"
+    nlist_scale: float = 4.0
+    nprobe_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -87,6 +98,17 @@ class IndexConfig:
             not isinstance(self.nlist, int) or isinstance(self.nlist, bool) or self.nlist < 1
         ):
             raise InvalidArgumentError(f"nlist must be a positive integer or None, got {self.nlist!r}")
+        if (
+            isinstance(self.nlist_scale, bool)
+            or not isinstance(self.nlist_scale, (int, float))
+            or not (0 < self.nlist_scale <= 64)
+        ):
+            raise InvalidArgumentError(f"nlist_scale must be a number in (0, 64], got {self.nlist_scale!r}")
+        frac = self.nprobe_fraction
+        if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1):
+            raise InvalidArgumentError(f"nprobe_fraction must be None or a number in (0, 1], got {frac!r}")
+        if self.storage == "pq4" and self.pq_m % 2:
+            raise InvalidArgumentError(f"storage='pq4' packs 2 codes a byte: pq_m must be even, not {self.pq_m}")
         threads = self.search_threads
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
             raise InvalidArgumentError(f"search_threads must be None or an integer >= 0, got {threads!r}")
@@ -96,24 +118,29 @@ class IndexConfig:
         """The size-dependent default (``kind="auto"``); ``device`` and ``search_threads`` may be given."""
         return cls(kind="auto", **kwargs)
 
-    def resolve(self) -> IndexConfig:
+    def resolve(self, dim: int | None = None) -> IndexConfig:
         """The concrete structure behind this configuration (``self`` unless ``kind="auto"``).
 
-        ``auto`` is exact flat fp32 below ``AUTO_FLAT_MAX`` templates and IVF-SQ8 with an
-        exact re-rank from there (``nlist = min(4 sqrt(N), N/39)`` at each training,
-        retrained about every 4x growth, ``nprobe = AUTO_NPROBE``): an IVF-SQ8
-        configuration whose ``min_train`` is ``AUTO_FLAT_MAX``.
+        ``auto`` is exact flat fp32 below ``AUTO_FLAT_MAX`` templates, and from there IVF
+        over 4-bit fast-scan PQ codes (``pq_m = dim / 4``, ``dim / 8`` bytes a template) with
+        an exact re-rank: ``nlist = sqrt(N)`` at each training (retrained about every 4x
+        growth), a quarter of the lists searched. Embedding dimensions that are not a
+        multiple of 8 get SQ8 codes instead. The torch engine is exact flat at any size.
         """
         if self.kind != "auto":
             return self
-        if self.engine == "torch":  # the torch engine is exact flat at any size
+        if self.engine == "torch":
             return replace(self, kind="flat", storage="fp32")
+        pq_m = (dim or 512) // AUTO_PQ_DIMS_PER_CODE
+        storage: Storage = "pq4" if (dim or 512) % (2 * AUTO_PQ_DIMS_PER_CODE) == 0 else "sq8"
         return replace(
             self,
             kind="ivf",
-            storage="sq8",
+            storage=storage,
+            pq_m=pq_m if storage == "pq4" else self.pq_m,
             nlist=None,
-            nprobe=AUTO_NPROBE,
+            nlist_scale=AUTO_NLIST_SCALE,
+            nprobe_fraction=AUTO_NPROBE_FRACTION,
             rerank=True,
             rerank_factor=AUTO_RERANK_FACTOR,
             min_train=AUTO_FLAT_MAX,
@@ -125,15 +152,16 @@ class IndexConfig:
             return f"explicit: {self.describe()}"
         return (
             f"auto: exact flat fp32 below {AUTO_FLAT_MAX:,} templates (a one-probe scan costs a few ms there); "
-            f"from {AUTO_FLAT_MAX:,}, IVF-SQ8 with nlist = min(4 sqrt(N), N/39) retrained at each 4x growth, "
-            f"nprobe {AUTO_NPROBE} and an exact fp32 re-rank of {AUTO_RERANK_FACTOR}x the shortlist "
-            "(identity recall@1 >= 0.99 of exact search at 1M templates on galleries fitted to celeb24, "
-            "benchmarks/gallery_results.md)"
+            f"from {AUTO_FLAT_MAX:,}, IVF over 4-bit fast-scan PQ codes (dim/8 bytes a template) with "
+            f"nlist = sqrt(N) retrained at each 4x growth, {AUTO_NPROBE_FRACTION:g} of the lists searched and "
+            "an exact fp32 re-rank of every template of the shortlisted identities "
+            "(chosen from benchmarks/bench_gallery_scale.py on galleries fitted to celeb24: "
+            "benchmarks/README.md, 'Gallery at scale')"
         )
 
     @property
     def needs_training(self) -> bool:
-        return self.engine == "faiss" and (self.kind == "ivf" or self.storage in ("sq8", "pq"))
+        return self.engine == "faiss" and (self.kind == "ivf" or self.storage in ("sq8", "pq", "pq4"))
 
     @property
     def exact(self) -> bool:
@@ -143,13 +171,25 @@ class IndexConfig:
     def nlist_for(self, n: int) -> int:
         if self.nlist is not None:
             return self.nlist
-        # 4*sqrt(N) lists, but no more than N/39 (FAISS' k-means wants >= 39 points per centroid)
-        return int(max(1, min(65536, round(4 * math.sqrt(max(n, 1))), n // 39)))
+        # nlist_scale*sqrt(N) lists, but no more than N/39 (FAISS' k-means wants >= 39 points per centroid)
+        return int(max(1, min(65536, round(self.nlist_scale * math.sqrt(max(n, 1))), n // 39)))
+
+    def nprobe_for(self, nlist: int) -> int:
+        """Lists an IVF of ``nlist`` lists searches: ``nprobe``, or ``nprobe_fraction`` of them."""
+        if self.nprobe_fraction is not None:
+            return max(1, min(nlist, math.ceil(self.nprobe_fraction * nlist)))
+        return min(self.nprobe, nlist)
 
     def factory_string(self, n: int) -> str:
         """FAISS ``index_factory`` description of the inner index for ``n`` training vectors."""
         # "np": no polysemous training (a slow code reordering only Hamming-filtered search uses)
-        codec = {"fp32": "Flat", "fp16": "SQfp16", "sq8": "SQ8", "pq": f"PQ{self.pq_m}np"}[self.storage]
+        codec = {
+            "fp32": "Flat",
+            "fp16": "SQfp16",
+            "sq8": "SQ8",
+            "pq": f"PQ{self.pq_m}np",
+            "pq4": f"PQ{self.pq_m}x4fs",
+        }[self.storage]
         if self.kind == "flat":
             return codec
         if self.kind == "ivf":
@@ -159,11 +199,15 @@ class IndexConfig:
     def describe(self) -> str:
         if self.kind == "auto":
             return "auto"
-        parts: list[str] = [self.kind, self.storage if self.storage != "pq" else f"pq{self.pq_m}"]
+        storage = {"pq": f"pq{self.pq_m}", "pq4": f"pq{self.pq_m}x4"}.get(self.storage, self.storage)
+        parts: list[str] = [self.kind, storage]
         if self.kind == "ivf":
             if self.nlist is not None:
                 parts.append(f"nlist={self.nlist}")
-            parts.append(f"nprobe={self.nprobe}")
+            elif self.nlist_scale != 4.0:
+                parts.append(f"nlist={self.nlist_scale:g}*sqrt(N)")
+            frac = self.nprobe_fraction
+            parts.append(f"nprobe={self.nprobe}" if frac is None else f"nprobe={frac:g}*nlist")
         if self.kind == "hnsw":
             parts.append(f"M={self.hnsw_m},efSearch={self.ef_search}")
         if self.rerank:
@@ -196,15 +240,19 @@ class IndexConfig:
             "ef_construction": self.ef_construction,
             "min_train": self.min_train,
         }
-        if self.storage == "pq":  # only where it matters, so indexes saved before PQ existed still load
+        if self.storage in ("pq", "pq4"):  # only where it matters, so indexes saved before PQ existed still load
             key["pq_m"] = self.pq_m
+        if self.nlist_scale != 4.0:  # likewise for the nlist rule
+            key["nlist_scale"] = self.nlist_scale
         return key
 
 
 __all__ = [
     "AGGREGATIONS",
     "AUTO_FLAT_MAX",
-    "AUTO_NPROBE",
+    "AUTO_NLIST_SCALE",
+    "AUTO_NPROBE_FRACTION",
+    "AUTO_PQ_DIMS_PER_CODE",
     "AUTO_RERANK_FACTOR",
     "ENGINES",
     "Aggregation",

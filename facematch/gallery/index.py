@@ -115,7 +115,9 @@ def gpu_unsupported(config: IndexConfig) -> str | None:
             f"FAISS-GPU cannot hold a flat {config.storage} index (a scalar quantiser without lists); "
             "use storage='fp32', kind='ivf', or the torch index (engine='torch')"
         )
-    if config.kind == "ivf" and config.nprobe > GPU_MAX_K:
+    if config.storage == "pq4":
+        return "FAISS-GPU has no 4-bit fast-scan PQ (use kind='ivf' with fp32, sq8 or pq storage, or device='cpu')"
+    if config.kind == "ivf" and config.nprobe_fraction is None and config.nprobe > GPU_MAX_K:
         return f"nprobe={config.nprobe} is above FAISS-GPU's limit of {GPU_MAX_K}"
     return None
 
@@ -154,8 +156,8 @@ class FaissIndex:
         self._faiss = import_faiss()
         self.dim = int(dim)
         self.shared = False
-        config = config.resolve()
-        if config.storage == "pq" and self.dim % config.pq_m:
+        config = config.resolve(self.dim)
+        if config.storage in ("pq", "pq4") and self.dim % config.pq_m:
             raise InvalidArgumentError(f"pq_m={config.pq_m} must divide the embedding dimension {self.dim}")
         self.config = config
         self.directory = directory
@@ -211,7 +213,7 @@ class FaissIndex:
             return
         inner = self._inner(index)
         if self.config.kind == "ivf":
-            inner.nprobe = min(self.config.nprobe, inner.nlist)
+            inner.nprobe = self.config.nprobe_for(inner.nlist)
         elif self.config.kind == "hnsw":
             inner.hnsw.efSearch = self.config.ef_search
 
@@ -354,7 +356,8 @@ class FaissIndex:
         """The CPU index was replaced: drop the mirror and copy the new one in the background."""
         if not self._use_gpu:
             return
-        nprobe = self.config.nprobe if self._trained_structure and self.config.kind == "ivf" else None
+        nlist = self._nlist
+        nprobe = self.config.nprobe_for(nlist) if nlist is not None else None
         if self._mirror is None:
             self._mirror = GpuMirror(self._faiss, self._mirror_source, self._cpu_lock)
         self._mirror.nprobe = nprobe

@@ -49,7 +49,8 @@ def search(
     per_identity = max(1.0, n_templates / max(n_identities, 1))
     want = max(2 * k, 10) if exact else k  # identities in the shortlist
     fetch = min(n_templates, math.ceil(want * per_identity * 2) + 16)
-    if rerank:
+    if rerank:  # approximate scores: re-score rerank_factor x the identities, from as many more templates
+        want *= config.rerank_factor
         fetch = min(n_templates, fetch * config.rerank_factor)
     scores, tids = index.search(q, fetch)
     ranker = _Ranker(sync, index, k, method, top_k, n_templates, exact)

@@ -6,11 +6,19 @@ write is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction. Durability:
 ``synchronous=FULL`` (the default) fsyncs the WAL at every commit, so an acknowledged
 enrolment survives a process kill *and* a power cut; ``NORMAL`` survives a process kill
 (the WAL is in the OS page cache) but may lose the last commits on power loss.
+
+Checkpoints (copying the WAL back into the database file, with its fsync) run off the
+write path: a writer's connection does not checkpoint itself (SQLite's automatic
+checkpoint would stall every ~100th enrolment for tens of ms), a background thread with
+its own connection runs a PASSIVE checkpoint every ``CHECKPOINT_INTERVAL_S`` instead,
+which never blocks writers or readers. A backstop automatic checkpoint on the writer
+connection (``BACKSTOP_PAGES``) bounds the WAL should that thread fall behind.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -25,7 +33,11 @@ from ..errors import GalleryCorruptError, GalleryError, InvalidArgumentError, Te
 from .store import Store, TemplatesWritten, dump_metadata, duplicate_identity, identity_not_found
 from .types import IdentityInfo
 
+logger = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+CHECKPOINT_INTERVAL_S = 0.5
+BACKSTOP_PAGES = 50_000  # ~200 MB of WAL before a writer would checkpoint itself
 _SQL_CHUNK = 900  # stay below SQLite's bound-parameter limit
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -80,10 +92,12 @@ class SQLiteStore(Store):
                 if str(mode).lower() != "wal":
                     raise GalleryError(f"could not put {path} in WAL mode (got {mode!r})")
                 self._conn.execute(f"PRAGMA synchronous={synchronous}")
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
                 self._conn.executescript(_SCHEMA)
             self._check_schema()
         except sqlite3.DatabaseError as exc:
             raise GalleryCorruptError(f"{path} is not a usable gallery database: {exc}") from exc
+        self._checkpointer = None if read_only else _Checkpointer(path, synchronous)
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -96,8 +110,10 @@ class SQLiteStore(Store):
             raise GalleryError(f"{self.path} has gallery schema {version}, newer than this facematch")
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
-            self._conn.close()
+            self._conn.close()  # the last connection to close checkpoints the rest of the WAL
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -357,3 +373,35 @@ class SQLiteStore(Store):
 
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "Synchronous"]
+
+
+class _Checkpointer:
+    """A daemon thread that checkpoints the WAL (PASSIVE) so writers never do it inline."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="facematch-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
+            logger.warning("no background checkpoints for %s: %s", self._path, exc)
+            return
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            while not self._stop.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # busy, or the file went away: try again next time
+                    logger.debug("checkpoint of %s skipped: %s", self._path, exc)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)

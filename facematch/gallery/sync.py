@@ -88,6 +88,7 @@ class IndexSync:
     def open(self, dim: int) -> None:
         """Open (or create) the index for ``dim``-D templates and reconcile it with the store."""
         index: VectorIndex | None
+        self.config = self.policy.resolve(dim)  # auto's codes depend on the dimension
         if self.backend == "milvus":
             from .milvus import MilvusIndex, collection_name
 
