@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,11 @@ class Calibration(BaseModel):
         return 1.0 / self.n_impostor_pairs
 
     def tail_fit(self) -> tuple[float, float] | None:
+        """The tail fit below (computed once per calibration: identify reads it for every candidate)."""
+        return self._tail_fit
+
+    @cached_property
+    def _tail_fit(self) -> tuple[float, float] | None:
         """Exponential fit ``log FMR = a + b * s`` of the impostor tail, as ``(a, b)``.
 
         Fitted on the curve's points with ``TAIL_MIN_EVENTS / n <= FMR <= 10 * TAIL_MIN_EVENTS / n``,

@@ -98,6 +98,20 @@ class SQLiteStore(Store):
         except sqlite3.DatabaseError as exc:
             raise GalleryCorruptError(f"{path} is not a usable gallery database: {exc}") from exc
         self._checkpointer = None if read_only else _Checkpointer(path, synchronous)
+        # Bulk embedding reads (re-rank, background retrains, rebuilds) go through a second,
+        # read-only connection: WAL lets them run beside the writer, so a retrain reading
+        # a million embeddings never holds up an enrolment (nor an enrolment a search).
+        self._reader = self._conn
+        self._reader_lock = self._lock
+        if not read_only:
+            try:
+                self._reader = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+                )
+                self._reader.execute("PRAGMA busy_timeout=10000")
+                self._reader_lock = threading.RLock()
+            except sqlite3.Error as exc:  # reads then share the writer's connection
+                logger.warning("no separate read connection for %s: %s", path, exc)
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -112,6 +126,9 @@ class SQLiteStore(Store):
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        with self._reader_lock:
+            if self._reader is not self._conn:
+                self._reader.close()
         with self._lock:
             self._conn.close()  # the last connection to close checkpoints the rest of the WAL
 
@@ -227,11 +244,11 @@ class SQLiteStore(Store):
         keys = sorted(set(int(t) for t in template_ids))
         found: list[int] = []
         blobs: list[bytes] = []
-        with self._lock:
+        with self._reader_lock:
             for i in range(0, len(keys), _SQL_CHUNK):
                 chunk = keys[i : i + _SQL_CHUNK]
                 q = f"SELECT id, embedding FROM templates WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id"
-                for tid, blob in self._conn.execute(q, chunk):
+                for tid, blob in self._reader.execute(q, chunk):
                     found.append(int(tid))
                     blobs.append(blob)
         return np.asarray(found, np.int64), self._decode(blobs, dim)
@@ -241,11 +258,11 @@ class SQLiteStore(Store):
         tids: list[int] = []
         owners: list[int] = []
         blobs: list[bytes] = []
-        with self._lock:
+        with self._reader_lock:
             for i in range(0, len(wanted), _SQL_CHUNK):
                 chunk = wanted[i : i + _SQL_CHUNK]
                 q = f"SELECT id, identity, embedding FROM templates WHERE identity IN ({','.join('?' * len(chunk))})"
-                for tid, owner, blob in self._conn.execute(q, chunk):
+                for tid, owner, blob in self._reader.execute(q, chunk):
                     tids.append(int(tid))
                     owners.append(int(owner))
                     blobs.append(blob)
@@ -265,8 +282,8 @@ class SQLiteStore(Store):
     def iter_embeddings(self, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = -1
         while True:
-            with self._lock:
-                rows = self._conn.execute(
+            with self._reader_lock:
+                rows = self._reader.execute(
                     "SELECT id, embedding FROM templates WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
                 ).fetchall()
             if not rows:

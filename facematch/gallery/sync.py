@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -386,6 +387,16 @@ class _Cancelled(Exception):
     pass
 
 
+def _lower_thread_priority(step: int = 10) -> None:
+    """Make the calling thread yield the CPU to the enrolments and searches (Linux: ``nice`` is
+    per thread; elsewhere, or where it is not allowed, nothing changes)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except (AttributeError, OSError) as exc:  # pragma: no cover - not Linux, or not permitted
+        logger.debug("background retrain keeps its priority: %s", exc)
+
+
 def _replay(index: FaissIndex, entries: list[Logged]) -> None:
     for op, ids, vecs in entries:
         if op == "add":
@@ -413,6 +424,7 @@ class _Retrain:
     def _run(self) -> None:
         sync = self.sync
         assert sync.dim is not None and isinstance(sync.index, FaissIndex)
+        _lower_thread_priority()
         try:
             # leave a core to the searches and enrolments the old index keeps serving
             with faiss_threads(import_faiss(), max(1, cores() - 1)):
