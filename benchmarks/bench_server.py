@@ -81,7 +81,9 @@ def start_server(
     env["FACEMATCH_API_KEYS"] = json.dumps([{"name": "bench", "key": KEY, "scopes": ["admin"]}])
     env.update({f"FACEMATCH_{k.upper()}": v for k, v in settings.items()})
     if prefill:
-        subprocess.run([python, "-c", PREFILL, str(tmp / f"bench-{port}.fmg"), str(prefill)], env=env, check=True)
+        subprocess.run(
+            [python, "-c", PREFILL, str(tmp / f"bench-{port}.fmg"), str(prefill)], env=env, check=True, cwd=tmp
+        )
     cmd = [
         python,
         "-m",
@@ -93,7 +95,9 @@ def start_server(
         "--gallery",
         str(tmp / f"bench-{port}.fmg"),
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # cwd: not the repository, whose facematch/ would shadow the install of ``python`` (python -m
+    # puts the working directory first on sys.path): each server must run its own install
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:

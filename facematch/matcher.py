@@ -55,7 +55,12 @@ ALIGNED_ASPECT_TOLERANCE = 0.05  # an "aligned" crop of another size must keep t
 
 
 def _load_model(
-    ref: ModelRef, task: str, providers: Sequence[str] | None, threads: int | None, max_batch: int = 32
+    ref: ModelRef,
+    task: str,
+    providers: Sequence[str] | None,
+    threads: int | None,
+    max_batch: int = 32,
+    spin_wait: bool = True,
 ) -> tuple[ModelCard, Any]:
     card = load_card(ref)
     if card.task != task:
@@ -70,6 +75,7 @@ def _load_model(
         card=card,
         max_batch=max_batch,
         sha256=file_sha256(path),  # hashed (and cached) by verify_file
+        spin_wait=spin_wait,
     )
     logger.info("loaded %s model %s from %s", task, card.id, path)
     return card, session
@@ -89,6 +95,9 @@ class FaceMatcher:
             the detector on the remaining providers, CPU when none remain.
         threads: intra-op threads per session (default: the CPU count divided by ``workers``,
             so concurrent images do not fight over cores; ``FACEMATCH_THREADS`` overrides).
+        spin_wait: whether ONNX Runtime's intra-op threads busy-wait for work between runs
+            (its default: a little lower latency for back-to-back calls alone on the machine;
+            ``False`` when other threads need the cores, as in the server).
         workers: images one call processes concurrently (``verify`` runs its two images side
             by side: decode, detect, align and embed each in its own thread). Default
             ``min(2, CPU count)``; 1 runs everything in the calling thread.
@@ -116,6 +125,7 @@ class FaceMatcher:
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        spin_wait: bool = True,
         det_size: int | None = None,
         det_threshold: float | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -146,7 +156,7 @@ class FaceMatcher:
         if isinstance(detector, SCRFD):
             self.detector = detector
         else:
-            card, sess = _load_model(detector or DEFAULT_DETECTOR, "detection", providers, threads)
+            card, sess = _load_model(detector or DEFAULT_DETECTOR, "detection", providers, threads, spin_wait=spin_wait)
             self.detector = SCRFD(sess, card)
         self.embedder: ArcFaceEmbedder | TorchEmbedder
         if isinstance(embedder, (ArcFaceEmbedder, TorchEmbedder)):
@@ -154,7 +164,14 @@ class FaceMatcher:
         elif torch_device is not None:
             self.embedder = TorchEmbedder.load(embedder or DEFAULT_EMBEDDER, device=torch_device, max_batch=max_batch)
         else:
-            card, sess = _load_model(embedder or DEFAULT_EMBEDDER, "embedding", providers, threads, max_batch)
+            card, sess = _load_model(
+                embedder or DEFAULT_EMBEDDER,
+                "embedding",
+                providers,
+                threads,
+                max_batch,
+                spin_wait=spin_wait,
+            )
             self.embedder = ArcFaceEmbedder(sess, card, max_batch=max_batch)
         self.det_size = det_size
         self.det_threshold = det_threshold

@@ -107,9 +107,14 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available] or available
 
 
-def session_options(threads: int | None = None) -> Any:
+def session_options(threads: int | None = None, *, spin_wait: bool = True) -> Any:
+    """ONNX Runtime session options: ``threads`` intra-op threads (``FACEMATCH_THREADS``), and
+    ``spin_wait=False`` to stop the intra-op threads busy-waiting for work between runs (they
+    otherwise take CPU from other threads of a process that shares the cores, e.g. a server)."""
     ort = _ort()
     opts = ort.SessionOptions()
+    if not spin_wait:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is None and os.environ.get(THREADS_ENV):
         raw = os.environ[THREADS_ENV]
@@ -443,6 +448,7 @@ def create_session(
     card: ModelCard | None = None,
     max_batch: int = 32,
     sha256: str | None = None,
+    spin_wait: bool = True,
 ) -> Any:
     """Create an ``onnxruntime.InferenceSession`` for a model path or serialized bytes.
 
@@ -451,6 +457,7 @@ def create_session(
     shape range (:func:`shape_profile`), so no input in that range rebuilds the engine.
     ``dynamic_batch`` declares a symbolic batch dimension (:func:`batch_dynamic_model`, cached
     per model file; ``sha256`` is the file's hash when the caller has verified it already).
+    ``threads`` and ``spin_wait``: :func:`session_options`.
     """
     ort = _ort()
     data: str | bytes
@@ -474,7 +481,7 @@ def create_session(
     options = provider_options(chosen, profile, runtime_options)
     try:
         sess = ort.InferenceSession(
-            data, sess_options=session_options(threads), providers=chosen, provider_options=options
+            data, sess_options=session_options(threads, spin_wait=spin_wait), providers=chosen, provider_options=options
         )
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load model: {exc}") from exc
