@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -51,6 +51,18 @@ with --json also {"error": {"code", "message", "path"}} on stdout."""
 
 # FacematchError codes that are run-time failures although their HTTP status is 4xx
 RUNTIME_FAILURE_CODES = frozenset({"gallery_locked", "export_validation_failed"})
+
+
+# The options spelled the same in the SDK's commands and the gallery's (eval and export word their own).
+JsonOpt = Annotated[bool, typer.Option("--json", help='Print JSON (errors too, as {"error": ...}).')]
+AlignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aligned/--detect",
+        help="--aligned: the images are aligned 112x112 face crops (no detection); --detect: photos, "
+        "the largest face is detected and aligned first.",
+    ),
+]
 
 
 class OutputError(FacematchError):
@@ -384,10 +396,12 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "AlignedOpt",
     "CheckFailedError",
     "CliError",
     "FacematchCommand",
     "FacematchGroup",
+    "JsonOpt",
     "LazyCommand",
     "LazyGroup",
     "OutputError",

@@ -17,7 +17,9 @@ import typer
 
 from ._cliutil import (
     EXIT_CODES_HELP,
+    AlignedOpt,
     CheckFailedError,
+    JsonOpt,
     LazyCommand,
     LazyGroup,
     OutputError,
@@ -89,15 +91,6 @@ def _about(image: Path, exc: FacematchError) -> FacematchError:
 
 DetectorOpt = Annotated[str | None, typer.Option(help="Detector card id, card JSON, or model file with a card.")]
 EmbedderOpt = Annotated[str | None, typer.Option(help="Embedder card id, card JSON, or model file with a card.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help='Print JSON (errors too, as {"error": ...}).')]
-AlignedOpt = Annotated[
-    bool,
-    typer.Option(
-        "--aligned/--detect",
-        help="--aligned: the images are aligned 112x112 face crops (no detection); --detect: photos, "
-        "the largest face is detected and aligned first.",
-    ),
-]  # spelled as in eval, gallery and calibrate
 
 
 @app.callback()

@@ -15,22 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from .._cliutil import emit, new_app
+from .._cliutil import AlignedOpt, JsonOpt, emit, new_app
 
 gallery_app = new_app("Enrol faces into a gallery and identify probes (open-set).")
 
 _GALLERY = Annotated[
     Path,
     typer.Argument(metavar="GALLERY", help="Gallery directory (e.g. people.fmg); created by enroll when absent."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help='Print JSON (errors too, as {"error": ...}).')]
-AlignedOpt = Annotated[
-    bool,
-    typer.Option(
-        "--aligned/--detect",
-        help="--aligned: the images are aligned 112x112 face crops (no detection); --detect: photos, "
-        "the largest face is detected and aligned first.",
-    ),
 ]
 
 
