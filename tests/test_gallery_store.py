@@ -266,3 +266,33 @@ def test_writes_do_not_checkpoint_inline_and_the_wal_is_checkpointed_in_the_back
             time.sleep(0.1)
     with Gallery(tmp_path / "g.fmg", read_only=True) as g:
         assert g.num_templates == 2400
+
+
+def test_bulk_reads_do_not_hold_up_writes(tmp_path: Path) -> None:
+    """Embedding reads (re-rank, a background retrain) run on their own read-only connection:
+    a writer enrols while a reader is busy, and the reader then sees the committed write."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(1)
+    with Gallery(tmp_path / "g.fmg") as g:
+        g.enroll_embeddings("a", unit(rng.standard_normal((2, DIM))), MODEL)
+        store = g._store  # type: ignore[attr-defined]
+        assert store._reader is not store._conn  # type: ignore[attr-defined]
+        busy, done = threading.Event(), threading.Event()
+
+        def hold_reader() -> None:
+            with store._reader_lock:  # type: ignore[attr-defined]  # a long read in progress
+                busy.set()
+                done.wait(10)
+
+        t = threading.Thread(target=hold_reader)
+        t.start()
+        assert busy.wait(5)
+        start = time.monotonic()
+        g.enroll_embeddings("b", unit(rng.standard_normal((2, DIM))), MODEL)  # not blocked by the reader
+        assert time.monotonic() - start < 5  # the reader holds its lock for 10 s
+        done.set()
+        t.join()
+        tids, owners, _ = store.embeddings_of_identities([1, 2], DIM)
+        assert sorted(owners.tolist()) == [1, 1, 2, 2] and tids.size == 4
