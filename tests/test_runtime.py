@@ -51,5 +51,5 @@ def test_spin_wait_off_sets_the_session_config_entry() -> None:
     assert session_options(2, spin_wait=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     default = session_options(2)
     assert default.intra_op_num_threads == 2
-    with pytest.raises(Exception):  # ONNX Runtime raises when an entry was never set
+    with pytest.raises(RuntimeError):  # ONNX Runtime raises when an entry was never set
         default.get_session_config_entry("session.intra_op.allow_spinning")
