@@ -84,7 +84,8 @@ def test_operations_are_named_and_every_body_has_examples(spec: dict[str, Any]) 
                 props = media["schema"]["properties"]
                 assert set(example) <= set(props), (name, set(example) - set(props))
                 assert set(media["schema"]["required"]) <= set(example), name
-    assert multipart == 8  # verify, verifyBatch, identify, detect, embed, createIdentity, addTemplates, verifyIdentity
+    # verify, verifyBatch, identify, detect, embed, createIdentity, addTemplates, verifyIdentity, explain
+    assert multipart == 9
     batch = ops["verifyBatch"][2]["requestBody"]["content"]["multipart/form-data"]["example"]
     assert json.loads(batch["pairs"]) == [[0, 1], [0, 2], [1, 2]] and len(batch["images"]) == 3
 

@@ -34,7 +34,7 @@ class ExplainJSON(ExplainParams):
 
 
 class RegionShareOut(_Out):
-    region: Literal["eyes", "nose", "mouth", "rest"]
+    region: Literal["eyes", "nose", "mouth", "rest"] = Field(description="face region the share is of")
     contribution: float = Field(description="sum of the region's cell values (similarity units)")
     share: float = Field(description="contribution / sum of |contribution| over the four regions")
 
@@ -64,7 +64,7 @@ _EXPLAINED_EXAMPLE: dict[str, Any] = {
 class ExplainedFaceOut(_Out):
     """One face of the pair with its map."""
 
-    face: FaceOut
+    face: FaceOut = Field(description="the face the map is of (box, score, landmarks in the photo's pixels)")
     cells: list[list[float]] = Field(
         description="value of each feature cell, H rows of W: its term of the cosine (decomposition) or the "
         "similarity lost when it is covered (occlusion)"
@@ -107,13 +107,13 @@ def _b64(data: bytes) -> str:
 
 
 class ExplainResponse(_Out):
-    is_match: bool
+    is_match: bool = Field(description="similarity >= threshold: the two faces are taken for the same person")
     similarity: float = Field(description="cosine similarity of the two faces, in [-1, 1] (as /verify)")
-    threshold: float
+    threshold: float = Field(description="cosine-similarity threshold of the decision")
     target_fmr: float | None = Field(
         default=None, description="false-match rate the threshold was chosen for (None: caller's)"
     )
-    model_id: str
+    model_id: str = Field(description="embedder card id")
     method: Literal["decomposition", "occlusion"] = Field(description="the method that made the maps")
     residual: float | None = Field(
         default=None, description="the decomposition check: the larger side's |sum of cells + bias - similarity|"
@@ -124,9 +124,9 @@ class ExplainResponse(_Out):
     colour_scale: float = Field(
         description="the |value| drawn at full colour in both PNGs (RdBu: red for the match, blue against)"
     )
-    face1: ExplainedFaceOut
-    face2: ExplainedFaceOut
-    timings: Timings
+    face1: ExplainedFaceOut = Field(description="the face of image1 with its similarity map")
+    face2: ExplainedFaceOut = Field(description="the face of image2 with its similarity map")
+    timings: Timings = Field(description="server-side time spent on the request")
 
     model_config = _examples(
         {
