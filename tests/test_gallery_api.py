@@ -281,6 +281,9 @@ def test_ivf_retrains_with_more_lists_as_the_gallery_grows(tmp_path) -> None:  #
             nlist = g._index._nlist  # type: ignore[union-attr]
             if nlist is not None and (not lists or lists[-1] != nlist):
                 lists.append(nlist)
+        assert g.wait_for_retrain(120)  # retrains run in the background: let the last one land
+        if g._index._nlist != lists[-1]:  # type: ignore[union-attr]
+            lists.append(g._index._nlist)  # type: ignore[union-attr]
         g.verify_consistency()
         hits = g.identify_embeddings(centres[::50], MODEL, k=1, threshold=-1.0)
         assert [h.identity_id for h in hits] == [f"i{i:03d}" for i in range(0, 800, 50)]
