@@ -11,14 +11,15 @@ from facematch.matcher import FaceMatcher
 from facematch.types import PreparedImage
 
 from ..deps import MatcherDep, StateDep, scoped
-from ..inputs import FileField, parse_images_request, request_body
+from ..inputs import parse_images_request, request_body
 from ..pipeline import Pipeline
 from ..schemas import ExplainJSON, ExplainParams, ExplainResponse
 from . import IMAGE_ERRORS, problems
+from .match import VERIFY_FILES
 
 router = APIRouter(tags=["matching"])
 
-EXPLAIN_FILES = (FileField("image1", description="first image"), FileField("image2", description="second image"))
+EXPLAIN_FILES = VERIFY_FILES  # the same two images as /verify
 
 
 @router.post(
