@@ -131,8 +131,9 @@ class IndexConfig:
             return self
         if self.engine == "torch":
             return replace(self, kind="flat", storage="fp32")
-        pq_m = (dim or 512) // AUTO_PQ_DIMS_PER_CODE
-        storage: Storage = "pq4" if (dim or 512) % (2 * AUTO_PQ_DIMS_PER_CODE) == 0 else "sq8"
+        d = dim or 512  # the dimension unknown yet: the default embedder's
+        pq_m = d // AUTO_PQ_DIMS_PER_CODE
+        storage: Storage = "pq4" if d % (2 * AUTO_PQ_DIMS_PER_CODE) == 0 else "sq8"
         return replace(
             self,
             kind="ivf",

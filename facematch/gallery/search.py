@@ -54,9 +54,10 @@ def search(
         fetch = min(n_templates, fetch * config.rerank_factor)
     scores, tids = index.search(q, fetch)
     ranker = _Ranker(sync, index, k, method, top_k, n_templates, exact)
+    listed = [ranker.shortlist(scores[r], tids[r]) for r in range(q.shape[0])]
     if exact:  # one store read for the first shortlists of the whole batch
-        ranker.load(np.concatenate([ranker.shortlist(scores[r], tids[r])[0][:want] for r in range(q.shape[0])]))
-    return [ranker.rank(q[r], scores[r], tids[r], fetch, want) for r in range(q.shape[0])]
+        ranker.load(np.concatenate([first[0][:want] for first in listed]))
+    return [ranker.rank(q[r], listed[r], fetch, want) for r in range(q.shape[0])]
 
 
 class _Ranker:
@@ -97,10 +98,13 @@ class _Ranker:
         ident, agg, best = aggregate(owners[known], s_v[known], t_v[known], "max")
         return ident, agg, best, floor
 
-    def rank(self, probe: np.ndarray, s: np.ndarray, t: np.ndarray, fetch: int, want: int) -> Ranked:
+    def rank(
+        self, probe: np.ndarray, listed: tuple[np.ndarray, np.ndarray, np.ndarray, float], fetch: int, want: int
+    ) -> Ranked:
+        """``listed``: :meth:`shortlist` of the index's first answer for ``probe`` (``fetch`` templates)."""
         k = self.k
         while True:
-            ident, agg, best, floor = self.shortlist(s, t)
+            ident, agg, best, floor = listed
             complete = fetch >= self.n_templates
             if ident.size >= want or complete:
                 if not self.exact:
@@ -116,7 +120,7 @@ class _Ranker:
                     continue
             fetch = min(self.n_templates, fetch * 4)  # too few identities in the shortlist: widen it
             s2, t2 = self.index.search(probe[None, :], fetch)
-            s, t = s2[0], t2[0]
+            listed = self.shortlist(s2[0], t2[0])
 
     def score(self, probe: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact aggregation over every template of ``identities``."""
