@@ -18,7 +18,7 @@ from _gallery_util import DIM, MODEL, unit
 
 from facematch.gallery import Gallery, IndexConfig
 from facematch.gallery import config as config_module
-from facematch.gallery.index import FaissIndex
+from facematch.gallery import sync as sync_module
 from facematch.gallery.sync import CHOICE_KEY
 
 pytest.importorskip("faiss")
@@ -32,24 +32,41 @@ def _templates(n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture()
 def paused(monkeypatch):  # type: ignore[no-untyped-def]
-    """Background rebuilds wait for ``release`` before they start filling their index."""
+    """Background rebuilds wait for ``release`` before they start building their index (in the
+    retrain process, or in the thread)."""
     gate, started = threading.Event(), threading.Event()
-    real = FaissIndex.rebuild_from
+    real = sync_module._Retrain._build
 
-    def rebuild_from(self, train, n, batches):  # type: ignore[no-untyped-def]
-        if threading.current_thread().name == "facematch-index-retrain":
-            started.set()
-            assert gate.wait(60), "test never released the retrain"
-        return real(self, train, n, batches)
+    def build(self):  # type: ignore[no-untyped-def]
+        started.set()
+        assert gate.wait(60), "test never released the retrain"
+        return real(self)
 
-    monkeypatch.setattr(FaissIndex, "rebuild_from", rebuild_from)
+    monkeypatch.setattr(sync_module._Retrain, "_build", build)
     return gate, started
 
 
-def test_writes_during_a_background_retrain_reach_the_new_index(tmp_path, paused) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture()
+def children(monkeypatch):  # type: ignore[no-untyped-def]
+    """The retrains built in a child process (their new indexes)."""
+    built: list[object] = []
+    real = sync_module.build_in_child
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        new = real(*args, **kwargs)
+        built.append(new)
+        return new
+
+    monkeypatch.setattr(sync_module, "build_in_child", spy)
+    return built
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["child-process", "thread"])
+def test_writes_during_a_background_retrain_reach_the_new_index(tmp_path, paused, children, in_process) -> None:  # type: ignore[no-untyped-def]
     gate, started = paused
     x = _templates(400, 1)
     with Gallery(tmp_path / "g.fmg", index=IVF, synchronous="NORMAL") as g:
+        g._sync.retrain_process = not in_process
         for i in range(199):
             g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)
         assert not g._sync.retraining
@@ -67,6 +84,7 @@ def test_writes_during_a_background_retrain_reach_the_new_index(tmp_path, paused
         gate.set()
         assert g.wait_for_retrain(60)
         assert not g._sync.retraining and "ivf/sq8" in g.info().index and "exact until" not in g.info().index
+        assert children == ([] if in_process else [g._sync.index])  # the child's index is the one serving
         n_db, n_index = g.verify_consistency()
         assert n_db == n_index == 2 * 258 - 1
         probes = x[:260, 1]
@@ -113,16 +131,13 @@ CHILD = r"""
 import sys, threading, time
 import numpy as np
 from facematch.gallery import Gallery, IndexConfig
-from facematch.gallery.index import FaissIndex
+from facematch.gallery import sync
 
-real = FaissIndex.rebuild_from
-def slow(self, train, n, batches):
-    if threading.current_thread().name == "facematch-index-retrain":
-        sys.stdout.write("retraining\n")  # one write per line: two threads print
-        sys.stdout.flush()
-        time.sleep(3600)  # killed in here
-    return real(self, train, n, batches)
-FaissIndex.rebuild_from = slow
+def slow(self):
+    sys.stdout.write("retraining\n")  # one write per line: two threads print
+    sys.stdout.flush()
+    time.sleep(3600)  # killed in here
+sync._Retrain._build = slow
 
 rng = np.random.default_rng(7)
 x = rng.standard_normal((5000, 2, 128)).astype(np.float32)
@@ -211,3 +226,34 @@ def test_existing_flat_gallery_keeps_its_index(tmp_path) -> None:  # type: ignor
     with Gallery(path) as g:
         assert g.index_config.kind == "flat" and g.info().index == "faiss:flat/fp32@cpu"
         assert g.identify_embeddings(x[3, 1], MODEL, threshold=0.9)[0].identity_id == "p03"
+
+
+def test_a_retrain_process_that_cannot_start_falls_back_to_the_thread(tmp_path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    x = _templates(260, 8)
+    with Gallery(tmp_path / "g.fmg", index=IVF, synchronous="NORMAL") as g:
+        for i in range(260):
+            g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)
+        assert g.wait_for_retrain(60) and "exact until" not in g.info().index
+        assert g.verify_consistency() == (520, 520)
+        res = g.identify_embeddings(x[:, 1], MODEL, threshold=0.9)
+    assert [r.identity_id for r in res] == [f"p{i:03d}" for i in range(260)]
+    assert "could not start the retrain process" in caplog.text and "in this process instead" in caplog.text
+
+
+def test_a_failing_retrain_process_reports_its_error_and_the_thread_builds(tmp_path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    from facematch.gallery import retrain
+
+    real = retrain.build_in_child
+
+    def broken_db(db_path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return real(tmp_path / "missing" / "gallery.sqlite3", *args, **kwargs)
+
+    monkeypatch.setattr(sync_module, "build_in_child", broken_db)
+    x = _templates(210, 9)
+    with Gallery(tmp_path / "g.fmg", index=IVF, synchronous="NORMAL") as g:
+        for i in range(210):
+            g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)
+        assert g.wait_for_retrain(60) and "exact until" not in g.info().index
+        assert g.verify_consistency() == (420, 420)
+    assert "the retrain process exited with" in caplog.text and "in this process instead" in caplog.text

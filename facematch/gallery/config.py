@@ -28,7 +28,7 @@ AGGREGATIONS = ("max", "mean", "topk_mean")
 # did not reach 0.99 at all.
 AUTO_FLAT_MAX = 50_000  # templates; flat fp32 below, IVF-PQ4 + re-rank from here
 AUTO_NLIST_SCALE = 1.0  # nlist = sqrt(N)
-AUTO_NPROBE_FRACTION = 0.25  # a quarter of the lists
+AUTO_NPROBE_FRACTION = 0.35  # of the lists: 0.992 recall at 1M in the Gallery (0.25: 0.988)
 AUTO_RERANK_FACTOR = 4
 AUTO_PQ_DIMS_PER_CODE = 4  # pq_m = dim / 4 sub-quantisers of 4 bits: dim / 8 bytes per template
 
@@ -124,7 +124,7 @@ class IndexConfig:
         ``auto`` is exact flat fp32 below ``AUTO_FLAT_MAX`` templates, and from there IVF
         over 4-bit fast-scan PQ codes (``pq_m = dim / 4``, ``dim / 8`` bytes a template) with
         an exact re-rank: ``nlist = sqrt(N)`` at each training (retrained about every 4x
-        growth), a quarter of the lists searched. Embedding dimensions that are not a
+        growth), ``AUTO_NPROBE_FRACTION`` (0.35) of the lists searched. Embedding dimensions that are not a
         multiple of 8 get SQ8 codes instead. The torch engine is exact flat at any size.
         """
         if self.kind != "auto":

@@ -403,8 +403,11 @@ class FaissIndex:
         logger.info("saved index (%d vectors) to %s", raw.size, index_path)
 
     @classmethod
-    def load(cls, directory: Path, dim: int, config: IndexConfig) -> FaissIndex | None:
-        """Load a saved index, or ``None`` when it is absent, for another structure, or damaged."""
+    def load(cls, directory: Path, dim: int, config: IndexConfig, *, check_ids: bool = True) -> FaissIndex | None:
+        """Load a saved index, or ``None`` when it is absent, for another structure, or damaged.
+
+        ``check_ids=False`` skips comparing the ids it holds with the manifest's digest (a sort
+        and a hash of every id), for a file whose writer is known to have finished."""
         index_path, manifest_path = directory / INDEX_FILE, directory / MANIFEST_FILE
         if not index_path.is_file() or not manifest_path.is_file():
             return None
@@ -432,8 +435,8 @@ class FaissIndex:
         if int(index.d) != dim or (not self._native_ids and not hasattr(index, "id_map")):
             logger.warning("index file does not match its manifest; it will be rebuilt")
             return None
-        raw = self._raw_ids()
-        if raw.size != manifest.get("count") or ids_digest(raw) != manifest.get("ids_sha256"):
+        raw = self._raw_ids() if check_ids else None
+        if raw is not None and (raw.size != manifest.get("count") or ids_digest(raw) != manifest.get("ids_sha256")):
             logger.warning("index file and manifest disagree (interrupted save?); the index will be rebuilt")
             return None
         self._apply_search_params(index)

@@ -89,8 +89,10 @@ def aggregate(
         return np.zeros((0,), np.int64), np.zeros((0,), np.float64), np.zeros((0,), np.int64)
     order = np.lexsort((-scores, owners))  # by owner, then score descending
     o, s, t = owners[order], scores[order], template_ids[order]
-    starts = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
-    ends = np.r_[starts[1:], o.size]
+    first = np.ones(o.size, bool)
+    np.not_equal(o[1:], o[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], o.size)
     ident = o[starts]
     best_tid = t[starts]
     if method == "max":
@@ -98,7 +100,7 @@ def aggregate(
     elif method == "mean":
         agg = np.add.reduceat(s, starts) / (ends - starts)
     else:
-        csum = np.r_[0.0, np.cumsum(s)]
+        csum = np.concatenate(([0.0], np.cumsum(s)))
         take = np.minimum(ends - starts, top_k)
         agg = (csum[starts + take] - csum[starts]) / take
     rank = np.lexsort((ident, -agg))

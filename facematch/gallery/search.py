@@ -86,7 +86,9 @@ class _Ranker:
     ) -> None:
         self.sync, self.index, self.k, self.method, self.top_k = sync, index, k, method, top_k
         self.n_templates, self.exact = n_templates, exact
-        self._templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # identity -> (template ids, fp32)
+        self._loaded: set[int] = set()  # identities whose templates have been read
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (template ids, owners, fp32) per read
+        self._rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the parts concatenated
 
     def shortlist(self, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Identities by their best template in the index: (identities, scores, best template, last score)."""
@@ -125,24 +127,36 @@ class _Ranker:
     def score(self, probe: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact aggregation over every template of ``identities``."""
         self.load(identities)
-        parts = [self._templates[int(i)] for i in identities]
-        tids = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0,), np.int64)
-        owners = np.repeat(np.asarray(identities, np.int64), [p[0].size for p in parts])
-        vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, probe.shape[0]), np.float32)
+        tids, owners, vecs = self._loaded_rows()
+        if len(self._loaded) > identities.size:  # rows of other identities were read too (a batch, a widening)
+            pick = np.flatnonzero(np.isin(owners, identities))
+            tids, owners, vecs = tids[pick], owners[pick], vecs[pick]
         return aggregate(owners, vecs @ probe, tids, self.method, self.top_k)
 
     def load(self, identities: np.ndarray) -> None:
         """Read the templates of the ``identities`` not read yet from the store (one query)."""
-        missing = sorted({int(i) for i in identities} - self._templates.keys())
+        missing = sorted(set(np.asarray(identities, np.int64).tolist()) - self._loaded)
         if not missing:
             return
         assert self.sync.dim is not None
-        tids, owners, vecs = self.sync.store.embeddings_of_identities(missing, self.sync.dim)
-        order = np.argsort(owners, kind="stable")
-        tids, owners, vecs = tids[order], owners[order], vecs[order]
-        bounds = np.searchsorted(owners, [*missing, np.iinfo(np.int64).max])
-        for j, key in enumerate(missing):
-            self._templates[key] = (tids[bounds[j] : bounds[j + 1]], vecs[bounds[j] : bounds[j + 1]])
+        self._parts.append(self.sync.store.embeddings_of_identities(missing, self.sync.dim))
+        self._loaded.update(missing)
+        self._rows = None
+
+    def _loaded_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._rows is None:
+            parts = self._parts
+            if len(parts) == 1:
+                self._rows = parts[0]
+            else:
+                dim = self.sync.dim or 0
+                self._rows = (
+                    np.concatenate([p[0] for p in parts]) if parts else np.zeros((0,), np.int64),
+                    np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.int64),
+                    np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, dim), np.float32),
+                )
+                self._parts = [self._rows]
+        return self._rows
 
 
 def _rows(ident: np.ndarray, agg: np.ndarray, best: np.ndarray) -> Ranked:

@@ -35,6 +35,8 @@ from ..errors import GalleryCorruptError, GalleryError, InvalidArgumentError
 from .config import IndexConfig
 from .index import FaissIndex, VectorIndex, import_faiss
 from .owners import TemplateOwners
+from .retrain import RetrainChildError, build_in_child
+from .sqlite_store import SQLiteStore
 from .store import Store
 from .threads import cores, faiss_threads
 
@@ -81,6 +83,7 @@ class IndexSync:
         self.index: VectorIndex | None = None
         self.dim: int | None = None
         self.background_retrain = True  # False: retrain inline on the write that crosses the mark
+        self.retrain_process = True  # False: a background retrain builds its index in this process
         self._lock = lock if lock is not None else threading.RLock()
         self._job: _Retrain | None = None
         self._retry_at = 0.0  # after a failed background retrain, when to try again
@@ -166,7 +169,7 @@ class IndexSync:
         self.cancel_retrain()
         if isinstance(index, FaissIndex):
             snapshot = self.owners.template_ids.copy()
-            _fill(index, self.store, dim, snapshot, batch=_BATCH, cancelled=lambda: False)
+            fill(index, self.store, dim, snapshot, batch=_BATCH, cancelled=lambda: False)
         else:
             parts = list(self.store.iter_embeddings(dim, _BATCH))
             ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0,), np.int64)
@@ -342,7 +345,7 @@ class IndexSync:
             self.index.close()
 
 
-def _fill(
+def fill(
     index: FaissIndex,
     store: Store,
     dim: int,
@@ -398,16 +401,28 @@ def _lower_thread_priority(step: int = 10) -> None:
 
 
 def _replay(index: FaissIndex, entries: list[Logged]) -> None:
-    for op, ids, vecs in entries:
+    """Apply logged writes in order; each run of consecutive adds (or removes) is one index call
+    (a bulk load logs one entry per enrolment: tens of thousands while a large retrain runs)."""
+    start = 0
+    while start < len(entries):
+        op = entries[start][0]
+        end = start
+        while end < len(entries) and entries[end][0] == op:
+            end += 1
+        run = entries[start:end]
+        ids = np.concatenate([e[1] for e in run])
         if op == "add":
-            assert vecs is not None
-            index.add(ids, vecs)
+            index.add(ids, np.concatenate([e[2] for e in run if e[2] is not None]))
         else:
             index.remove(ids)
+        start = end
 
 
 class _Retrain:
-    """A background rebuild of a FAISS index from the store, swapped in when it has caught up."""
+    """A background rebuild of a FAISS index from the store, swapped in when it has caught up.
+
+    The new index is built in a child process for a SQLite store (:mod:`.retrain`: no
+    interpreter lock shared with the enrolments), in this thread otherwise."""
 
     def __init__(self, sync: IndexSync, snapshot: np.ndarray) -> None:
         self.sync = sync
@@ -421,26 +436,47 @@ class _Retrain:
     def start(self) -> None:
         self.thread.start()
 
+    def _build(self) -> FaissIndex | None:
+        """The new index of the snapshot's templates (``None``: cancelled)."""
+        sync = self.sync
+        assert sync.dim is not None and isinstance(sync.index, FaissIndex)
+        threads = max(1, cores() - 1)  # leave a core to the searches and enrolments the old index serves
+        store = sync.store
+        if sync.retrain_process and isinstance(store, SQLiteStore):
+            try:
+                return build_in_child(
+                    store.path,
+                    sync.dim,
+                    sync.config,
+                    self.snapshot,
+                    sync.index.directory,
+                    threads=threads,
+                    cancelled=self.cancelled.is_set,
+                )
+            except RetrainChildError as exc:
+                logger.warning("%s; building the new index in this process instead", exc)
+        with faiss_threads(import_faiss(), threads):
+            new = FaissIndex(sync.dim, sync.config, sync.index.directory)
+            if not fill(new, store, sync.dim, self.snapshot, batch=RETRAIN_BATCH, cancelled=self.cancelled.is_set):
+                return None
+        return new
+
     def _run(self) -> None:
         sync = self.sync
         assert sync.dim is not None and isinstance(sync.index, FaissIndex)
         _lower_thread_priority()
         try:
-            # leave a core to the searches and enrolments the old index keeps serving
-            with faiss_threads(import_faiss(), max(1, cores() - 1)):
-                new = FaissIndex(sync.dim, sync.config, sync.index.directory)
-                if not _fill(
-                    new, sync.store, sync.dim, self.snapshot, batch=RETRAIN_BATCH, cancelled=self.cancelled.is_set
-                ):
-                    return
-                while not self.cancelled.is_set():
-                    with sync._lock:
-                        if len(self.log) - self.applied <= SWAP_CATCHUP:
-                            sync._swap(self, new)
-                            return
-                        pending = self.log[self.applied :]
-                    _replay(new, pending)  # outside the lock: writes go on meanwhile
-                    self.applied += len(pending)
+            new = self._build()
+            if new is None:
+                return
+            while not self.cancelled.is_set():
+                with sync._lock:
+                    if len(self.log) - self.applied <= SWAP_CATCHUP:
+                        sync._swap(self, new)
+                        return
+                    pending = self.log[self.applied :]
+                _replay(new, pending)  # outside the lock: writes go on meanwhile
+                self.applied += len(pending)
         except Exception:
             if not self.cancelled.is_set():
                 logger.exception(
@@ -453,4 +489,4 @@ class _Retrain:
                         sync._retry_at = time.monotonic() + RETRY_AFTER_S
 
 
-__all__ = ["CHOICE_KEY", "REBUILD_FRACTION", "IndexSync"]
+__all__ = ["CHOICE_KEY", "REBUILD_FRACTION", "IndexSync", "fill"]
