@@ -306,6 +306,29 @@ def test_search_uses_one_thread_per_probe_and_concurrent_searches_agree() -> Non
     index.search(x[:PARALLEL_MIN_BATCH], 5)
     assert used == [1, cores()]
     index._index = real
+    # an enrolment's add (and a deletion) is as small as a one-probe search: one thread too
+    ivf = FaissIndex(DIM, IndexConfig(kind="ivf", storage="pq4", pq_m=32, nlist=16, min_train=1, device="cpu"))
+    ivf.rebuild(np.arange(5000), x)
+    inner, calls = ivf._index, []
+
+    class Writes:
+        def __getattr__(self, name: str) -> object:
+            return getattr(inner, name)
+
+        def add_with_ids(self, v: np.ndarray, ids: np.ndarray) -> object:
+            calls.append(("add", faiss.omp_get_max_threads()))
+            return inner.add_with_ids(v, ids)
+
+        def remove_ids(self, sel: object) -> object:
+            calls.append(("remove", faiss.omp_get_max_threads()))
+            return inner.remove_ids(sel)
+
+    ivf._index = Writes()
+    ivf.add(np.arange(5000, 5004), x[:4])
+    ivf.remove(np.arange(5000, 5004))
+    assert calls == [("add", 1), ("remove", 1)]
+    ivf._index = inner
+    assert len(ivf) == 5000 and ivf.search(x[7:8], 1)[1][0, 0] == 7
     expected = index.search(x[:200], 3)[1]
     errors: list[str] = []
 

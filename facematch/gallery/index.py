@@ -271,8 +271,10 @@ class FaissIndex:
         revived = self._tombstones.intersection(ids.tolist())
         if revived:  # an id removed from HNSW comes back: drop the stale vector first (rebuild)
             raise InvalidArgumentError(f"template ids {sorted(revived)[:5]} were removed and cannot be reused")
-        with self._cpu_lock:  # the CPU change and the mirror's in one step (gpu_mirror.py)
-            self._index.add_with_ids(vectors, ids)
+        # an enrolment's few vectors on this thread alone: a second OpenMP thread would wait for a
+        # busy core (and spin) exactly as a one-probe search's does (threads.py)
+        with self._cpu_lock, faiss_threads(self._faiss, threads_for(ids.size, self.config.search_threads)):
+            self._index.add_with_ids(vectors, ids)  # the CPU change and the mirror's in one step (gpu_mirror.py)
             if self._mirror is not None:
                 self._mirror.added(ids, vectors)
 
@@ -284,7 +286,7 @@ class FaissIndex:
             present = set(self._raw_ids().tolist())
             self._tombstones.update(i for i in ids.tolist() if i in present)
         else:
-            with self._cpu_lock:
+            with self._cpu_lock, faiss_threads(self._faiss, threads_for(ids.size, self.config.search_threads)):
                 self._index.remove_ids(self._faiss.IDSelectorBatch(ids.size, self._faiss.swig_ptr(ids)))
                 if self._mirror is not None:
                     self._mirror.removed(ids)
