@@ -19,6 +19,7 @@ from _gallery_util import DIM, MODEL, unit
 from facematch.gallery import Gallery, IndexConfig
 from facematch.gallery import config as config_module
 from facematch.gallery import sync as sync_module
+from facematch.gallery.index import FaissIndex
 from facematch.gallery.sync import CHOICE_KEY
 
 pytest.importorskip("faiss")
@@ -257,3 +258,29 @@ def test_a_failing_retrain_process_reports_its_error_and_the_thread_builds(tmp_p
         assert g.wait_for_retrain(60) and "exact until" not in g.info().index
         assert g.verify_consistency() == (420, 420)
     assert "the retrain process exited with" in caplog.text and "in this process instead" in caplog.text
+
+
+def test_replayed_log_equals_the_writes_applied_one_by_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sync_module, "REPLAY_CHUNK", 5)  # chunk boundaries inside runs of adds
+    rng = np.random.default_rng(13)
+    x = unit(rng.standard_normal((400, DIM)))
+    log: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    live: set[int] = set()
+    next_id = 0
+    for _ in range(120):
+        if live and rng.random() < 0.3:
+            gone = rng.choice(sorted(live), min(len(live), int(rng.integers(1, 4))), replace=False)
+            log.append(("remove", np.asarray(gone, np.int64), None))
+            live -= set(gone.tolist())
+        else:
+            ids = np.arange(next_id, next_id + int(rng.integers(1, 4)), dtype=np.int64)
+            next_id = int(ids[-1]) + 1
+            log.append(("add", ids, x[ids]))
+            live |= set(ids.tolist())
+    replayed = FaissIndex(DIM, IndexConfig(device="cpu"))
+    sync_module._replay(replayed, log)
+    assert replayed.ids().tolist() == sorted(live)
+    s, i = replayed.search(x[:next_id], 1)
+    for row, t in enumerate(range(next_id)):
+        if t in live:
+            assert i[row, 0] == t and s[row, 0] == pytest.approx(1.0, abs=1e-5)

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 REBUILD_FRACTION = 0.5  # repair by delta below this much disagreement, rebuild above
 _BATCH = 50_000
 RETRAIN_BATCH = 2048  # rows per store read in a background retrain (each read holds the store's lock briefly)
+REPLAY_CHUNK = 4096  # templates per index call when logged writes are replayed onto the new index
 SWAP_CATCHUP = 256  # writes left to replay when the background retrain takes the lock to swap
 RETRY_AFTER_S = 60
 CHOICE_KEY = "index_choice"  # store setting: the structure in use, and why
@@ -401,13 +402,16 @@ def _lower_thread_priority(step: int = 10) -> None:
 
 
 def _replay(index: FaissIndex, entries: list[Logged]) -> None:
-    """Apply logged writes in order; each run of consecutive adds (or removes) is one index call
-    (a bulk load logs one entry per enrolment: tens of thousands while a large retrain runs)."""
+    """Apply logged writes in order, consecutive adds (or removes) together in calls of up to
+    ``REPLAY_CHUNK`` templates: a bulk load logs one entry per enrolment (tens of thousands while
+    a large retrain runs), and one call per entry is that many trips through Python, but one
+    concatenation of them all holds the interpreter lock for its whole copy (hundreds of ms)."""
     start = 0
     while start < len(entries):
         op = entries[start][0]
-        end = start
-        while end < len(entries) and entries[end][0] == op:
+        end, size = start, 0
+        while end < len(entries) and entries[end][0] == op and (end == start or size < REPLAY_CHUNK):
+            size += entries[end][1].size
             end += 1
         run = entries[start:end]
         ids = np.concatenate([e[1] for e in run])
