@@ -264,7 +264,9 @@ class FaissIndex:
     def __len__(self) -> int:
         return int(self._index.ntotal) - len(self._tombstones)
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, *, threads: int | None = None) -> None:
+        """Add ``vectors`` under ``ids``; ``threads``: FAISS threads for this call (default: the
+        per-call rule, one thread for an enrolment's few vectors)."""
         ids, vectors = _check_batch(ids, vectors, self.dim)
         if ids.size == 0:
             return
@@ -273,7 +275,8 @@ class FaissIndex:
             raise InvalidArgumentError(f"template ids {sorted(revived)[:5]} were removed and cannot be reused")
         # an enrolment's few vectors on this thread alone: a second OpenMP thread would wait for a
         # busy core (and spin) exactly as a one-probe search's does (threads.py)
-        with self._cpu_lock, faiss_threads(self._faiss, threads_for(ids.size, self.config.search_threads)):
+        n_threads = threads if threads is not None else threads_for(ids.size, self.config.search_threads)
+        with self._cpu_lock, faiss_threads(self._faiss, n_threads):
             self._index.add_with_ids(vectors, ids)  # the CPU change and the mirror's in one step (gpu_mirror.py)
             if self._mirror is not None:
                 self._mirror.added(ids, vectors)

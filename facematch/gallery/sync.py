@@ -401,7 +401,7 @@ def _lower_thread_priority(step: int = 10) -> None:
         logger.debug("background retrain keeps its priority: %s", exc)
 
 
-def _replay(index: FaissIndex, entries: list[Logged]) -> None:
+def _replay(index: FaissIndex, entries: list[Logged], *, threads: int | None = None) -> None:
     """Apply logged writes in order, consecutive adds (or removes) together in calls of up to
     ``REPLAY_CHUNK`` templates: a bulk load logs one entry per enrolment (tens of thousands while
     a large retrain runs), and one call per entry is that many trips through Python, but one
@@ -416,7 +416,7 @@ def _replay(index: FaissIndex, entries: list[Logged]) -> None:
         run = entries[start:end]
         ids = np.concatenate([e[1] for e in run])
         if op == "add":
-            index.add(ids, np.concatenate([e[2] for e in run if e[2] is not None]))
+            index.add(ids, np.concatenate([e[2] for e in run if e[2] is not None]), threads=threads)
         else:
             index.remove(ids)
         start = end
@@ -479,7 +479,8 @@ class _Retrain:
                         sync._swap(self, new)
                         return
                     pending = self.log[self.applied :]
-                _replay(new, pending)  # outside the lock: writes go on meanwhile
+                # outside the lock (writes go on meanwhile), leaving a core to them
+                _replay(new, pending, threads=max(1, cores() - 1))
                 self.applied += len(pending)
         except Exception:
             if not self.cancelled.is_set():
