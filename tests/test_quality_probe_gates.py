@@ -14,10 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _server_util import Server, auth
+from _server_util import KEYS, Server, auth
 
 from facematch import FaceMatcher
 from facematch.batch import embedded_images
+from facematch.client import Client
 from facematch.errors import InvalidArgumentError
 from facematch.gallery import Gallery
 from facematch.quality import PROBE_POLICY, LowQualityError, QualityPolicy
@@ -156,7 +157,9 @@ def test_verify_batch_reports_low_quality_per_pair(server: Server, wild_dir: Pat
 
 def test_gallery_verify_route_gates_the_probe(server: Server, wild_dir: Path, tiny: Path, smeared: Path) -> None:
     with server.client(headers=auth("admin")) as c:
-        r = c.post("/gallery/identities", data={"identity_id": "obama"}, files=[_part("images", wild_dir / "obama.jpg")])
+        r = c.post(
+            "/gallery/identities", data={"identity_id": "obama"}, files=[_part("images", wild_dir / "obama.jpg")]
+        )
         assert r.status_code == 201, r.text
     with server.client(headers=auth("match")) as c:
         url = "/gallery/identities/obama/verify"
@@ -178,3 +181,17 @@ def test_gallery_verify_route_gates_the_probe(server: Server, wild_dir: Path, ti
         assert r.status_code == 422 and r.json()["code"] == "invalid_request"
         # the identity is looked up before the gate: an unknown one is still a 404
         assert c.post("/gallery/identities/nobody/verify", files=[_part("image", tiny)]).status_code == 404
+
+
+def test_rest_client_raises_and_reports_low_quality(server: Server, wild_dir: Path, tiny: Path) -> None:
+    with Client(server.url, api_key=KEYS["admin"], timeout=60) as client:
+        res = client.verify_batch([wild_dir / "obama.jpg", wild_dir / "obama2.jpg", tiny], [[0, 1], [0, 2]])
+        assert [p.ok for p in res] == [True, False]
+        err = res.pairs[1].error
+        assert isinstance(err, LowQualityError)
+        assert _components(err.details["reasons"]) == {"face_size_px", "inter_ocular_px"}  # type: ignore[arg-type]
+        client.enroll("client_obama", [wild_dir / "obama.jpg"])
+        assert client.verify_identity("client_obama", wild_dir / "obama2.jpg").is_match
+        with pytest.raises(LowQualityError) as info:
+            client.verify_identity("client_obama", tiny)
+        assert _components(info.value.details["reasons"]) == {"face_size_px", "inter_ocular_px"}  # type: ignore[arg-type]
