@@ -8,6 +8,9 @@ the face is found, 6.6 px between the eyes, below the probe policy's 10) and blu
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +198,24 @@ def test_rest_client_raises_and_reports_low_quality(server: Server, wild_dir: Pa
         with pytest.raises(LowQualityError) as info:
             client.verify_identity("client_obama", tiny)
         assert _components(info.value.details["reasons"]) == {"face_size_px", "inter_ocular_px"}  # type: ignore[arg-type]
+
+
+def test_cli_gallery_verify_applies_the_probe_gate(tmp_path: Path, wild_dir: Path, tiny: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "facematch.cli", *args], capture_output=True, text=True, timeout=300, check=False
+        )
+
+    g = str(tmp_path / "g.fmg")
+    r = cli("gallery", "enroll", g, "obama", str(wild_dir / "obama.jpg"))
+    assert r.returncode == 0, r.stderr
+    r = cli("gallery", "verify", g, "obama", str(wild_dir / "obama2.jpg"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["is_match"] and json.loads(r.stdout)["quality"]["unified"] > 0
+    r = cli("gallery", "verify", g, "obama", str(tiny))
+    assert r.returncode == 2 and "low_quality" in r.stderr and "inter_ocular_px" in r.stderr
+    r = cli("gallery", "verify", g, "obama", str(tiny), "--quality-policy", "none", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["quality"]["inter_ocular_px"] < 10
+    r = cli("gallery", "verify", g, "obama", str(wild_dir / "obama2.jpg"), "--min-face-size", "5000")
+    assert r.returncode == 2 and "face_size_px" in r.stderr

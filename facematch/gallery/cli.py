@@ -180,11 +180,21 @@ def verify_cmd(
     threshold: Annotated[float | None, typer.Option(help="Accept at or above this cosine similarity.")] = None,
     fmr: Annotated[float | None, typer.Option(help="Target false-match rate (1:1 threshold from the card).")] = None,
     aligned: AlignedOpt = False,
+    quality_policy: Annotated[
+        str, typer.Option(help="Probe quality gate: probe (lenient, the default), enrolment (strict) or none.")
+    ] = "probe",
+    min_quality: Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")] = None,
+    min_face_size: Annotated[float | None, typer.Option(help="Minimum face box short side, px.")] = None,
+    max_abs_yaw: Annotated[float | None, typer.Option(help="Maximum |yaw|, degrees.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Is the face in IMAGE the enrolled IDENTITY? (1:1 against its templates; exit 0 either way)"""
+    """Is the face in IMAGE the enrolled IDENTITY? (1:1 against its templates; exit 0 either way,
+    2 for a probe below the quality gate)"""
+    from ..quality import policy_named
+
+    gate = policy_named(quality_policy, min_quality=min_quality, min_face_size=min_face_size, max_abs_yaw=max_abs_yaw)
     with _open(gallery, read_only=True) as g:
-        res = g.verify(identity, str(image), threshold=threshold, fmr=fmr, aligned=aligned)
+        res = g.verify(identity, str(image), threshold=threshold, fmr=fmr, aligned=aligned, quality=gate)
 
         def text() -> str:
             verdict = "MATCH" if res.is_match else "NO MATCH"
