@@ -10,6 +10,7 @@ listed in :data:`LAZY_COMMANDS` and imported only when used, so start-up stays s
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,10 +79,15 @@ models_app = new_app("Model cards and the installed model pack.")
 app.add_typer(models_app, name="models")
 
 
-def _matcher(detector: str | None, embedder: str | None, det_size: int | None = None, **kw: Any) -> Any:
+def _matcher(
+    detector: str | None, embedder: str | None, det_size: int | None = None, spin_wait: bool = False, **kw: Any
+) -> Any:
+    """The command's matcher. One-shot commands run a handful of inferences, so idle ONNX Runtime
+    threads sleep instead of spinning (spinning steals the core the main thread needs next);
+    batch commands pass ``spin_wait=True`` for throughput."""
     from .matcher import FaceMatcher
 
-    return FaceMatcher(detector=detector, embedder=embedder, det_size=det_size, **kw)
+    return FaceMatcher(detector=detector, embedder=embedder, det_size=det_size, spin_wait=spin_wait, **kw)
 
 
 def _about(image: Path, exc: FacematchError) -> FacematchError:
@@ -144,7 +150,7 @@ def verify(
         from .batch_cli import run_pairs
 
         summary = run_pairs(
-            _matcher(detector, embedder),
+            _matcher(detector, embedder, spin_wait=True),
             pairs,
             out,
             root=root,
@@ -535,7 +541,13 @@ def demo(as_json: JsonOpt = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point (``facematch``): run the app; its group reports errors and sets the exit status."""
+    """Entry point (``facematch``): run the app; its group reports errors and sets the exit status.
+
+    pydantic's plugin discovery (a scan of every installed distribution's entry points, tens of
+    milliseconds) is skipped unless the caller set ``PYDANTIC_DISABLE_PLUGINS`` themselves: the
+    command line uses no pydantic plugin. Library users (``import facematch``) are unaffected.
+    """
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     app(args=argv, prog_name="facematch")
 
 
