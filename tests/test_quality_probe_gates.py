@@ -47,6 +47,29 @@ def _components(reasons: list[dict[str, object]]) -> set[object]:
 
 
 # ---- SDK ------------------------------------------------------------------------------------
+def test_gallery_identify_gates_the_probe(
+    tmp_path: Path, matcher: FaceMatcher, wild_dir: Path, tiny: Path, smeared: Path
+) -> None:
+    with Gallery.open(tmp_path / "g.fmg", create=True, matcher=matcher) as g:
+        g.enroll("obama", [wild_dir / "obama.jpg"])
+        g.enroll("biden", [wild_dir / "biden.jpg"])
+        good = g.identify(wild_dir / "obama2.jpg")
+        assert good.candidates[0].identity_id == "obama" and good.quality is not None
+        with pytest.raises(LowQualityError) as info:
+            g.identify(tiny)
+        err = info.value
+        assert err.details["image"] == tiny.name and err.details["index"] == 0
+        assert _components(err.details["reasons"]) == {"face_size_px", "inter_ocular_px"}  # type: ignore[arg-type]
+        # in a batch the first probe below the gate is named, by its position
+        with pytest.raises(LowQualityError) as info:
+            g.identify_batch([wild_dir / "obama2.jpg", smeared])
+        assert info.value.details["index"] == 1 and info.value.details["image"] == smeared.name
+        assert _components(info.value.details["reasons"]) == {"sharpness"}  # type: ignore[arg-type]
+        ungated = g.identify_batch([wild_dir / "obama2.jpg", smeared], quality=None)
+        assert len(ungated) == 2 and ungated[1].quality is not None
+        assert ungated[1].quality.sharpness < PROBE_POLICY.min_sharpness  # type: ignore[operator]
+
+
 def test_gallery_verify_gates_the_probe(
     tmp_path: Path, matcher: FaceMatcher, wild_dir: Path, tiny: Path, smeared: Path
 ) -> None:
@@ -219,3 +242,11 @@ def test_cli_gallery_verify_applies_the_probe_gate(tmp_path: Path, wild_dir: Pat
     assert json.loads(r.stdout)["quality"]["inter_ocular_px"] < 10
     r = cli("gallery", "verify", g, "obama", str(wild_dir / "obama2.jpg"), "--min-face-size", "5000")
     assert r.returncode == 2 and "face_size_px" in r.stderr
+    # identify: the same gate and options
+    r = cli("gallery", "identify", g, str(wild_dir / "obama2.jpg"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["candidates"][0]["identity_id"] == "obama"
+    r = cli("gallery", "identify", g, str(tiny), "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["error"]["code"] == "low_quality"
+    r = cli("gallery", "identify", g, str(tiny), "--quality-policy", "none", "--json")
+    assert r.returncode == 0, r.stderr
