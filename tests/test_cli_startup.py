@@ -85,7 +85,7 @@ def test_verify_does_not_import_onnx_once_the_model_is_cached(tmp_path: Path, wi
 
 def test_one_shot_commands_do_not_spin_and_batch_commands_do() -> None:
     """A one-shot command's idle ONNX Runtime threads sleep (spinning takes the core the next step needs)."""
-    from facematch.cli import _matcher
+    from facematch._cliutil import matcher_for
 
     def spins(m: object) -> list[str]:
         out = []
@@ -97,8 +97,8 @@ def test_one_shot_commands_do_not_spin_and_batch_commands_do() -> None:
                 out.append("default")
         return out
 
-    assert spins(_matcher(None, None)) == ["0", "0"]
-    assert spins(_matcher(None, None, spin_wait=True)) == ["default", "default"]
+    assert spins(matcher_for(None, None)) == ["0", "0"]
+    assert spins(matcher_for(None, None, spin_wait=True)) == ["default", "default"]
 
 
 @pytest.mark.parametrize("preset", [None, "logfire"])
