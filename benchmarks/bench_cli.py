@@ -13,6 +13,14 @@ once-per-install cached rewrite, as now; no rewrite at all), and a ``python -X i
 breakdown of ``facematch verify`` by top-level package.
 
     python benchmarks/bench_cli.py [--runs 15] [--images ../shared/data/wild] [--json out.json]
+        [--exe ENTRY_POINT] [--baseline ENTRY_POINT]
+
+The measured installs are byte-compiled first and run without ``PYTHONDONTWRITEBYTECODE``, as
+an installed copy runs. A regular (non-editable) install of this checkout, as users have it:
+
+    pip wheel --no-deps --no-build-isolation -w /tmp/whl . && python -m venv /tmp/fm
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/fm/lib/python3.11/site-packages/deps.pth
+    /tmp/fm/bin/pip install --no-deps /tmp/whl/facematch-*.whl    # then --exe /tmp/fm/bin/facematch
 """
 
 from __future__ import annotations
@@ -33,18 +41,45 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 0.7  # issue 16: `facematch verify a.jpg b.jpg` in at most 0.7 s, cold
 
 
-def entry_point() -> str:
-    """The installed ``facematch`` console script of this interpreter's environment."""
-    exe = Path(sys.executable).parent / "facematch"
+def entry_point(given: str | None = None) -> str:
+    """``given``, else the installed ``facematch`` console script of this interpreter's environment."""
+    exe = Path(given) if given else Path(sys.executable).parent / "facematch"
     if not exe.exists():
         sys.exit(f"no facematch entry point beside {sys.executable}; pip install -e . first")
     return str(exe)
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of every measured process: this one's, without ``PYTHONDONTWRITEBYTECODE``.
+
+    With that variable set (as it is on some build machines), a module edited since its last
+    ``.pyc`` is compiled from source on every run, which no installed copy does (pip compiles
+    at install time); it once put ~60 ms of compilation into each measured start-up.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra)
+    return env
+
+
+def compile_install(exe: str) -> None:
+    """Byte-compile the facematch package behind console script ``exe``, as ``pip install`` does."""
+    shebang = Path(exe).read_text(encoding="utf-8", errors="replace").splitlines()[0]
+    python = shebang[2:].strip() if shebang.startswith("#!") else sys.executable
+    where = subprocess.run(
+        [python, "-c", "import facematch, os; print(os.path.dirname(facematch.__file__))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=child_env(),
+        cwd=tempfile.gettempdir(),
+    ).stdout.strip()
+    subprocess.run([python, "-m", "compileall", "-q", where], check=True, env=child_env())
+
+
 def run_once(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """One cold run: wall seconds, CPU seconds (user + sys) and peak RSS (MB) of the child."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or child_env())
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -68,8 +103,10 @@ def summary(runs: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def bench_commands(runs: int, a: Path, b: Path, baseline: str | None = None) -> dict[str, dict[str, float]]:
-    exe = entry_point()
+def bench_commands(
+    runs: int, a: Path, b: Path, baseline: str | None = None, exe: str | None = None
+) -> dict[str, dict[str, float]]:
+    exe = entry_point(exe)
     commands = {
         "facematch verify A B": [exe, "verify", str(a), str(b)],
         "facematch --help": [exe, "--help"],
@@ -78,6 +115,9 @@ def bench_commands(runs: int, a: Path, b: Path, baseline: str | None = None) -> 
     if baseline:  # another install's entry point (e.g. a checkout before this change), run in the same turns
         commands["baseline: facematch verify A B"] = [baseline, "verify", str(a), str(b)]
         commands["baseline: facematch --help"] = [baseline, "--help"]
+    for install in (exe, baseline):
+        if install:
+            compile_install(install)
     for argv in commands.values():  # warm-up: OS file cache, the model cache
         run_once(argv)
     results: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -88,7 +128,7 @@ def bench_commands(runs: int, a: Path, b: Path, baseline: str | None = None) -> 
     first = []
     for _ in range(max(3, runs // 5)):
         with tempfile.TemporaryDirectory() as tmp:
-            first.append(run_once(commands["facematch verify A B"], env={**os.environ, "FACEMATCH_CACHE_DIR": tmp}))
+            first.append(run_once(commands["facematch verify A B"], env=child_env(FACEMATCH_CACHE_DIR=tmp)))
     results["facematch verify A B (first run: empty model cache)"] = first
     return {name: summary(r) for name, r in results.items()}
 
@@ -121,13 +161,17 @@ VARIANTS = ("rewrite at every load (before)", "cached rewrite (now)", "no rewrit
 
 def bench_load_path(runs: int) -> dict[str, dict[str, float]]:
     """Embedder session creation, fresh interpreter per run, the three ways of getting a dynamic batch."""
-    subprocess.run([sys.executable, "-c", LOAD_VARIANT, VARIANTS[1]], check=True, capture_output=True)  # fill cache
+    subprocess.run(  # fill the cache
+        [sys.executable, "-c", LOAD_VARIANT, VARIANTS[1]], check=True, capture_output=True, env=child_env()
+    )
     times: dict[str, list[float]] = defaultdict(list)
     sums: dict[str, set[float]] = defaultdict(set)
     onnx_loaded: dict[str, bool] = {}
     for _ in range(runs):
         for v in VARIANTS:
-            out = subprocess.run([sys.executable, "-c", LOAD_VARIANT, v], check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, "-c", LOAD_VARIANT, v], check=True, capture_output=True, text=True, env=child_env()
+            )
             seconds, total, loaded = eval(out.stdout.strip().splitlines()[-1])  # our own repr
             times[v].append(seconds)
             sums[v].add(round(total, 3))
@@ -153,6 +197,7 @@ def importtime_breakdown(runs: int, a: Path, b: Path) -> dict[str, object]:
             capture_output=True,
             text=True,
             check=True,
+            env=child_env(),
         )
         pkg: dict[str, float] = defaultdict(float)
         for line in proc.stderr.splitlines():
@@ -185,6 +230,12 @@ def main() -> None:
     ap.add_argument(
         "--baseline", default=None, help="another facematch entry point to time in the same turns (e.g. before)"
     )
+    ap.add_argument(
+        "--exe",
+        default=None,
+        help="the facematch entry point to time (default: this interpreter's; e.g. a regular, non-editable "
+        "install built from this checkout, as users have)",
+    )
     args = ap.parse_args()
     a, b = (args.images / p for p in args.pair)
     env = {
@@ -193,9 +244,10 @@ def main() -> None:
         "load_before": os.getloadavg(),
         "pair": [a.name, b.name],
         "baseline": args.baseline,
+        "exe": entry_point(args.exe),
     }
     t0 = time.time()
-    commands = bench_commands(args.runs, a, b, args.baseline)
+    commands = bench_commands(args.runs, a, b, args.baseline, args.exe)
     load = bench_load_path(args.load_runs)
     imports = importtime_breakdown(args.importtime_runs, a, b)
     env["load_after"] = os.getloadavg()
@@ -228,7 +280,7 @@ def main() -> None:
         f"onnx imported: {'yes' if imports['onnx_imported'] else 'no'}"
     )
     print("| package | self ms |\n|---|---:|")
-    for name, ms in imports["top_ms"].items():  # type: ignore[union-attr]
+    for name, ms in imports["top_ms"].items():  # type: ignore[attr-defined]
         print(f"| {name} | {ms:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -55,6 +55,8 @@ RUNTIME_FAILURE_CODES = frozenset({"gallery_locked", "export_validation_failed"}
 
 # The options spelled the same in the SDK's commands and the gallery's (eval and export word their own).
 JsonOpt = Annotated[bool, typer.Option("--json", help='Print JSON (errors too, as {"error": ...}).')]
+DetectorOpt = Annotated[str | None, typer.Option(help="Detector card id, card JSON, or model file with a card.")]
+EmbedderOpt = Annotated[str | None, typer.Option(help="Embedder card id, card JSON, or model file with a card.")]
 AlignedOpt = Annotated[
     bool,
     typer.Option(
@@ -399,6 +401,8 @@ __all__ = [
     "AlignedOpt",
     "CheckFailedError",
     "CliError",
+    "DetectorOpt",
+    "EmbedderOpt",
     "FacematchCommand",
     "FacematchGroup",
     "JsonOpt",
@@ -411,6 +415,7 @@ __all__ = [
     "emit",
     "exit_code_for",
     "load_command",
+    "matcher_for",
     "new_app",
     "report",
     "reported_errors",
@@ -418,3 +423,14 @@ __all__ = [
     "usage_error",
     "wants_json",
 ]
+
+
+def matcher_for(
+    detector: str | None, embedder: str | None, det_size: int | None = None, spin_wait: bool = False, **kw: Any
+) -> Any:
+    """The command's matcher. One-shot commands run a handful of inferences, so idle ONNX Runtime
+    threads sleep instead of spinning (spinning steals the core the main thread needs next);
+    batch commands pass ``spin_wait=True`` for throughput."""
+    from .matcher import FaceMatcher
+
+    return FaceMatcher(detector=detector, embedder=embedder, det_size=det_size, spin_wait=spin_wait, **kw)

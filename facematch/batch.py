@@ -7,7 +7,8 @@ holds what sits between them when many pairs share images:
   (the same path, the same bytes or the same object is one image);
 - :func:`check_index_pairs`: index pairs validated against the number of images;
 - :func:`embedded_images`: prepared images (or their errors) + one embedding row per
-  prepared image → one :class:`FaceEmbedding` (or error) per image;
+  prepared image (+ their qualities and a quality policy) → one :class:`FaceEmbedding` (or
+  error: a face below the policy is a ``LowQualityError``) per image;
 - :func:`verify_pairs`: the per-pair decisions, a :class:`VerifyBatchResult` in which a
   failed image fails only the pairs that use it.
 
@@ -31,7 +32,7 @@ from .types import FaceEmbedding, PairResult, PreparedImage, VerifyBatchResult
 
 if TYPE_CHECKING:
     from .matcher import FaceMatcher
-    from .quality import FaceQuality
+    from .quality import FaceQuality, QualityPolicy
 
 Embedded = FaceEmbedding | FacematchError | None  # None: an image no pair uses
 
@@ -98,21 +99,36 @@ def embedded_images(
     embeddings: np.ndarray,
     model_id: str,
     qualities: Sequence[FaceQuality] | None = None,
+    gate: QualityPolicy | None = None,
 ) -> list[Embedded]:
     """One :class:`FaceEmbedding` (of ``crops[0]``), error or ``None`` per image.
 
     ``embeddings`` (and ``qualities``, when given) have one row per :class:`PreparedImage` item
-    of ``prepared``, in order.
+    of ``prepared``, in order. With a quality policy ``gate`` (which needs ``qualities``), an
+    image whose face fails it becomes its :class:`~facematch.quality.LowQualityError` (the
+    failing components in ``details["reasons"]``), so it fails only the pairs that use it.
     """
     n_prepared = sum(isinstance(p, PreparedImage) for p in prepared)
     if len(embeddings) != n_prepared:
         raise InvalidArgumentError(f"{len(embeddings)} embeddings for {n_prepared} prepared images")
+    if qualities is not None and len(qualities) != n_prepared:
+        raise InvalidArgumentError(f"{len(qualities)} qualities for {n_prepared} prepared images")
+    if gate is not None and gate.limits and qualities is None:
+        raise InvalidArgumentError("a quality gate needs the faces' qualities")
     out: list[Embedded] = []
     row = 0
     for item in prepared:
         if isinstance(item, PreparedImage):
             quality = qualities[row] if qualities is not None else None
-            out.append(FaceEmbedding(face=item.face(0), vector=embeddings[row], model_id=model_id, quality=quality))
+            embedded: Embedded = FaceEmbedding(
+                face=item.face(0), vector=embeddings[row], model_id=model_id, quality=quality
+            )
+            if gate is not None and quality is not None:
+                try:
+                    gate.require(quality)
+                except FacematchError as exc:  # LowQualityError
+                    embedded = exc
+            out.append(embedded)
             row += 1
         else:
             out.append(item)

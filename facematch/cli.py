@@ -1,5 +1,5 @@
-"""The ``facematch`` command line: verify, explain, detect, embed, models, demo (+ gallery, eval, calibrate, serve,
-export).
+"""The ``facematch`` command line: verify, detect, quality, embed (+ explain, models, demo, gallery, eval,
+calibrate, quality-fit, export, serve, imported when run).
 
 Every error is one line on stderr, ``error [code]: <image or path>: message``, with a
 JSON error object on stdout as well under ``--json``, and a documented exit status
@@ -10,6 +10,7 @@ listed in :data:`LAZY_COMMANDS` and imported only when used, so start-up stays s
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,13 +19,14 @@ import typer
 from ._cliutil import (
     EXIT_CODES_HELP,
     AlignedOpt,
-    CheckFailedError,
+    DetectorOpt,
+    EmbedderOpt,
     JsonOpt,
     LazyCommand,
     LazyGroup,
     OutputError,
-    check_failed,
     emit,
+    matcher_for,
     new_app,
     usage_error,
 )
@@ -33,6 +35,17 @@ from .errors import FacematchError, InvalidArgumentError
 # Sub-commands imported on first use: name -> module, attribute (a typer app or a command
 # function) and the one-line help `facematch --help` lists (tests check it matches the command).
 LAZY_COMMANDS: dict[str, LazyCommand] = {
+    "explain": LazyCommand(
+        "facematch.explain_cli",
+        "explain",
+        "Why are two faces (not) a match? Similarity maps of both faces and their region shares.",
+    ),
+    "models": LazyCommand("facematch.pack_cli", "models_app", "Model cards and the installed model pack."),
+    "demo": LazyCommand(
+        "facematch.pack_cli",
+        "demo",
+        "Run the default pack end to end on the photos shipped with it: find Yao Ming among the players.",
+    ),
     "gallery": LazyCommand(
         "facematch.gallery.cli", "gallery_app", "Enrol faces into a gallery and identify probes (open-set)."
     ),
@@ -74,23 +87,11 @@ app = new_app(
     name="facematch",
     epilog=EXIT_CODES_HELP,
 )
-models_app = new_app("Model cards and the installed model pack.")
-app.add_typer(models_app, name="models")
-
-
-def _matcher(detector: str | None, embedder: str | None, det_size: int | None = None, **kw: Any) -> Any:
-    from .matcher import FaceMatcher
-
-    return FaceMatcher(detector=detector, embedder=embedder, det_size=det_size, **kw)
 
 
 def _about(image: Path, exc: FacematchError) -> FacematchError:
     """``exc`` naming ``image`` (unless it already names an input)."""
     return exc if "image" in exc.details else exc.about(str(image))
-
-
-DetectorOpt = Annotated[str | None, typer.Option(help="Detector card id, card JSON, or model file with a card.")]
-EmbedderOpt = Annotated[str | None, typer.Option(help="Embedder card id, card JSON, or model file with a card.")]
 
 
 @app.callback()
@@ -144,7 +145,7 @@ def verify(
         from .batch_cli import run_pairs
 
         summary = run_pairs(
-            _matcher(detector, embedder),
+            matcher_for(detector, embedder, spin_wait=True),
             pairs,
             out,
             root=root,
@@ -167,7 +168,7 @@ def verify(
         raise usage_error("Missing argument 'IMAGE1' (or give --pairs FILE --out FILE)")
     if image2 is None:
         raise usage_error("Missing argument 'IMAGE2'")
-    res = _matcher(detector, embedder).verify(image1, image2, threshold=threshold, fmr=fmr, aligned=aligned)
+    res = matcher_for(detector, embedder).verify(image1, image2, threshold=threshold, fmr=fmr, aligned=aligned)
     target = f" (FMR {res.target_fmr:g})" if res.target_fmr is not None else ""
     emit(
         as_json,
@@ -177,56 +178,6 @@ def verify(
             f"threshold={res.threshold:.4f}{target}"
         ),
     )
-
-
-@app.command()
-def explain(
-    image1: Annotated[Path, typer.Argument(help="First image.")],
-    image2: Annotated[Path, typer.Argument(help="Second image.")],
-    out: Annotated[
-        Path | None, typer.Option(help="Write the figure here (PNG): both faces with their maps, the verdict.")
-    ] = None,
-    method: Annotated[
-        str, typer.Option(help="auto (decomposition, else occlusion), decomposition, or occlusion.")
-    ] = "auto",
-    threshold: Annotated[float | None, typer.Option(help="Cosine similarity threshold.")] = None,
-    fmr: Annotated[
-        float | None, typer.Option(help="Target false-match rate (threshold from the model card's calibration).")
-    ] = None,
-    aligned: Annotated[bool, typer.Option(help="Inputs are aligned 112x112 crops: skip detection.")] = False,
-    detector: DetectorOpt = None,
-    embedder: EmbedderOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Why are two faces (not) a match? Similarity maps of both faces and their region shares."""
-    from .explain import check_method
-
-    m = _matcher(detector, embedder)
-    expl = m.explain(image1, image2, method=check_method(method), threshold=threshold, fmr=fmr, aligned=aligned)
-    if out is not None:
-        from .explain_render import figure
-
-        try:
-            figure(expl, out, photos=(m.load(image1), m.load(image2)), labels=(image1.name, image2.name))
-        except OSError as exc:  # an unwritable path
-            raise OutputError(f"cannot write it: {exc.strerror or exc}", path=str(out)) from exc
-        except ValueError as exc:  # a format matplotlib does not know
-            raise OutputError(f"cannot write it: {exc}", path=str(out)) from exc
-
-    def text() -> str:
-        verdict = "MATCH" if expl.is_match else "NO MATCH"
-        how = f"{expl.method} (residual {expl.residual:.1e})" if expl.residual is not None else expl.method
-        lines = [f"{verdict}  similarity={expl.similarity:.4f}  threshold={expl.threshold:.4f}  method={how}"]
-        if expl.fallback_reason:
-            lines.append(f"  (decomposition unavailable: {expl.fallback_reason})")
-        for path, side in zip((image1, image2), expl.faces, strict=True):
-            shares = "  ".join(f"{r.region} {100 * r.share:+.0f}%" for r in side.regions)
-            lines.append(f"  {path.name}: {shares}")
-        if out is not None:
-            lines.append(f"figure: {out}")
-        return "\n".join(lines)
-
-    emit(as_json, {**expl.to_dict(), "figure": str(out) if out is not None else None}, text)
 
 
 @app.command()
@@ -240,7 +191,7 @@ def detect(
     as_json: JsonOpt = False,
 ) -> None:
     """Find every face: box, score, 5 landmarks in original image coordinates, and its quality."""
-    m = _matcher(detector, embedder, det_size=det_size)
+    m = matcher_for(detector, embedder, det_size=det_size)
     try:
         decoded = m.load(image)
         if quality:
@@ -309,7 +260,7 @@ def quality_cmd(
     from .quality import COMPONENTS, UNIFIED_UNIT, assess_image, policy_named
 
     gate = policy_named(policy)
-    m = _matcher(detector, embedder)
+    m = matcher_for(detector, embedder)
     try:
         prep, found = assess_image(
             m, image, faces="all" if all_faces else "largest", aligned=aligned, mirror=mirror, pose106=pose106
@@ -381,7 +332,7 @@ def embed(
     """Embed faces onto the unit hypersphere. Embeddings are biometric data: they are only written to --out."""
     import numpy as np
 
-    m = _matcher(detector, embedder)
+    m = matcher_for(detector, embedder)
     try:
         embs = m.embed(image, aligned=aligned, faces="all" if all_faces else None)
     except FacematchError as exc:
@@ -408,134 +359,14 @@ def embed(
     emit(as_json, summary, text)
 
 
-@models_app.command("list")
-def models_list(as_json: JsonOpt = False) -> None:
-    """List the known model cards and whether their files are installed and intact."""
-    from .model_files import list_cards
-
-    rows = [{"id": card.id, "task": card.task, **_file_status(card)} for card in list_cards()]
-    emit(
-        as_json,
-        rows,
-        lambda: "\n".join(f"{r['id']:<20} {r['task']:<10} {r['status']:<10} {r.get('path', '')}" for r in rows),
-    )
-
-
-def _file_status(card: Any) -> dict[str, Any]:
-    from .model_files import resolve_model_path, verify_file
-
-    try:
-        path = resolve_model_path(card)
-        verify_file(card, path)
-        return {"status": "ok", "path": str(path)}
-    except FacematchError as exc:
-        return {"status": "missing" if exc.code == "model_not_found" else "corrupt", "error": exc.message}
-
-
-@models_app.command("check")
-def models_check(
-    model: Annotated[list[str] | None, typer.Argument(help="Card ids or paths (default: the default pack).")] = None,
-    providers: Annotated[
-        str | None,
-        typer.Option(
-            help="Load each model on these providers (comma-separated: cuda,cpu / tensorrt / torch-cuda) and "
-            "fail unless they are the ones running (default: FACEMATCH_PROVIDERS, else TensorRT > CUDA > CPU, "
-            "reported without failing)."
-        ),
-    ] = None,
-    load: Annotated[bool, typer.Option(help="Load each model and print the providers it runs on.")] = True,
-    as_json: JsonOpt = False,
-) -> None:
-    """Verify that model files exist and match their cards' sha256, and show what each model runs on.
-
-    Exit 1 when one is missing or corrupt (or, with --providers, does not run on them).
-    """
-    from .cards import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS
-    from .model_files import load_card
-
-    wanted = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
-    rows = []
-    for ref in model or [DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEFAULT_LANDMARKS]:
-        card = load_card(ref)
-        row = {"id": card.id, **_file_status(card)}
-        if row["status"] == "ok" and load:
-            row["providers"] = _running_providers(card, wanted)
-        rows.append(row)
-
-    def text() -> str:
-        lines = []
-        for r in rows:
-            line = f"{r['id']}: {r['status']} {r.get('path') or r.get('error')}"
-            if "providers" in r:
-                line += f"  providers={r['providers']}"
-            lines.append(line)
-        return "\n".join(lines)
-
-    emit(as_json, rows, text)
-    bad = sum(r["status"] != "ok" for r in rows)
-    if bad:
-        check_failed(f"{bad} of {len(rows)} model(s) missing or corrupt")
-
-
-def _running_providers(card: Any, wanted: list[str] | None) -> list[str]:
-    """What a model really runs on (raises ProviderUnavailableError when explicit providers did not load)."""
-    from .model_files import resolve_model_path
-    from .runtime import create_session, split_torch_providers
-
-    device, ort_providers = split_torch_providers(wanted)
-    if device is not None and card.task == "embedding":
-        from .zoo.torch_embedder import TorchEmbedder
-
-        return TorchEmbedder.load(card, device=device).providers
-    if device is not None:  # the torch runtime embeds; other models stay on ONNX Runtime
-        ort_providers = ort_providers or ["cpu"]
-    session = create_session(
-        resolve_model_path(card),
-        providers=ort_providers,
-        card=card,
-        dynamic_batch=card.task == "embedding" and card.input.dynamic_batch,
-    )
-    return list(session.get_providers())
-
-
-@app.command()
-def demo(as_json: JsonOpt = False) -> None:
-    """Run the default pack end to end on the photos shipped with it: find Yao Ming among the players."""
-    from .cards import DEFAULT_EMBEDDER
-    from .model_files import load_card, resolve_model_path
-
-    pack = resolve_model_path(load_card(DEFAULT_EMBEDDER)).parent
-    probe, group = pack / "yaoming.jpg", pack / "players.jpg"
-    m = _matcher(None, None)
-    probe_emb = m.embed(probe)[0]
-    faces = m.embed(group, faces="all")
-    sims = [float(probe_emb.vector @ f.vector) for f in faces]
-    thr = m.threshold_for()
-    best = max(range(len(sims)), key=sims.__getitem__)
-    matches = [i for i, s in enumerate(sims) if s >= thr]
-    if len(matches) != 1:
-        raise CheckFailedError(f"expected exactly one face of {probe.name} in {group.name}, found {len(matches)}")
-    result = {
-        "probe": str(probe),
-        "group": str(group),
-        "faces_in_group": len(faces),
-        "threshold": round(thr, 6),
-        "best_face": faces[best].face.to_dict() if faces[best].face else None,
-        "best_similarity": round(sims[best], 6),
-        "matching_faces": len(matches),
-    }
-    emit(
-        as_json,
-        result,
-        lambda: (
-            f"{len(faces)} faces in {group.name}; {len(matches)} match {probe.name} "
-            f"(best similarity {sims[best]:.3f}, threshold {thr:.3f})"
-        ),
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point (``facematch``): run the app; its group reports errors and sets the exit status."""
+    """Entry point (``facematch``): run the app; its group reports errors and sets the exit status.
+
+    pydantic's plugin discovery (a scan of every installed distribution's entry points, tens of
+    milliseconds) is skipped unless the caller set ``PYDANTIC_DISABLE_PLUGINS`` themselves: the
+    command line uses no pydantic plugin. Library users (``import facematch``) are unaffected.
+    """
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     app(args=argv, prog_name="facematch")
 
 

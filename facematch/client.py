@@ -205,7 +205,9 @@ def _batch_result(d: dict[str, Any]) -> VerifyBatchResult:
     pairs = []
     for p in d["results"]:
         if p.get("error") is not None:
-            err = error_from_problem(422, {"code": p["error"]["code"], "detail": p["error"]["detail"]})
+            e = p["error"]
+            details = {"reasons": e["reasons"]} if e.get("reasons") is not None else {}  # low_quality
+            err = error_from_problem(422, {"code": e["code"], "detail": e["detail"], "details": details})
             pairs.append(PairResult(int(p["index"]), int(p["image1"]), int(p["image2"]), error=err))
             continue
         result = VerifyResult(

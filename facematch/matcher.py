@@ -37,7 +37,7 @@ from .types import Detections, Face, FaceEmbedding, PreparedImage, VerifyBatchRe
 
 if TYPE_CHECKING:
     from .explain import Explanation
-    from .quality import FaceQuality
+    from .quality import FaceQuality, QualityPolicy
 from .zoo.arcface import ArcFaceEmbedder
 from .zoo.scrfd import SCRFD
 from .zoo.torch_embedder import TorchEmbedder
@@ -608,6 +608,7 @@ class FaceMatcher:
         fmr: float | None = None,
         aligned: bool = False,
         chunk: int = 256,
+        quality: QualityPolicy | None = None,
     ) -> VerifyBatchResult:
         """:meth:`verify` for many pairs: one :class:`PairResult` per pair, errors kept per pair.
 
@@ -617,6 +618,9 @@ class FaceMatcher:
         threshold (``threshold``, else the card's at ``fmr``; default the card's default FMR).
         An image without a usable face fails only the pairs that use it (``pair.error``).
         ``chunk`` images are prepared and embedded at a time, so memory stays bounded.
+        ``quality``: a :class:`~facematch.quality.QualityPolicy` (e.g. ``PROBE_POLICY``, the
+        server's default for ``/verify/batch``); an image whose face fails it fails the pairs
+        that use it with a ``LowQualityError`` (``pair.error.details["reasons"]``). Default: no gate.
         """
         from .batch import distinct_images, embedded_images, verify_pairs
         from .quality import assess_each
@@ -633,8 +637,9 @@ class FaceMatcher:
                 emb, norms = self.embed_crops(np.concatenate(crops))
             else:
                 emb, norms = np.zeros((0, self.dim), np.float32), np.zeros((0,), np.float32)
-            quals = assess_each(self, prepared, norms) if self.quality else None
-            embedded += embedded_images(prepared, emb, self.model_id, quals)
+            gated = quality is not None and bool(quality.limits)
+            quals = assess_each(self, prepared, norms) if self.quality or gated else None
+            embedded += embedded_images(prepared, emb, self.model_id, quals, quality)
         return verify_pairs(self, index_pairs, embedded, threshold=threshold, fmr=fmr)
 
     def explain(

@@ -421,6 +421,7 @@ class IdentityVerifyResult:
     model_id: str = ""
     target_fmr: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    quality: FaceQuality | None = None  # the probe face's quality (None: not measured)
 
     @property
     def best_template_id(self) -> int | None:
@@ -436,6 +437,7 @@ class IdentityVerifyResult:
             "aggregation": self.aggregation,
             "model_id": self.model_id,
             "face": self.face.to_dict() if self.face is not None else None,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
             "templates": [t.to_dict() for t in self.templates],
             "metadata": dict(self.metadata),
         }
@@ -447,7 +449,8 @@ class PairResult:
 
     ``image1`` / ``image2`` index the batch's distinct images. ``error`` is the
     :class:`~facematch.errors.FacematchError` of the first of the two images that could not
-    be prepared (``NoFaceError``, ``InvalidImageError``, ...), relabelled ``image1`` or
+    be prepared (``NoFaceError``, ``InvalidImageError``, ...) or whose face failed the batch's
+    quality policy (``LowQualityError``, ``details["reasons"]``), relabelled ``image1`` or
     ``image2``; the other pairs are unaffected.
     """
 
@@ -473,6 +476,9 @@ class PairResult:
         else:
             assert self.error is not None
             out["error"] = {"code": self.error.code, "detail": self.error.message}
+            reasons = self.error.details.get("reasons")
+            if isinstance(reasons, list):  # low_quality: each failing component
+                out["error"]["reasons"] = [dict(r) for r in reasons]
         return out
 
 

@@ -81,3 +81,35 @@ def test_verify_does_not_import_onnx_once_the_model_is_cached(tmp_path: Path, wi
     first, second = (r.stdout.strip().splitlines() for r in runs)
     assert first[0].startswith("MATCH") and first[-1] == "True True 0"  # the first run rewrites (imports onnx)
     assert second[0] == first[0] and second[-1] == "False False 0"  # later runs read the cached copy
+
+
+def test_one_shot_commands_do_not_spin_and_batch_commands_do() -> None:
+    """A one-shot command's idle ONNX Runtime threads sleep (spinning takes the core the next step needs)."""
+    from facematch._cliutil import matcher_for
+
+    def spins(m: object) -> list[str]:
+        out = []
+        for model in (m.detector, m.embedder):  # type: ignore[attr-defined]
+            opts = model.session.get_session_options()
+            try:
+                out.append(opts.get_session_config_entry("session.intra_op.allow_spinning"))
+            except RuntimeError:  # not set: ONNX Runtime's default, spinning allowed
+                out.append("default")
+        return out
+
+    assert spins(matcher_for(None, None)) == ["0", "0"]
+    assert spins(matcher_for(None, None, spin_wait=True)) == ["default", "default"]
+
+
+@pytest.mark.parametrize("preset", [None, "logfire"])
+def test_the_cli_skips_pydantic_plugin_discovery_unless_the_caller_chose(tmp_path: Path, preset: str | None) -> None:
+    code = (
+        "import os, sys\nfrom facematch.cli import main\ntry:\n    main(['models', 'list', '--json'])\n"
+        "except SystemExit as e:\n    pass\nprint(os.environ.get('PYDANTIC_DISABLE_PLUGINS'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    if preset is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = preset
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == (preset or "__all__")

@@ -152,7 +152,7 @@ def test_rest_batch_json_equals_the_sdk(server: Server, matcher, photos: list[Pa
             assert got["face1"]["box"] == pytest.approx([round(float(v), 2) for v in want.result.face1.box], abs=0.05)
         else:
             assert got["is_match"] is None and got["similarity"] is None
-            assert got["error"] == {"code": want.error.code, "detail": want.error.message}
+            assert got["error"] == {"code": want.error.code, "detail": want.error.message, "reasons": None}
 
 
 def test_rest_batch_multipart_and_limits(server: Server, photos: list[Path]) -> None:

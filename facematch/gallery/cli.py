@@ -23,6 +23,21 @@ _GALLERY = Annotated[
     Path,
     typer.Argument(metavar="GALLERY", help="Gallery directory (e.g. people.fmg); created by enroll when absent."),
 ]
+# The quality gate's options, one declaration each (enrolment commands default to the strict
+# policy, probe commands to the lenient one).
+_ENROL_POLICY = Annotated[
+    str,
+    typer.Option("--quality-policy", help="Quality gate: enrolment (strict, the default), probe (lenient) or none."),
+]
+_PROBE_POLICY = Annotated[
+    str,
+    typer.Option(
+        "--quality-policy", help="Probe quality gate: probe (lenient, the default), enrolment (strict) or none."
+    ),
+]
+_MIN_QUALITY = Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")]
+_MIN_FACE_SIZE = Annotated[float | None, typer.Option(help="Minimum face box short side, px.")]
+_MAX_ABS_YAW = Annotated[float | None, typer.Option(help="Maximum |yaw|, degrees.")]
 
 
 @contextmanager
@@ -55,12 +70,10 @@ def enroll_cmd(
     aligned: AlignedOpt = False,
     multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
     strict: Annotated[bool, typer.Option(help="Write nothing unless every image gives a template.")] = False,
-    quality_policy: Annotated[
-        str, typer.Option(help="Quality gate: enrolment (strict, the default), probe (lenient) or none.")
-    ] = "enrolment",
-    min_quality: Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")] = None,
-    min_face_size: Annotated[float | None, typer.Option(help="Minimum face box short side, px.")] = None,
-    max_abs_yaw: Annotated[float | None, typer.Option(help="Maximum |yaw|, degrees.")] = None,
+    quality_policy: _ENROL_POLICY = "enrolment",
+    min_quality: _MIN_QUALITY = None,
+    min_face_size: _MIN_FACE_SIZE = None,
+    max_abs_yaw: _MAX_ABS_YAW = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Enrol an identity from face images, reporting what each image gave (low-quality faces are refused)."""
@@ -115,11 +128,19 @@ def identify_cmd(
     threshold: Annotated[float | None, typer.Option(help="Accept at or above this cosine similarity.")] = None,
     fpir: Annotated[float | None, typer.Option(help="Target false-positive identification rate.")] = None,
     aligned: AlignedOpt = False,
+    quality_policy: _PROBE_POLICY = "probe",
+    min_quality: _MIN_QUALITY = None,
+    min_face_size: _MIN_FACE_SIZE = None,
+    max_abs_yaw: _MAX_ABS_YAW = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Identify the (largest) face in IMAGE: ranked identities, or unknown."""
+    """Identify the (largest) face in IMAGE: ranked identities, or unknown (exit 2 for a probe below
+    the quality gate)."""
+    from ..quality import policy_named
+
+    gate = policy_named(quality_policy, min_quality=min_quality, min_face_size=min_face_size, max_abs_yaw=max_abs_yaw)
     with _open(gallery, read_only=True) as g:
-        res = g.identify(str(image), k=k, threshold=threshold, fpir=fpir, aligned=aligned)
+        res = g.identify(str(image), k=k, threshold=threshold, fpir=fpir, aligned=aligned, quality=gate)
     emit(as_json, res.to_dict(), lambda: identify_text(res))
 
 
@@ -180,11 +201,19 @@ def verify_cmd(
     threshold: Annotated[float | None, typer.Option(help="Accept at or above this cosine similarity.")] = None,
     fmr: Annotated[float | None, typer.Option(help="Target false-match rate (1:1 threshold from the card).")] = None,
     aligned: AlignedOpt = False,
+    quality_policy: _PROBE_POLICY = "probe",
+    min_quality: _MIN_QUALITY = None,
+    min_face_size: _MIN_FACE_SIZE = None,
+    max_abs_yaw: _MAX_ABS_YAW = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Is the face in IMAGE the enrolled IDENTITY? (1:1 against its templates; exit 0 either way)"""
+    """Is the face in IMAGE the enrolled IDENTITY? (1:1 against its templates; exit 0 either way,
+    2 for a probe below the quality gate)"""
+    from ..quality import policy_named
+
+    gate = policy_named(quality_policy, min_quality=min_quality, min_face_size=min_face_size, max_abs_yaw=max_abs_yaw)
     with _open(gallery, read_only=True) as g:
-        res = g.verify(identity, str(image), threshold=threshold, fmr=fmr, aligned=aligned)
+        res = g.verify(identity, str(image), threshold=threshold, fmr=fmr, aligned=aligned, quality=gate)
 
         def text() -> str:
             verdict = "MATCH" if res.is_match else "NO MATCH"
@@ -224,10 +253,8 @@ def enroll_bulk_cmd(
     aligned: AlignedOpt = False,
     multi_face: Annotated[str, typer.Option(help="Images with several faces: 'largest' or 'reject'.")] = "largest",
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr (tqdm if installed).")] = True,
-    quality_policy: Annotated[
-        str, typer.Option(help="Quality gate: enrolment (strict, the default), probe (lenient) or none.")
-    ] = "enrolment",
-    min_quality: Annotated[float | None, typer.Option(help="Minimum unified quality score (0-100).")] = None,
+    quality_policy: _ENROL_POLICY = "enrolment",
+    min_quality: _MIN_QUALITY = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Enrol many identities at once; re-runs skip images already enrolled; low-quality faces are refused."""

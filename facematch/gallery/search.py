@@ -22,6 +22,7 @@ import numpy as np
 
 from ..calibration import Calibration, threshold_or_rate
 from ..errors import CalibrationMissingError, FacematchError, GalleryError, InvalidArgumentError
+from ..quality.policy import PROBE_POLICY, QualityPolicy
 from ..types import Candidate, IdentifyResult
 from .binding import ModelBinding
 from .config import AGGREGATIONS, Aggregation
@@ -276,9 +277,15 @@ class Identification:
         threshold: float | None = None,
         fpir: float | None = None,
         aligned: bool = False,
+        quality: QualityPolicy | None = PROBE_POLICY,
     ) -> IdentifyResult:
-        """Identify the face in an image (the largest one; ``multi_face="reject"`` refuses several)."""
-        return self.identify_batch([image], k=k, threshold=threshold, fpir=fpir, aligned=aligned)[0]
+        """Identify the face in an image (the largest one; ``multi_face="reject"`` refuses several).
+
+        A probe below the ``quality`` policy (default: the lenient ``PROBE_POLICY``, as the
+        server's ``/identify``; ``None``: no gate) raises ``LowQualityError`` naming each failing
+        component (``details["reasons"]``).
+        """
+        return self.identify_batch([image], k=k, threshold=threshold, fpir=fpir, aligned=aligned, quality=quality)[0]
 
     def identify_batch(
         self,
@@ -288,12 +295,13 @@ class Identification:
         threshold: float | None = None,
         fpir: float | None = None,
         aligned: bool = False,
+        quality: QualityPolicy | None = PROBE_POLICY,
     ) -> list[IdentifyResult]:
         """Identify many images with one embedding call and one index search.
 
-        All images are prepared before the search: the first one without a usable face
-        raises its error (``NoFaceError``, ``InvalidImageError``, ...) naming it, with
-        ``details["index"]`` and ``details["source"]``.
+        All images are prepared and checked against ``quality`` before the search: the first
+        one without a usable face raises its error (``NoFaceError``, ``InvalidImageError``,
+        ``LowQualityError``, ...) naming it, with ``details["index"]`` and ``details["source"]``.
         """
         items = as_image_list(images)
         if not items:
@@ -308,9 +316,18 @@ class Identification:
                 source = source_label(img, i)
                 raise exc.about(source, index=i, source=source) from exc
         embeddings, norms = matcher.embed_crops(np.concatenate([p.crops[:1] for p in prepared]))
+        assess = matcher.quality or quality is not None
+        qualities = [matcher.assess(p, norms[i : i + 1])[0] if assess else None for i, p in enumerate(prepared)]
+        if quality is not None:
+            for i, (img, q) in enumerate(zip(items, qualities, strict=True)):
+                if q is not None:
+                    source = source_label(img, i)
+                    try:
+                        quality.require(q, source)
+                    except FacematchError as exc:
+                        raise exc.about(source, index=i, source=source) from exc
         results = self.identify_embeddings(embeddings, matcher.model_id, k=k, threshold=threshold, fpir=fpir)
-        quality = [matcher.assess(p, norms[i : i + 1])[0] if matcher.quality else None for i, p in enumerate(prepared)]
-        return [replace(r, face=p.face(0), quality=q) for r, p, q in zip(results, prepared, quality, strict=True)]
+        return [replace(r, face=p.face(0), quality=q) for r, p, q in zip(results, prepared, qualities, strict=True)]
 
     def identify_embeddings(
         self,

@@ -10,14 +10,17 @@ not scaled by the gallery's size.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ..calibration import verification_threshold
 from ..errors import GalleryError, InvalidArgumentError, NoTemplatesError
+from ..quality import PROBE_POLICY, QualityPolicy
 from ..types import IdentityVerifyResult, TemplateScore
 from .binding import ModelBinding
 from .config import Aggregation
@@ -56,12 +59,16 @@ class Verification:
         threshold: float | None = None,
         fmr: float | None = None,
         aligned: bool = False,
+        quality: QualityPolicy | None = PROBE_POLICY,
     ) -> IdentityVerifyResult:
         """Is the face in ``image`` the enrolled identity ``identity_id``?
 
         The probe is the image's largest face (``multi_face="reject"`` refuses several), prepared
-        and embedded by the gallery's matcher. Raises ``IdentityNotFoundError`` for an unknown
-        id (before any image work) and ``NoTemplatesError`` when the identity has no template.
+        and embedded by the gallery's matcher; its quality is in the result. A probe below the
+        ``quality`` policy (default: the lenient ``PROBE_POLICY``, as the server's ``/verify``;
+        ``None``: no gate) raises ``LowQualityError`` naming each failing component
+        (``details["reasons"]``). Raises ``IdentityNotFoundError`` for an unknown id (before
+        any image work) and ``NoTemplatesError`` when the identity has no template.
         """
         identity_id = self._verifiable(identity_id)
         if self._store.identity_key(identity_id) is None:
@@ -70,9 +77,14 @@ class Verification:
         matcher = self._model.matcher()
         policy: Literal["largest", "reject"] = "reject" if self.multi_face == "reject" else "largest"
         prep = matcher.prepare(image, policy, aligned=aligned)
-        emb = matcher.embed_crops(prep.crops[:1])[0]
+        emb, norms = matcher.embed_crops(prep.crops[:1])
+        probe_quality = matcher.assess(prep, norms)[0] if matcher.quality or quality is not None else None
+        if quality is not None and probe_quality is not None:
+            quality.require(
+                probe_quality, Path(os.fspath(image)).name if isinstance(image, (str, os.PathLike)) else "image"
+            )
         result = self.verify_embedding(identity_id, emb[0], matcher.model_id, threshold=threshold, fmr=fmr)
-        return replace(result, face=prep.face(0))
+        return replace(result, face=prep.face(0), quality=probe_quality)
 
     def verify_embedding(
         self,

@@ -3,8 +3,10 @@
 The server composes the SDK's steps as ``FaceMatcher.verify_many`` does, deciding only where
 each runs: every image some pair uses is prepared in the worker threads side by side
 (``Pipeline.prepare_each``, each image's error kept in its place), all the crops go through the
-shared micro-batcher, and :func:`facematch.batch.verify_pairs` decides every pair (a failed
-image fails only the pairs that use it).
+shared micro-batcher, each image's face is assessed and checked against the request's probe
+quality policy (:func:`facematch.batch.embedded_images` with a gate: a face below it is a
+``LowQualityError`` in that image's place), and :func:`facematch.batch.verify_pairs` decides
+every pair (a failed or low-quality image fails only the pairs that use it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi import APIRouter, Request
 
 from facematch.batch import check_index_pairs, embedded_images, used_images, verify_pairs
 from facematch.errors import FacematchError
+from facematch.quality import assess_each
 from facematch.types import PreparedImage
 
 from ..deps import MatcherDep, StateDep, scoped
@@ -50,9 +53,11 @@ async def verify_batch(request: Request, state: StateDep, matcher: MatcherDep) -
     """Send the distinct images once (repeated multipart `images` parts, or base64 strings in JSON)
     and the pairs as index pairs into them (`pairs`: `[[0, 1], [0, 2]]`, a JSON text field in
     multipart). Each pair gets the same answer `/verify` would give (largest face of each image, one
-    threshold for the batch), or a per-pair `error` when one of its images has no usable face or does
-    not decode; the other pairs are unaffected. At most `max_batch_images` images and
-    `max_batch_pairs` pairs (413 `too_many_images` / `too_many_pairs`)."""
+    threshold for the batch, each face with its quality), or a per-pair `error` when one of its images
+    has no usable face, does not decode, or has a face below the probe quality policy (`low_quality`,
+    with `reasons` listing each failing component; lenient by default, `quality_policy`, `min_quality`,
+    `min_face_size`, ... override it for the whole batch); the other pairs are unaffected. At most
+    `max_batch_images` images and `max_batch_pairs` pairs (413 `too_many_images` / `too_many_pairs`)."""
     settings = state.settings
     parsed = await parse_images_request(
         request, settings, BATCH_FILES, VerifyBatchForm, VerifyBatchJSON, max_images=settings.max_batch_images
@@ -68,6 +73,7 @@ async def verify_batch(request: Request, state: StateDep, matcher: MatcherDep) -
         raise InvalidRequestError(exc.message, errors=[{"loc": loc, "msg": exc.message, "type": "index"}]) from exc
     fmr = p.target_fmr()
     matcher.resolve_threshold(p.threshold, fmr)  # refuse bad options before any work
+    gate = p.quality_gate("probe")
     used = used_images(pairs, len(images))
     wanted = [b for b, u in zip(images, used, strict=True) if u]
     with state.admission.slot():  # taken once the body is read and checked
@@ -78,11 +84,15 @@ async def verify_batch(request: Request, state: StateDep, matcher: MatcherDep) -
         if crops:
             stacked = np.concatenate(crops)
             step = settings.batch_max_size  # the batcher's pending bound is a multiple of this
-            parts = await asyncio.gather(*(pipe.embed(stacked[i : i + step]) for i in range(0, len(stacked), step)))
-            embeddings = np.concatenate(parts)
+            parts = await asyncio.gather(
+                *(pipe.embed_with_norms(stacked[i : i + step]) for i in range(0, len(stacked), step))
+            )
+            embeddings = np.concatenate([e for e, _ in parts])
+            norms = np.concatenate([n for _, n in parts])
         else:
-            embeddings = np.zeros((0, matcher.dim), np.float32)
-    embedded = embedded_images(prepared, embeddings, matcher.model_id)
+            embeddings, norms = np.zeros((0, matcher.dim), np.float32), np.zeros((0,), np.float32)
+        qualities = await pipe.run(assess_each, matcher, prepared, norms)
+    embedded = embedded_images(prepared, embeddings, matcher.model_id, qualities, gate)
     result = verify_pairs(matcher, pairs, embedded, threshold=p.threshold, fmr=fmr)
     return VerifyBatchResponse.of(result, pipe.timings())
 

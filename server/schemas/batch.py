@@ -8,7 +8,16 @@ from pydantic import Field, Json
 
 from facematch.types import PairResult, VerifyBatchResult
 
-from .common import _FACE_EXAMPLE, _TIMINGS_EXAMPLE, B64_EXAMPLE, FaceOut, Timings, _examples, _Out
+from .common import (
+    _FACE_EXAMPLE,
+    _TIMINGS_EXAMPLE,
+    B64_EXAMPLE,
+    FaceOut,
+    QualityFailureOut,
+    Timings,
+    _examples,
+    _Out,
+)
 from .match import VerifyParams
 
 IndexPair = Annotated[
@@ -41,8 +50,13 @@ class VerifyBatchJSON(VerifyParams):
 class PairErrorOut(_Out):
     """Why a pair has no decision: the error of its first image that could not be used."""
 
-    code: str = Field(description="stable error code, as in problem+json (`no_face`, `invalid_image`, ...)")
+    code: str = Field(
+        description="stable error code, as in problem+json (`no_face`, `invalid_image`, `low_quality`, ...)"
+    )
     detail: str = Field(description="human-readable message naming the side (`image1: no face found ...`)")
+    reasons: list[QualityFailureOut] | None = Field(
+        default=None, description="`low_quality` only: each failing component, its value and its limit"
+    )
 
     model_config = _examples({"code": "no_face", "detail": "image2: no face found in the image"})
 
@@ -91,7 +105,12 @@ class PairOut(_Out):
     def of(cls, pair: PairResult) -> PairOut:
         if pair.result is None:
             assert pair.error is not None
-            err = PairErrorOut(code=pair.error.code, detail=pair.error.message)
+            reasons = pair.error.details.get("reasons")
+            err = PairErrorOut(
+                code=pair.error.code,
+                detail=pair.error.message,
+                reasons=[QualityFailureOut(**r) for r in reasons] if isinstance(reasons, list) else None,
+            )
             return cls(index=pair.index, image1=pair.image1, image2=pair.image2, error=err)
         r = pair.result
         return cls(
@@ -100,8 +119,8 @@ class PairOut(_Out):
             image2=pair.image2,
             is_match=r.is_match,
             similarity=round(r.similarity, 6),
-            face1=FaceOut.of(r.face1),
-            face2=FaceOut.of(r.face2),
+            face1=FaceOut.of(r.face1, r.quality1),
+            face2=FaceOut.of(r.face2, r.quality2),
         )
 
 

@@ -171,8 +171,9 @@ class IdentityUpdate(_In):
     model_config = _examples({"metadata": {"team": "blue", "badge": 1234}}, strict=True)
 
 
-class IdentityVerifyParams(ThresholdParams):
-    """Options of POST /gallery/identities/{identity_id}/verify (multipart text fields or JSON members)."""
+class IdentityVerifyParams(ThresholdParams, QualityParams):
+    """Options of POST /gallery/identities/{identity_id}/verify (multipart text fields or JSON members),
+    with the probe's quality gate."""
 
 
 class IdentityVerifyJSON(IdentityVerifyParams):
@@ -241,7 +242,7 @@ class IdentityVerifyResponse(_Out):
             target_fmr=r.target_fmr,
             aggregation=r.aggregation,
             templates=[TemplateScoreOut(**t.to_dict()) for t in r.templates],
-            face=FaceOut.of(r.face),
+            face=FaceOut.of(r.face, r.quality),
             metadata=dict(r.metadata) if metadata else None,
             model_id=r.model_id,
             timings=timings,
