@@ -278,6 +278,9 @@ def test_ivf_retrains_with_more_lists_as_the_gallery_grows(tmp_path) -> None:  #
     with Gallery(path, index=cfg) as g:
         for i in range(800):
             g.enroll_embeddings(f"i{i:03d}", templates[i], MODEL)
+            # let each background retrain land before the next write (a retrain process takes
+            # longer to start than this loop takes to run), so every list count is seen
+            assert g.wait_for_retrain(120)
             nlist = g._index._nlist  # type: ignore[union-attr]
             if nlist is not None and (not lists or lists[-1] != nlist):
                 lists.append(nlist)

@@ -284,3 +284,15 @@ def test_replayed_log_equals_the_writes_applied_one_by_one(monkeypatch) -> None:
     for row, t in enumerate(range(next_id)):
         if t in live:
             assert i[row, 0] == t and s[row, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_wait_for_retrain_waits_for_a_retrain_the_swap_starts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = IndexConfig(kind="ivf", min_train=200, nprobe=16, rerank=True)
+    x = _templates(400, 10)
+    with Gallery(tmp_path / "g.fmg", index=cfg, synchronous="NORMAL") as g:
+        for i in range(400):  # faster than a retrain process starts: the first retrain (at 200
+            g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)  # templates) lands after the loop
+        assert g.wait_for_retrain(120)
+        # the swap found the gallery grown past the next mark and started another retrain:
+        # waited for too, so the index is the one for 800 templates, and none is running
+        assert not g._sync.retraining and g._index._nlist == cfg.nlist_for(800)  # type: ignore[union-attr]

@@ -231,12 +231,19 @@ class IndexSync:
         return self._job is not None
 
     def wait_retrain(self, timeout: float | None = None) -> bool:
-        """Wait for a background retrain to finish; True when none is under way any more."""
-        job = self._job
-        if job is None:
-            return True
-        job.thread.join(timeout)
-        return not job.thread.is_alive()
+        """Wait for background retrains to finish; True when none is under way any more.
+
+        A swap may start the next retrain at once (the gallery outgrew the new index too, while
+        it was being built): that one is waited for as well, within the same ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self._job
+            if job is None:
+                return True
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            job.thread.join(left)
+            if job.thread.is_alive():
+                return False
 
     def cancel_retrain(self) -> None:
         """Drop a background retrain (its thread stops at its next step; nothing it built is used)."""
