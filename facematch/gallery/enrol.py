@@ -57,11 +57,12 @@ _IMAGE_ERROR_BY_CODE: dict[str, type[InvalidImageError]] = {
 }
 
 
-def source_label(image: Any, i: int) -> str:
-    """How reports and errors name image ``i``: a path's file name, else ``#i``."""
+def source_label(image: Any, i: int | None = None) -> str:
+    """How reports and errors name image ``i``: a path's file name, else ``#i`` (``"image"`` for
+    the one image of a call that takes one)."""
     if isinstance(image, (str, os.PathLike)):
         return Path(os.fspath(image)).name
-    return f"#{i}"
+    return "image" if i is None else f"#{i}"
 
 
 def as_image_list(images: Any) -> list[Any]:

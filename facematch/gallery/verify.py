@@ -10,10 +10,8 @@ not scaled by the gallery's size.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -24,7 +22,7 @@ from ..quality import PROBE_POLICY, QualityPolicy
 from ..types import IdentityVerifyResult, TemplateScore
 from .binding import ModelBinding
 from .config import Aggregation
-from .enrol import MultiFacePolicy
+from .enrol import MultiFacePolicy, source_label
 from .openset import aggregate
 from .store import Store, identity_not_found, validate_identity_id
 
@@ -80,9 +78,7 @@ class Verification:
         emb, norms = matcher.embed_crops(prep.crops[:1])
         probe_quality = matcher.assess(prep, norms)[0] if matcher.quality or quality is not None else None
         if quality is not None and probe_quality is not None:
-            quality.require(
-                probe_quality, Path(os.fspath(image)).name if isinstance(image, (str, os.PathLike)) else "image"
-            )
+            quality.require(probe_quality, source_label(image))
         result = self.verify_embedding(identity_id, emb[0], matcher.model_id, threshold=threshold, fmr=fmr)
         return replace(result, face=prep.face(0), quality=probe_quality)
 
