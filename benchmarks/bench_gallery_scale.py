@@ -318,8 +318,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             args.out.with_suffix(".log").open("a").write(f"built {spec} {index.describe()} {b}\n")
         sync = SimpleNamespace(index=index, owners=owners, config=cfg, store=store, dim=D)
         for scfg in search_params(cfg, args):
-            for rerank in (False, True) if cfg.kind != "flat" or cfg.storage != "fp32" else (False,):
-                c = replace(scfg, rerank=rerank, rerank_factor=args.rerank_factor)
+            approximate = cfg.kind != "flat" or cfg.storage != "fp32"
+            cells = [(False, args.rerank_factor[0])] + [(True, f) for f in args.rerank_factor if approximate]
+            for rerank, factor in cells:
+                c = replace(scfg, rerank=rerank, rerank_factor=factor)
                 r = run_cell(index, c, sync, q, truth, ex_dec, ex_id, thr, gal.n_identities, args)
                 knob = (
                     f"nprobe {c.nprobe}"
@@ -330,7 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                 )
                 row = (
                     f"| {spec.replace('@rule', '').replace('rule/4', 'nlist/4')} (nlist {c.nlist}) | {knob} | "
-                    f"{'yes' if rerank else 'no'} | {r['recall']:.3f} | {r['recall_accepted']:.3f} | "
+                    f"{f'{factor} x' if rerank else 'no'} | {r['recall']:.3f} | {r['recall_accepted']:.3f} | "
                     f"{r['agree']:.3f} | {r['agree_mated']:.3f} | "
                     f"{r['p50_1']:.2f} | {r['p99_1']:.2f} | {r['p50_64']:.1f} | {r['p99_64']:.1f} | "
                     f"{b['build_s']:.0f} | {b['index_B']:.0f} | {b['rss_B']:.0f} |"
@@ -389,8 +391,11 @@ def enrol_all(path: Path, gal: SyntheticGallery, mm: np.ndarray, background: boo
             now = g._sync.retraining
             if not background and g._sync.index is not None and g._sync.index.describe() != before and i:
                 retrains.append({"at": float(i), "until": float(i), "seconds": float(lat[i])})
+            job = g._sync._job
             if now and running is None:
-                running = {"at": float(i), "t0": time.perf_counter()}
+                running = {"at": float(i), "t0": time.perf_counter(), "logged": 0.0}
+            if job is not None and running is not None:  # the writes the retrain will replay
+                running["logged"] = max(running["logged"], float(job.log.templates))
             elif not now and running is not None:
                 running.update(until=float(i), seconds=time.perf_counter() - running.pop("t0"))
                 retrains.append(running)
@@ -443,7 +448,7 @@ def cmd_gallery(args: argparse.Namespace) -> None:
     if "enrol" in args.steps:
         emit(
             "| retrain | enrolment total | p50 ms | p99 ms | p99.9 ms | max ms | "
-            "retrains (templates at start: s, window p50/p99/max ms) |"
+            "retrains (templates at start: s, window p50/p99/max ms, templates logged for the replay) |"
         )
         emit("|---|---:|---:|---:|---:|---:|---|")
         for mode in args.modes:
@@ -453,6 +458,7 @@ def cmd_gallery(args: argparse.Namespace) -> None:
                 shutil.rmtree(where, ignore_errors=True)
             detail = "; ".join(
                 f"{int(w['at']) * gal.per:,}: {w['seconds']:.1f} s, {w['p50']:.2f}/{w['p99']:.2f}/{w['max']:.0f}"
+                + (f", {int(w['logged']):,} logged" if "logged" in w else "")
                 for w in r["retrains"]
             )
             emit(
@@ -576,7 +582,9 @@ def main() -> None:
     s.add_argument("--configs", nargs="+")
     s.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
     s.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512])
-    s.add_argument("--rerank-factor", type=int, default=4)
+    s.add_argument(
+        "--rerank-factor", type=int, nargs="+", default=[4], help="re-rank widths: one re-ranked cell for each"
+    )
     s.add_argument("--reps", type=int, default=300)
     s.add_argument("--budget", type=float, default=20.0, help="seconds per latency measurement at most")
     s.add_argument("--out", type=Path)

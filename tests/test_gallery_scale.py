@@ -99,6 +99,10 @@ def test_auto_resolves_by_size_and_explicit_configs_win() -> None:
     assert concrete.nprobe_fraction == config_module.AUTO_NPROBE_FRACTION
     assert concrete.nlist_for(1_000_000) == 1000 and concrete.nprobe_for(1000) == 350
     assert concrete.describe() == "ivf/pq128x4/nlist=1*sqrt(N)/nprobe=0.35*nlist/rerank"
+    # the re-rank width: 4x up to 1M templates, growing as sqrt(N / 1M) above (12x measured at 10M)
+    widths = [concrete.rerank_factor_for(n) for n in (60_000, 1_000_000, 4_000_000, 10_000_000, 10**12)]
+    assert widths == [4, 4, 8, 13, config_module.MAX_RERANK_FACTOR]
+    assert IndexConfig(kind="ivf", rerank=True, rerank_factor=6).rerank_factor_for(10**9) == 6  # explicit: fixed
     assert auto.resolve(256).pq_m == 64 and auto.resolve(100).storage == "sq8"  # 100 is not a multiple of 8
     assert IndexConfig(nprobe=16).nprobe_for(8) == 8 and IndexConfig(nprobe_fraction=0.1).nprobe_for(95) == 10
     assert "nlist_scale" not in IndexConfig(kind="ivf").structure_key()  # indexes saved before it still load
@@ -106,11 +110,37 @@ def test_auto_resolves_by_size_and_explicit_configs_win() -> None:
     assert "auto" in auto.choice_reason() and "explicit" in IndexConfig().choice_reason()
     assert IndexConfig.from_dict(auto.to_dict()) == auto
     for bad in ({"search_threads": -1}, {"nprobe_fraction": 0}, {"nprobe_fraction": 1.5}, {"nlist_scale": 0},
-                {"storage": "pq4", "pq_m": 63}):  # fmt: skip
+                {"storage": "pq4", "pq_m": 63}, {"rerank_from": 0}, {"rerank_from": 1.5},
+                {"rerank_factor": config_module.MAX_RERANK_FACTOR + 1}):  # fmt: skip
         with pytest.raises(InvalidArgumentError):
             IndexConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
         FaissIndex(100, IndexConfig(storage="pq", pq_m=16))  # 16 does not divide 100
+
+
+def test_the_search_asks_the_index_for_the_grown_rerank_width(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    x = unit(np.random.default_rng(8).standard_normal((300, 2, DIM)))
+    asked: list[int] = []
+    real = FaissIndex.search
+
+    def spy(self, q, k):  # type: ignore[no-untyped-def]
+        asked.append(k)
+        return real(self, q, k)
+
+    monkeypatch.setattr(FaissIndex, "search", spy)
+    fixed = IndexConfig(kind="ivf", storage="sq8", nprobe=8, rerank=True, rerank_factor=2, min_train=200)
+    # 600 templates: a fixed width of 2, or 2 * sqrt(600 / 150) = 4 grown from 150 templates
+    for name, cfg, width in (("fixed", fixed, 2), ("grown", replace(fixed, rerank_from=150), 4)):
+        assert cfg.rerank_factor_for(600) == width
+        with Gallery(tmp_path / f"{name}.fmg", index=cfg, synchronous="NORMAL") as g:
+            for i in range(300):
+                g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)
+            assert g.wait_for_retrain(60) and "exact until" not in g.info().index
+            asked.clear()
+            res = g.identify_embeddings(x[7, :1], MODEL, k=5, threshold=0.5)
+            assert res[0].candidates[0].identity_id == "p007"
+            # the first fetch: max(2k, 10) identities x 2 templates each, x2 slack, +16; times the width
+            assert asked[0] == (10 * 2 * 2 + 16) * width, (name, asked)
 
 
 def _brute(x: np.ndarray, owner: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,8 +18,10 @@ from _gallery_util import DIM, MODEL, unit
 
 from facematch.gallery import Gallery, IndexConfig
 from facematch.gallery import config as config_module
+from facematch.gallery import retrain as retrain_module
 from facematch.gallery import sync as sync_module
 from facematch.gallery.index import FaissIndex
+from facematch.gallery.retrain import WriteLog
 from facematch.gallery.sync import CHOICE_KEY
 
 pytest.importorskip("faiss")
@@ -260,30 +262,78 @@ def test_a_failing_retrain_process_reports_its_error_and_the_thread_builds(tmp_p
     assert "the retrain process exited with" in caplog.text and "in this process instead" in caplog.text
 
 
-def test_replayed_log_equals_the_writes_applied_one_by_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(sync_module, "REPLAY_CHUNK", 5)  # chunk boundaries inside runs of adds
+def test_replayed_log_equals_the_writes_applied_one_by_one(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(retrain_module, "REPLAY_CHUNK", 5)  # chunk boundaries inside runs of adds
     rng = np.random.default_rng(13)
     x = unit(rng.standard_normal((400, DIM)))
-    log: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    log = WriteLog(DIM, tmp_path)
     live: set[int] = set()
     next_id = 0
     for _ in range(120):
         if live and rng.random() < 0.3:
             gone = rng.choice(sorted(live), min(len(live), int(rng.integers(1, 4))), replace=False)
-            log.append(("remove", np.asarray(gone, np.int64), None))
+            log.remove(np.asarray(gone, np.int64))
             live -= set(gone.tolist())
         else:
             ids = np.arange(next_id, next_id + int(rng.integers(1, 4)), dtype=np.int64)
             next_id = int(ids[-1]) + 1
-            log.append(("add", ids, x[ids]))
+            log.add(ids, x[ids])
             live |= set(ids.tolist())
+    # the embeddings are in the (unlinked) file, not in the process: 4 bytes a value
+    assert log.templates == next_id and os.fstat(log._file.fileno()).st_size == next_id * DIM * 4
+    assert list(tmp_path.iterdir()) == []  # nothing left on disk by name
     replayed = FaissIndex(DIM, IndexConfig(device="cpu"))
-    sync_module._replay(replayed, log)
+    half = len(log) // 2  # in two calls, as the retrain thread does while writes go on
+    log.replay(replayed, 0, half)
+    log.replay(replayed, half, len(log))
+    log.close()
     assert replayed.ids().tolist() == sorted(live)
     s, i = replayed.search(x[:next_id], 1)
     for row, t in enumerate(range(next_id)):
         if t in live:
             assert i[row, 0] == t and s[row, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_write_log_that_fails_drops_the_retrain_never_the_write(tmp_path, paused, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    gate, started = paused
+    x = _templates(400, 21)
+    with Gallery(tmp_path / "g.fmg", index=IVF, synchronous="NORMAL") as g:
+        for i in range(200):  # the 200th crosses the mark: a retrain starts (paused)
+            g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)
+        assert started.wait(30) and g._sync.retraining
+
+        def full(self, ids, vectors):  # type: ignore[no-untyped-def]
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(WriteLog, "add", full)
+        g.enroll_embeddings("p200", x[200], MODEL)  # acknowledged, in the store and the old index
+        assert not g._sync.retraining and "write log failed" in caplog.text
+        gate.set()
+        assert g.verify_consistency() == (402, 402)
+        assert g.identify_embeddings(x[200, 1:], MODEL, threshold=0.9)[0].identity_id == "p200"
+    with Gallery(tmp_path / "g.fmg", synchronous="NORMAL") as g:  # reopened: everything there
+        assert g.verify_consistency() == (402, 402)
+
+
+def test_no_temporary_file_for_the_write_log_postpones_the_retrain(tmp_path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    real = WriteLog.__init__
+
+    def refuse(self, dim, dir=None):  # type: ignore[no-untyped-def]
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(WriteLog, "__init__", refuse)
+    x = _templates(210, 22)
+    with Gallery(tmp_path / "g.fmg", index=IVF, synchronous="NORMAL") as g:
+        for i in range(205):
+            g.enroll_embeddings(f"p{i:03d}", x[i], MODEL)
+        assert not g._sync.retraining and "exact until" in g.info().index  # still the exact index, serving
+        assert "background retrain not started" in caplog.text
+        assert g.identify_embeddings(x[204, 1:], MODEL, threshold=0.9)[0].identity_id == "p204"
+        monkeypatch.setattr(WriteLog, "__init__", real)
+        g._sync._retry_at = 0.0  # the back-off over: the next write past the mark retrains
+        g.enroll_embeddings("p205", x[205], MODEL)
+        assert g.wait_for_retrain(60) and "exact until" not in g.info().index
+        assert g.verify_consistency() == (412, 412)
 
 
 def test_wait_for_retrain_waits_for_a_retrain_the_swap_starts(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -30,6 +30,8 @@ AUTO_FLAT_MAX = 50_000  # templates; flat fp32 below, IVF-PQ4 + re-rank from her
 AUTO_NLIST_SCALE = 1.0  # nlist = sqrt(N)
 AUTO_NPROBE_FRACTION = 0.35  # of the lists: 0.992 recall at 1M in the Gallery (0.25: 0.988)
 AUTO_RERANK_FACTOR = 4
+AUTO_RERANK_FROM = 1_000_000  # templates; the re-rank width grows as sqrt(N / 1M) above (10M: 13x; 12x measured 0.993)
+MAX_RERANK_FACTOR = 64
 AUTO_PQ_DIMS_PER_CODE = 4  # pq_m = dim / 4 sub-quantisers of 4 bits: dim / 8 bytes per template
 
 
@@ -52,7 +54,10 @@ class IndexConfig:
     there), ``0`` leaves FAISS's own setting alone. ``nlist_scale``: with ``nlist`` unset,
     IVF gets ``nlist_scale * sqrt(N)`` lists (at most N/39). ``nprobe_fraction``: when set,
     IVF searches that fraction of its lists (instead of a fixed ``nprobe``), so recall holds
-    as retraining adds lists.
+    as retraining adds lists. ``rerank_from``: when set, the re-rank width grows with the
+    gallery above that many templates, ``rerank_factor * sqrt(N / rerank_from)`` (rounded up,
+    at most ``MAX_RERANK_FACTOR``): among more identities the right one falls below a fixed
+    shortlist more often (:meth:`rerank_factor_for`).
 
     ``engine``: ``faiss`` (default; a FAISS-GPU mirror when ``device`` allows and the GPU
     probe passes) or ``torch`` (:class:`~facematch.gallery.torch_index.TorchIndex`: a flat
@@ -76,6 +81,7 @@ class IndexConfig:
     engine: Engine = "faiss"
     nlist_scale: float = 4.0
     nprobe_fraction: float | None = None
+    rerank_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -107,6 +113,11 @@ class IndexConfig:
         frac = self.nprobe_fraction
         if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1):
             raise InvalidArgumentError(f"nprobe_fraction must be None or a number in (0, 1], got {frac!r}")
+        grow = self.rerank_from
+        if grow is not None and (not isinstance(grow, int) or isinstance(grow, bool) or grow < 1):
+            raise InvalidArgumentError(f"rerank_from must be None or a positive integer, got {grow!r}")
+        if self.rerank_factor > MAX_RERANK_FACTOR:
+            raise InvalidArgumentError(f"rerank_factor must be at most {MAX_RERANK_FACTOR}, got {self.rerank_factor}")
         if self.storage == "pq4" and self.pq_m % 2:
             raise InvalidArgumentError(f"storage='pq4' packs 2 codes a byte: pq_m must be even, not {self.pq_m}")
         threads = self.search_threads
@@ -124,8 +135,10 @@ class IndexConfig:
         ``auto`` is exact flat fp32 below ``AUTO_FLAT_MAX`` templates, and from there IVF
         over 4-bit fast-scan PQ codes (``pq_m = dim / 4``, ``dim / 8`` bytes a template) with
         an exact re-rank: ``nlist = sqrt(N)`` at each training (retrained about every 4x
-        growth), ``AUTO_NPROBE_FRACTION`` (0.35) of the lists searched. Embedding dimensions that are not a
-        multiple of 8 get SQ8 codes instead. The torch engine is exact flat at any size.
+        growth), ``AUTO_NPROBE_FRACTION`` (0.35) of the lists searched, every template of
+        ``AUTO_RERANK_FACTOR`` (4) x the shortlisted identities re-scored up to ``AUTO_RERANK_FROM``
+        (1M) templates, the width growing as ``sqrt(N / 1M)`` above. Embedding dimensions that
+        are not a multiple of 8 get SQ8 codes instead. The torch engine is exact flat at any size.
         """
         if self.kind != "auto":
             return self
@@ -144,6 +157,7 @@ class IndexConfig:
             nprobe_fraction=AUTO_NPROBE_FRACTION,
             rerank=True,
             rerank_factor=AUTO_RERANK_FACTOR,
+            rerank_from=AUTO_RERANK_FROM,
             min_train=AUTO_FLAT_MAX,
         )
 
@@ -155,7 +169,8 @@ class IndexConfig:
             f"auto: exact flat fp32 below {AUTO_FLAT_MAX:,} templates (a one-probe scan costs a few ms there); "
             f"from {AUTO_FLAT_MAX:,}, IVF over 4-bit fast-scan PQ codes (dim/8 bytes a template) with "
             f"nlist = sqrt(N) retrained at each 4x growth, {AUTO_NPROBE_FRACTION:g} of the lists searched and "
-            "an exact fp32 re-rank of every template of the shortlisted identities "
+            f"an exact fp32 re-rank of every template of {AUTO_RERANK_FACTOR}x the shortlisted identities, "
+            f"growing as sqrt(N / {AUTO_RERANK_FROM:,}) above {AUTO_RERANK_FROM:,} templates "
             "(chosen from benchmarks/bench_gallery_scale.py on galleries fitted to celeb24: "
             "benchmarks/README.md, 'Gallery at scale')"
         )
@@ -180,6 +195,13 @@ class IndexConfig:
         if self.nprobe_fraction is not None:
             return max(1, min(nlist, math.ceil(self.nprobe_fraction * nlist)))
         return min(self.nprobe, nlist)
+
+    def rerank_factor_for(self, n_templates: int) -> int:
+        """The re-rank width at ``n_templates``: ``rerank_factor``, grown above ``rerank_from``."""
+        if self.rerank_from is None or n_templates <= self.rerank_from:
+            return self.rerank_factor
+        grown = math.ceil(self.rerank_factor * math.sqrt(n_templates / self.rerank_from))
+        return max(self.rerank_factor, min(MAX_RERANK_FACTOR, grown))
 
     def factory_string(self, n: int) -> str:
         """FAISS ``index_factory`` description of the inner index for ``n`` training vectors."""
@@ -255,7 +277,9 @@ __all__ = [
     "AUTO_NPROBE_FRACTION",
     "AUTO_PQ_DIMS_PER_CODE",
     "AUTO_RERANK_FACTOR",
+    "AUTO_RERANK_FROM",
     "ENGINES",
+    "MAX_RERANK_FACTOR",
     "Aggregation",
     "Device",
     "Engine",

@@ -14,6 +14,10 @@ directory and exits; the parent's retrain thread only waits for it, loads the fi
 Stores another process cannot open by path (PostgreSQL: a DSN with credentials the
 gallery does not hand on) keep the in-process build, as does any gallery where the child
 cannot start or fails (logged; the build then runs in the thread).
+
+The writes made while the new index is built are kept in a :class:`WriteLog`: template ids
+in memory, the added embeddings in an unlinked temporary file, so a bulk load beside a long
+retrain does not hold every embedding it wrote twice in memory until the swap.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .index import FaissIndex
 
 logger = logging.getLogger(__name__)
 
+REPLAY_CHUNK = 4096  # templates per index call when logged writes are replayed onto the new index
 CHILD_BATCH = 16_384  # rows per store read in the child (no lock to share there)
 CHILD_NICE = 10  # the child's priority step below the gallery's process
 POLL_S = 0.25  # how often the waiting thread checks for a cancelled retrain
@@ -45,6 +50,82 @@ _ERR_TAIL = 2000  # characters of the child's stderr kept in the error
 
 class RetrainChildError(RuntimeError):
     """The retrain child did not produce an index (it failed, or could not start)."""
+
+
+class WriteLog:
+    """The writes made since a retrain's snapshot, in order: ``add`` (template ids and their
+    embeddings) and ``remove`` (ids).
+
+    Ids stay in memory (8 bytes a template); embeddings go to an unlinked temporary file
+    (``dir``: where; the system's temporary directory by default), unbuffered, so the page
+    cache holds them rather than the process, and one positional read (``pread``, POSIX) gets
+    back a run of adds.
+    Appends come from writers holding the gallery's lock; :meth:`replay` runs in the retrain
+    thread beside them and reads only entries already appended. Raises ``OSError`` when the
+    file cannot be created or written (the caller drops the retrain, never the write).
+    """
+
+    def __init__(self, dim: int, dir: Path | None = None) -> None:
+        self.dim = dim
+        self._row_bytes = dim * 4
+        self._entries: list[tuple[bool, np.ndarray, int]] = []  # (is an add, ids, first row in the file)
+        self._rows = 0  # embeddings in the file
+        self._file = tempfile.TemporaryFile(prefix="facematch-retrain-log-", dir=dir, buffering=0)  # noqa: SIM115 - lives until close()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def templates(self) -> int:
+        """Templates added since the snapshot (rows in the file)."""
+        return self._rows
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.array(ids, np.int64)
+        data = np.ascontiguousarray(vectors, np.float32).reshape(ids.size, self.dim).tobytes()
+        offset = self._rows * self._row_bytes
+        written = 0
+        while written < len(data):  # pwrite: appends even while replay reads the file
+            written += os.pwrite(self._file.fileno(), data[written:], offset + written)
+        self._entries.append((True, ids, self._rows))
+        self._rows += ids.size
+
+    def remove(self, ids: np.ndarray) -> None:
+        self._entries.append((False, np.array(ids, np.int64), -1))
+
+    def _vectors(self, first_row: int, n: int) -> np.ndarray:
+        size, offset = n * self._row_bytes, first_row * self._row_bytes
+        buf = bytearray(size)
+        done = 0
+        while done < size:  # pread: no shared file position with the writers
+            chunk = os.pread(self._file.fileno(), size - done, offset + done)
+            if not chunk:
+                raise OSError(f"retrain log: {size - done} bytes missing at row {first_row}")
+            buf[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        return np.frombuffer(buf, np.float32).reshape(n, self.dim)
+
+    def replay(self, index: FaissIndex, start: int, stop: int, *, threads: int | None = None) -> None:
+        """Apply entries ``start:stop`` to ``index`` in order, consecutive adds (or removes) together
+        in calls of up to ``REPLAY_CHUNK`` templates: a bulk load logs one entry per enrolment (tens
+        of thousands while a large retrain runs), and one index call per entry is that many trips
+        through Python."""
+        entries = self._entries
+        while start < stop:
+            is_add = entries[start][0]
+            end, size = start, 0
+            while end < stop and entries[end][0] == is_add and (end == start or size < REPLAY_CHUNK):
+                size += entries[end][1].size
+                end += 1
+            ids = np.concatenate([e[1] for e in entries[start:end]])
+            if is_add:  # the run's embeddings are consecutive rows of the file
+                index.add(ids, self._vectors(entries[start][2], ids.size), threads=threads)
+            else:
+                index.remove(ids)
+            start = end
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def build_in_child(
@@ -129,4 +210,4 @@ if __name__ == "__main__":
     sys.exit(_child(sys.argv[1:]))
 
 
-__all__ = ["RetrainChildError", "build_in_child"]
+__all__ = ["REPLAY_CHUNK", "RetrainChildError", "WriteLog", "build_in_child"]

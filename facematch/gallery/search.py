@@ -51,8 +51,9 @@ def search(
     want = max(2 * k, 10) if exact else k  # identities in the shortlist
     fetch = min(n_templates, math.ceil(want * per_identity * 2) + 16)
     if rerank:  # approximate scores: re-score rerank_factor x the identities, from as many more templates
-        want *= config.rerank_factor
-        fetch = min(n_templates, fetch * config.rerank_factor)
+        factor = config.rerank_factor_for(n_templates)
+        want *= factor
+        fetch = min(n_templates, fetch * factor)
     scores, tids = index.search(q, fetch)
     ranker = _Ranker(sync, index, k, method, top_k, n_templates, exact)
     listed = [ranker.shortlist(scores[r], tids[r]) for r in range(q.shape[0])]

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from ..errors import GalleryCorruptError, GalleryError, InvalidArgumentError
 from .config import IndexConfig
 from .index import FaissIndex, VectorIndex, import_faiss
 from .owners import TemplateOwners
-from .retrain import RetrainChildError, build_in_child
+from .retrain import RetrainChildError, WriteLog, build_in_child
 from .sqlite_store import SQLiteStore
 from .store import Store
 from .threads import cores, faiss_threads
@@ -45,12 +46,9 @@ logger = logging.getLogger(__name__)
 REBUILD_FRACTION = 0.5  # repair by delta below this much disagreement, rebuild above
 _BATCH = 50_000
 RETRAIN_BATCH = 2048  # rows per store read in a background retrain (each read holds the store's lock briefly)
-REPLAY_CHUNK = 4096  # templates per index call when logged writes are replayed onto the new index
 SWAP_CATCHUP = 256  # writes left to replay when the background retrain takes the lock to swap
 RETRY_AFTER_S = 60
 CHOICE_KEY = "index_choice"  # store setting: the structure in use, and why
-
-Logged = tuple[str, np.ndarray, np.ndarray | None]  # ("add", ids, vectors) or ("remove", ids, None)
 
 
 class IndexSync:
@@ -201,14 +199,14 @@ class IndexSync:
         ids = np.asarray(ids, np.int64)
         self.index.add(ids, vectors)
         if self._job is not None:
-            self._job.log.append(("add", ids.copy(), np.array(vectors, np.float32)))
+            self._job.logged(lambda log: log.add(ids, vectors))
 
     def _remove(self, ids: np.ndarray) -> None:
         assert self.index is not None
         ids = np.asarray(ids, np.int64)
         self.index.remove(ids)
         if self._job is not None and ids.size:
-            self._job.log.append(("remove", ids.copy(), None))
+            self._job.logged(lambda log: log.remove(ids))
 
     # ---- retraining off the write path -----------------------------------------------------
     def _maybe_retrain(self) -> None:
@@ -220,7 +218,12 @@ class IndexSync:
         if not self.background_retrain or not isinstance(index, FaissIndex) or self.dim is None:
             self.rebuild()
             return
-        job = _Retrain(self, self.owners.template_ids.copy())
+        try:
+            job = _Retrain(self, self.owners.template_ids.copy())
+        except OSError as exc:  # no temporary file for the write log
+            logger.warning("background retrain not started (next try in %d s): %s", RETRY_AFTER_S, exc)
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+            return
         self._job = job
         logger.info("retraining %s on %d templates in the background", index.describe(), len(index))
         job.start()
@@ -256,7 +259,7 @@ class IndexSync:
         """Called by the retrain thread with the lock held: replay the rest of the log and swap."""
         if self._job is not job or job.cancelled.is_set():
             return False
-        _replay(new, job.log[job.applied :])
+        job.log.replay(new, job.applied, len(job.log))
         old, self.index, self._job = self.index, new, None
         if old is not None:
             old.close()
@@ -408,27 +411,6 @@ def _lower_thread_priority(step: int = 10) -> None:
         logger.debug("background retrain keeps its priority: %s", exc)
 
 
-def _replay(index: FaissIndex, entries: list[Logged], *, threads: int | None = None) -> None:
-    """Apply logged writes in order, consecutive adds (or removes) together in calls of up to
-    ``REPLAY_CHUNK`` templates: a bulk load logs one entry per enrolment (tens of thousands while
-    a large retrain runs), and one call per entry is that many trips through Python, but one
-    concatenation of them all holds the interpreter lock for its whole copy (hundreds of ms)."""
-    start = 0
-    while start < len(entries):
-        op = entries[start][0]
-        end, size = start, 0
-        while end < len(entries) and entries[end][0] == op and (end == start or size < REPLAY_CHUNK):
-            size += entries[end][1].size
-            end += 1
-        run = entries[start:end]
-        ids = np.concatenate([e[1] for e in run])
-        if op == "add":
-            index.add(ids, np.concatenate([e[2] for e in run if e[2] is not None]), threads=threads)
-        else:
-            index.remove(ids)
-        start = end
-
-
 class _Retrain:
     """A background rebuild of a FAISS index from the store, swapped in when it has caught up.
 
@@ -438,7 +420,8 @@ class _Retrain:
     def __init__(self, sync: IndexSync, snapshot: np.ndarray) -> None:
         self.sync = sync
         self.snapshot = snapshot
-        self.log: list[Logged] = []  # writes since the snapshot, appended under the gallery's lock
+        assert sync.dim is not None
+        self.log = WriteLog(sync.dim)  # writes since the snapshot, appended under the gallery's lock
         self.applied = 0
         self.cancelled = threading.Event()
         self.started = time.monotonic()
@@ -446,6 +429,16 @@ class _Retrain:
 
     def start(self) -> None:
         self.thread.start()
+
+    def logged(self, append: Callable[[WriteLog], None]) -> None:
+        """Append a write to the log (the caller holds the gallery's lock). A log that cannot be
+        written drops this retrain (the write itself stands; the next write past the mark retries)."""
+        try:
+            append(self.log)
+        except OSError as exc:
+            logger.warning("background retrain dropped: its write log failed (%s)", exc)
+            self.sync.cancel_retrain()
+            self.sync._retry_at = time.monotonic() + RETRY_AFTER_S
 
     def _build(self) -> FaissIndex | None:
         """The new index of the snapshot's templates (``None``: cancelled)."""
@@ -485,10 +478,10 @@ class _Retrain:
                     if len(self.log) - self.applied <= SWAP_CATCHUP:
                         sync._swap(self, new)
                         return
-                    pending = self.log[self.applied :]
+                    pending = len(self.log)
                 # outside the lock (writes go on meanwhile), leaving a core to them
-                _replay(new, pending, threads=max(1, cores() - 1))
-                self.applied += len(pending)
+                self.log.replay(new, self.applied, pending, threads=max(1, cores() - 1))
+                self.applied = pending
         except Exception:
             if not self.cancelled.is_set():
                 logger.exception(
@@ -499,6 +492,8 @@ class _Retrain:
                     if sync._job is self:
                         sync._job = None
                         sync._retry_at = time.monotonic() + RETRY_AFTER_S
+        finally:
+            self.log.close()  # no writer appends any more: the job is no longer the gallery's
 
 
 __all__ = ["CHOICE_KEY", "REBUILD_FRACTION", "IndexSync", "fill"]
