@@ -388,15 +388,14 @@ def enrol_all(path: Path, gal: SyntheticGallery, mm: np.ndarray, background: boo
             t = time.perf_counter()
             g.enroll_embeddings(f"id{i:07d}", x, MODEL_ID)
             lat[i] = time.perf_counter() - t
-            now = g._sync.retraining
+            job = g._sync._job  # the background retrain under way, if any
             if not background and g._sync.index is not None and g._sync.index.describe() != before and i:
                 retrains.append({"at": float(i), "until": float(i), "seconds": float(lat[i])})
-            job = g._sync._job
-            if now and running is None:
-                running = {"at": float(i), "t0": time.perf_counter(), "logged": 0.0}
-            if job is not None and running is not None:  # the writes the retrain will replay
-                running["logged"] = max(running["logged"], float(job.log.templates))
-            elif not now and running is not None:
+            if job is not None:
+                if running is None:
+                    running = {"at": float(i), "t0": time.perf_counter(), "logged": 0.0}
+                running["logged"] = max(running["logged"], float(job.log.templates))  # writes it will replay
+            elif running is not None:
                 running.update(until=float(i), seconds=time.perf_counter() - running.pop("t0"))
                 retrains.append(running)
                 running = None

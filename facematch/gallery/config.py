@@ -200,8 +200,7 @@ class IndexConfig:
         """The re-rank width at ``n_templates``: ``rerank_factor``, grown above ``rerank_from``."""
         if self.rerank_from is None or n_templates <= self.rerank_from:
             return self.rerank_factor
-        grown = math.ceil(self.rerank_factor * math.sqrt(n_templates / self.rerank_from))
-        return max(self.rerank_factor, min(MAX_RERANK_FACTOR, grown))
+        return min(MAX_RERANK_FACTOR, math.ceil(self.rerank_factor * math.sqrt(n_templates / self.rerank_from)))
 
     def factory_string(self, n: int) -> str:
         """FAISS ``index_factory`` description of the inner index for ``n`` training vectors."""
