@@ -69,9 +69,10 @@ def test_round_trip_keeps_identities_metadata_sources_and_templates(source: Gall
     probe = arr[5]
     a = source.identify_embeddings(probe[None], MODEL, k=5, threshold=0.5)[0]
     b = dest.identify_embeddings(probe[None], MODEL, k=5, threshold=0.5)[0]
-    assert [(c.identity_id, c.similarity) for c in a.candidates] == [
-        (c.identity_id, c.similarity) for c in b.candidates
-    ]
+    # the same ranking; the scores agree to fp32 rounding (the import re-normalises each template,
+    # so a self-match can read 1.0 in one gallery and 0.99999988 in the other)
+    assert [c.identity_id for c in a.candidates] == [c.identity_id for c in b.candidates]
+    assert np.allclose([c.similarity for c in a.candidates], [c.similarity for c in b.candidates], atol=1e-6, rtol=0)
     dest.verify_consistency()
 
 
