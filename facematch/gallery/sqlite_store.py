@@ -415,12 +415,15 @@ class _Checkpointer:
             conn.execute("PRAGMA busy_timeout=1000")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             while not self._stop.wait(CHECKPOINT_INTERVAL_S):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:  # busy, or the file went away: try again next time
-                    logger.debug("checkpoint of %s skipped: %s", self._path, exc)
+                self._checkpoint(conn)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # busy, or the file went away: try again next time
+            logger.debug("checkpoint of %s skipped: %s", self._path, exc)
 
     def stop(self) -> None:
         self._stop.set()
